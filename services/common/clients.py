@@ -1,0 +1,53 @@
+"""Channels to the other services of the suite, created once per process."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from services.common.interceptors import ClientInterceptor
+from services.common.settings import PeerSettings
+
+# Transparent retries of calls that never reached a server (UNAVAILABLE).
+# Every write RPC of the suite carries a request_id, so a retry is safe.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+def open_channel(peer: PeerSettings) -> grpc.aio.Channel:
+    """A channel to ``peer`` with auth, request-id propagation, keepalive and retries.
+
+    ``dns:///host:port`` addresses spread calls over every address the name
+    resolves to (round_robin), e.g. a Kubernetes headless service.
+    """
+    options = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ]
+    interceptors = [ClientInterceptor(peer.auth_token)]
+    if peer.tls.ca_file or peer.tls.enabled:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=peer.tls.read(peer.tls.ca_file),
+            private_key=peer.tls.read(peer.tls.key_file) if peer.tls.require_client_cert else None,
+            certificate_chain=peer.tls.read(peer.tls.cert_file) if peer.tls.require_client_cert else None,
+        )
+        return grpc.aio.secure_channel(peer.address, creds, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(peer.address, options=options, interceptors=interceptors)

@@ -1,0 +1,237 @@
+"""Server and client interceptors: request ids, auth, error mapping, access logs.
+
+Server side, every RPC but health:
+- takes ``x-request-id`` from metadata (or makes one) into ``request_id_var``;
+- checks ``authorization: Bearer <token>`` in constant time when a token is set;
+- maps ``CoachError`` to its status code with rich details, transient database
+  errors to UNAVAILABLE, anything else to INTERNAL (logged with a traceback);
+- logs one JSON line and records metrics.
+Client side: forwards the request id and the bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.common.errors import CoachError, FieldViolation, Unauthenticated, Unavailable
+from services.common.logs import request_id_var
+from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
+
+log = logging.getLogger("coach.rpc")
+
+DOMAIN = "coach"
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def _is_transient_db_error(exc: BaseException) -> bool:
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        return False
+    transient = (
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.AdminShutdownError,
+        asyncpg.exceptions.TooManyConnectionsError,
+        ConnectionError,
+        OSError,
+        TimeoutError,
+    )
+    return isinstance(exc, transient)
+
+
+def status_for(error: CoachError) -> grpc.Status:
+    """A google.rpc.Status with ErrorInfo (+ BadRequest, RetryInfo) for ``error``."""
+    details: list[any_pb2.Any] = []
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if error.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    if error.retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(error.retry_after_s * 1000))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
+    code = getattr(code_pb2, error.code, code_pb2.INTERNAL)
+    return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> tuple[str, str, list[FieldViolation]]:
+    """(status code name, ErrorInfo reason, violations) of a failed call, for clients."""
+    reason = ""
+    violations: list[FieldViolation] = []
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    return exc.code().name, reason, violations
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, auth_token: str | None) -> None:
+        self._expected = f"Bearer {auth_token}".encode() if auth_token else None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if self._expected is not None and not self._authorized(metadata):
+            return _reject_unauthenticated(handler)
+        if handler.unary_unary is None:
+            return handler  # streaming (reflection): auth checked above, nothing else to wrap
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(method, handler.unary_unary, metadata),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _authorized(self, metadata: dict[str, Any]) -> bool:
+        given = metadata.get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        assert self._expected is not None
+        return hmac.compare_digest(given_bytes, self._expected)
+
+
+def _reject_unauthenticated(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    rich = status_for(
+        Unauthenticated("missing or wrong bearer token in `authorization: Bearer <token>`")
+    )
+
+    async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        RPC_REQUESTS.labels("unauthenticated", "UNAUTHENTICATED").inc()
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+        yield  # pragma: no cover
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            deny_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream is not None:
+        async def deny_stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(rich.code, rich.details, rich.trailing_metadata)
+            yield  # pragma: no cover
+
+        return grpc.stream_stream_rpc_method_handler(
+            deny_stream_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            deny_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return handler
+
+
+def _wrap_unary(
+    method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], metadata: dict[str, Any]
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    short = method.rsplit("/", 1)[-1]
+
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rid = metadata.get("x-request-id") or getattr(request, "request_id", "") or uuid.uuid4().hex
+        token = request_id_var.set(str(rid))
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await inner(request, context)
+        except CoachError as err:
+            code = err.code
+            rich = status_for(err)
+            log.info("rpc failed", extra={"method": short, "code": code, "reason": err.reason,
+                                           "error": err.message})
+            await context.abort(rich.code, rich.details, rich.trailing_metadata)
+        except grpc.aio.AbortError:
+            code = context.code().name if context.code() else "ABORTED"  # type: ignore[union-attr]
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place unknown errors become statuses
+            if _is_transient_db_error(exc):
+                code = "UNAVAILABLE"
+                err: CoachError = Unavailable(
+                    "the database is unavailable; retry shortly",
+                    reason="DATABASE_UNAVAILABLE",
+                    retry_after_s=1.0,
+                )
+                log.warning("database unavailable", extra={"method": short, "error": repr(exc)})
+            else:
+                code = "INTERNAL"
+                err = CoachError("internal error; it was logged with this request id",
+                                 reason="INTERNAL", metadata={"request_id": str(rid)})
+                log.exception("rpc crashed", extra={"method": short})
+            rich = status_for(err)
+            await context.abort(rich.code, rich.details, rich.trailing_metadata)
+        finally:
+            elapsed = time.perf_counter() - started
+            RPC_REQUESTS.labels(short, code).inc()
+            RPC_LATENCY.labels(short).observe(elapsed)
+            if code == "OK" and log.isEnabledFor(logging.DEBUG):
+                log.debug("rpc", extra={"method": short, "code": code, "latency_ms": round(elapsed * 1e3, 3)})
+            request_id_var.reset(token)
+
+    return wrapper
+
+
+class ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds the bearer token and the current request id to every outgoing call."""
+
+    def __init__(self, auth_token: str | None) -> None:
+        self._auth = ("authorization", f"Bearer {auth_token}") if auth_token else None
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        metadata = list(client_call_details.metadata or ())
+        if self._auth:
+            metadata.append(self._auth)
+        rid = request_id_var.get()
+        if rid:
+            metadata.append(("x-request-id", rid))
+        details = grpc.aio.ClientCallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            grpc.aio.Metadata(*metadata),
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)

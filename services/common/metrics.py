@@ -1,0 +1,47 @@
+"""Prometheus metrics shared by the four services.
+
+Each process serves its own registry on its own HTTP port
+(COACH_<SERVICE>_METRICS_PORT). Service-specific metrics live here too, so
+names stay consistent and nothing is declared twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+RPC_REQUESTS = Counter(
+    "coach_rpc_requests_total", "RPCs served, by method and status code", ["method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "coach_rpc_latency_seconds",
+    "RPC latency as the server saw it",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ROUTES = Counter("coach_routes_total", "Answers by route and message type", ["route", "message_type"])
+CRISIS_EVENTS = Counter("coach_crisis_events_total", "Messages classified as crisis")
+TOKENS = Counter("coach_tokens_total", "Upstream tokens by model and kind", ["model", "kind"])
+COST_NANOS = Counter("coach_cost_usd_nanos_total", "Cost recorded by model (USD x 1e9)", ["model"])
+UNPRICED_CALLS = Counter("coach_unpriced_calls_total", "Calls on a model with no price", ["model"])
+UPSTREAM_ERRORS = Counter(
+    "coach_upstream_errors_total", "Upstream call failures by API and kind", ["api", "kind"]
+)
+BREAKER_STATE = Gauge(
+    "coach_breaker_open", "1 while the upstream circuit breaker is open", ["upstream"]
+)
+LEDGER_BACKLOG = Gauge("coach_ledger_backlog", "Answer records not yet acknowledged by the ledger")
+
+
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on ``port`` in a background thread (no-op when None)."""
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=host)
+        log.info("metrics serving", extra={"metrics_port": port})
+    except OSError as exc:  # a busy port must not take the service down
+        log.warning("metrics port unavailable", extra={"metrics_port": port, "error": str(exc)})

@@ -1,0 +1,129 @@
+"""One gRPC server bootstrap for every service.
+
+``CoachServer`` wires the standard health service, server reflection, our
+interceptors, optional TLS / mutual TLS, and a graceful shutdown: health goes
+NOT_SERVING, new calls are refused, in-flight calls finish (up to the grace
+period), then the service's own clean-up runs (pools closed, queues flushed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common.interceptors import ServerInterceptor
+from services.common.settings import ServerSettings, TlsSettings
+
+log = logging.getLogger("coach.server")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A servicer and how to add it: ``add(servicer, server)`` and its full name."""
+
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    full_name: str
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
+    if not tls.enabled:
+        return None
+    key, cert = tls.read(tls.key_file), tls.read(tls.cert_file)
+    assert key is not None and cert is not None
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=tls.read(tls.ca_file),
+        require_client_auth=tls.require_client_cert,
+    )
+
+
+class CoachServer:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        registrations: Sequence[Registration],
+        *,
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        self.settings = settings
+        self.health = HealthServicer()
+        self._on_stop = list(on_stop)
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(settings.auth_token)], options=options
+        )
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        for reg in registrations:
+            reg.add(reg.servicer, self.server)
+            names.append(reg.full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(names, self.server)
+        self._full_names = [reg.full_name for reg in registrations]
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Binds and starts; returns the port (useful with ``:0`` in tests)."""
+        creds = server_credentials(self.settings.tls)
+        if creds is None:
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = self.server.add_secure_port(self.settings.listen, creds)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await self.server.start()
+        for name in ["", *self._full_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"listen": self.settings.listen, "port": self.port,
+                                   "tls": self.settings.tls.enabled})
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight ones, clean up."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        grace = self.settings.grace_seconds if grace is None else grace
+        log.info("stopping", extra={"grace_s": grace})
+        await self.server.stop(grace)
+        for hook in self._on_stop:
+            try:
+                await hook()
+            except Exception:  # noqa: BLE001 - clean-up must go on for the other hooks
+                log.exception("clean-up hook failed")
+        log.info("stopped")
+
+    async def serve_until_signal(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await stop_requested.wait()
+        await self.stop()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Entry point helper for ``__main__``: runs ``main`` on uvloop-less asyncio."""
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # pragma: no cover - handled by the signal handler
+        pass
