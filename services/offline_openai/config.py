@@ -1,0 +1,62 @@
+"""Settings of the offline OpenAI server, parsed once and frozen."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+LATENCY_ENV = "OFFLINE_OPENAI_LATENCY_MS"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50090
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineConfig:
+    host: str = DEFAULT_HOST
+    port: int = 0
+    latency_ms: int = 0  # baseline delay of every model call (chat, responses, run steps)
+    poll_after_ms: int = 25  # `openai-poll-after-ms` hint on run retrievals
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {self.port}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        if self.poll_after_ms < 0:
+            raise ValueError(f"poll_after_ms must be >= 0, got {self.poll_after_ms}")
+
+
+def _env_latency(env: Mapping[str, str]) -> int:
+    raw = env.get(LATENCY_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{LATENCY_ENV} must be an integer number of milliseconds, got {raw!r}")
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OfflineConfig:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="python -m services.offline_openai",
+        description="Built-in offline OpenAI-compatible HTTP server (base URL /v1).",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        default=None,
+        help=f"baseline latency of model calls (default: ${LATENCY_ENV} or 0)",
+    )
+    parser.add_argument("--poll-after-ms", type=int, default=25)
+    args = parser.parse_args(argv)
+    latency = args.latency_ms if args.latency_ms is not None else _env_latency(env)
+    try:
+        return OfflineConfig(args.host, args.port, latency, args.poll_after_ms)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,42 @@
+"""Counters the offline server keeps: requests per endpoint and tokens billed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Stats:
+    requests: Counter[str] = field(default_factory=Counter)  # "POST /v1/responses" -> n
+    statuses: Counter[int] = field(default_factory=Counter)
+    model_calls: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    faults_injected: int = 0
+
+    def record_model_call(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> None:
+        self.model_calls += 1
+        self.input_tokens += input_tokens
+        self.cached_tokens += cached_tokens
+        self.output_tokens += output_tokens
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.statuses.clear()
+        self.model_calls = self.input_tokens = self.cached_tokens = self.output_tokens = 0
+        self.faults_injected = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "total_requests": sum(self.requests.values()),
+            "statuses": {str(code): n for code, n in self.statuses.items()},
+            "model_calls": self.model_calls,
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+            "faults_injected": self.faults_injected,
+        }
