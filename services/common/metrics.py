@@ -33,6 +33,9 @@ UPSTREAM_ERRORS = Counter(
 BREAKER_STATE = Gauge(
     "coach_breaker_open", "1 while the upstream circuit breaker is open", ["upstream"]
 )
+LEDGER_RECORDS = Counter(
+    "coach_ledger_records_total", "Answer records received by the ledger", ["outcome"]
+)
 LEDGER_BACKLOG = Gauge("coach_ledger_backlog", "Answer records not yet acknowledged by the ledger")
 
 
