@@ -137,7 +137,7 @@ class PriceBook:
                     entry.get("cached_input"), f"{where}.cached_input"
                 ),
                 output_nanos_per_m=_nanos_per_m(entry.get("output"), f"{where}.output"),
-                effective=_date(entry.get("effective"), f"{where}.effective", required=True),
+                effective=_required_date(entry.get("effective"), f"{where}.effective"),
                 retires=_date(entry.get("retires"), f"{where}.retires", required=False),
             )
             if prices[model].cached_input_nanos_per_m > prices[model].input_nanos_per_m:
@@ -150,9 +150,7 @@ class PriceBook:
             model = str(name)
             if model in prices:
                 raise ConfigError(f"{origin}: {model} is both priced and listed as shut down")
-            day = _date(when, f"{origin}: shut_down.{model}", required=True)
-            assert day is not None
-            shut_down[model] = day
+            shut_down[model] = _required_date(when, f"{origin}: shut_down.{model}")
         return cls(
             prices=prices,
             shut_down=shut_down,
@@ -270,6 +268,12 @@ def _nanos_per_m(value: Any, where: str) -> int:
     if nanos != nanos.to_integral_value():
         raise ConfigError(f"{where}: {value!r} has more than 9 decimals of a dollar")
     return int(nanos)
+
+
+def _required_date(value: Any, where: str) -> dt.date:
+    day = _date(value, where, required=True)
+    assert day is not None
+    return day
 
 
 def _date(value: Any, where: str, *, required: bool) -> dt.date | None:

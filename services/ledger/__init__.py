@@ -1,0 +1,1 @@
+"""coach.ledger.v1.LedgerService: exact cost accounting, spend and savings reports, limits."""

@@ -1,0 +1,161 @@
+"""coach.ledger.v1.LedgerService: validate, proto -> domain -> proto."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+from coach.ledger.v1 import ledger_service_pb2 as pb
+from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
+from coach.router.v1 import types_pb2
+
+from services.common.errors import Validator
+from services.ledger.accounting import ANSWER_PURPOSE, AnswerEntry, AnswerRecorder, ChargeEntry
+from services.ledger.limits import DailyLimits
+from services.ledger.reports import DailyRow, SpendReports
+
+MAX_RECORDS_PER_BATCH = 5000
+MAX_ID_CHARS = 256
+MAX_VIOLATIONS = 20
+_ROUTES = set(types_pb2.Route.values()) - {types_pb2.ROUTE_UNSPECIFIED}
+_MESSAGE_TYPES = set(types_pb2.MessageType.values())
+
+
+class LedgerServicer(pb_grpc.LedgerServiceServicer):
+    def __init__(self, recorder: AnswerRecorder, reports: SpendReports, limits: DailyLimits) -> None:
+        self._recorder = recorder
+        self._reports = reports
+        self._limits = limits
+
+    async def RecordAnswers(
+        self, request: pb.RecordAnswersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordAnswersResponse:
+        entries = answer_entries(request)
+        outcome = await self._recorder.record(entries)
+        return pb.RecordAnswersResponse(recorded=outcome.recorded, duplicates=outcome.duplicates)
+
+    async def GetCostReport(
+        self, request: pb.GetCostReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCostReportResponse:
+        report = await self._reports.cost_report(request.start_date, request.end_date)
+        return pb.GetCostReportResponse(
+            rows=[
+                pb.CostReportRow(
+                    route=r.route,  # type: ignore[arg-type]
+                    model=r.model, calls=r.calls, input_tokens=r.input_tokens,
+                    cached_input_tokens=r.cached_input_tokens, output_tokens=r.output_tokens,
+                    cost_usd_nanos=r.cost_usd_nanos,
+                )
+                for r in report.rows
+            ],
+            total_calls=report.total_calls,
+            total_cost_usd_nanos=report.total_cost_usd_nanos,
+        )
+
+    async def GetDailyReport(
+        self, request: pb.GetDailyReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetDailyReportResponse:
+        by_user = request.grouping == pb.REPORT_GROUPING_USER
+        page = await self._reports.daily_report(
+            request.start_date, request.end_date, by_user, request.page_size, request.page_token
+        )
+        return pb.GetDailyReportResponse(
+            rows=[_daily_row(r, by_user) for r in page.rows],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetSavingsReport(
+        self, request: pb.GetSavingsReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSavingsReportResponse:
+        report = await self._reports.savings_report(request.start_date, request.end_date)
+        return pb.GetSavingsReportResponse(
+            calls=report.calls,
+            actual_cost_usd_nanos=report.actual_cost_usd_nanos,
+            baseline_cost_usd_nanos=report.baseline_cost_usd_nanos,
+            percent_saved=report.percent_saved,
+            baseline_model=report.baseline_model,
+        )
+
+    async def CheckUserLimits(
+        self, request: pb.CheckUserLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckUserLimitsResponse:
+        v = Validator()
+        v.check(bool(request.user_id), "user_id", "required")
+        v.check(len(request.user_id) <= MAX_ID_CHARS, "user_id", f"at most {MAX_ID_CHARS} chars")
+        v.raise_if_any()
+        check = await self._limits.check(request.user_id)
+        return pb.CheckUserLimitsResponse(
+            messages_today=check.messages_today,
+            spend_today_usd_nanos=check.spend_today_usd_nanos,
+            exceeded=check.exceeded,
+            message=check.message,
+        )
+
+
+def _daily_row(row: DailyRow, by_user: bool) -> pb.DailyReportRow:
+    key = row.key if by_user else route_name(int(row.key))
+    return pb.DailyReportRow(
+        date=row.day.isoformat(), key=key, calls=row.calls, input_tokens=row.input_tokens,
+        cached_input_tokens=row.cached_input_tokens, output_tokens=row.output_tokens,
+        cost_usd_nanos=row.cost_usd_nanos,
+    )
+
+
+def route_name(route: int) -> str:
+    try:
+        return types_pb2.Route.Name(route)  # type: ignore[arg-type]
+    except ValueError:
+        return str(route)
+
+
+def answer_entries(request: pb.RecordAnswersRequest) -> list[AnswerEntry]:
+    """Validates a whole batch (nothing is stored if any record is bad) into domain entries."""
+    v = Validator()
+    v.check(len(request.records) <= MAX_RECORDS_PER_BATCH, "records",
+            f"at most {MAX_RECORDS_PER_BATCH} records per batch")
+    entries: list[AnswerEntry] = []
+    for i, rec in enumerate(request.records):
+        where = f"records[{i}]"
+        v.check(0 < len(rec.request_id) <= MAX_ID_CHARS, f"{where}.request_id",
+                f"required, at most {MAX_ID_CHARS} chars")
+        v.check(0 < len(rec.user_id) <= MAX_ID_CHARS, f"{where}.user_id",
+                f"required, at most {MAX_ID_CHARS} chars")
+        v.check(rec.route in _ROUTES, f"{where}.route", "must be a Route other than UNSPECIFIED")
+        v.check(rec.message_type in _MESSAGE_TYPES, f"{where}.message_type",
+                "not a MessageType")
+        v.check(rec.latency_ms >= 0, f"{where}.latency_ms", "must not be negative")
+        v.check(rec.baseline_input_tokens >= 0, f"{where}.baseline_input_tokens",
+                "must not be negative")
+        v.check(rec.HasField("answer_time"), f"{where}.answer_time", "required")
+        charges: list[ChargeEntry] = []
+        for j, ch in enumerate(rec.charges):
+            cw = f"{where}.charges[{j}]"
+            u = ch.usage
+            v.check(bool(ch.model), f"{cw}.model", "required")
+            v.check(min(u.input_tokens, u.cached_input_tokens, u.output_tokens,
+                        u.reasoning_tokens) >= 0, f"{cw}.usage", "token counts must not be negative")
+            v.check(u.cached_input_tokens <= u.input_tokens, f"{cw}.usage.cached_input_tokens",
+                    "cached input tokens are part of input tokens: must not exceed them")
+            v.check(u.reasoning_tokens <= u.output_tokens, f"{cw}.usage.reasoning_tokens",
+                    "reasoning tokens are part of output tokens: must not exceed them")
+            charges.append(ChargeEntry(
+                purpose=ch.purpose or ANSWER_PURPOSE, model=ch.model,
+                input_tokens=u.input_tokens, cached_input_tokens=u.cached_input_tokens,
+                output_tokens=u.output_tokens, reasoning_tokens=u.reasoning_tokens,
+            ))
+        if rec.HasField("answer_time"):
+            answered_at = rec.answer_time.ToDatetime(tzinfo=dt.UTC)
+        else:
+            answered_at = dt.datetime.fromtimestamp(0, dt.UTC)
+        entries.append(AnswerEntry(
+            request_id=rec.request_id, user_id=rec.user_id, route=rec.route,
+            message_type=rec.message_type, model=rec.model, charges=tuple(charges),
+            latency_ms=rec.latency_ms, answered_at=answered_at,
+            baseline_input_tokens=rec.baseline_input_tokens,
+        ))
+    if len(v.violations) > MAX_VIOLATIONS:  # error details travel in size-limited trailers
+        more = len(v.violations) - MAX_VIOLATIONS
+        del v.violations[MAX_VIOLATIONS:]
+        v.add("records", f"... and {more} more problems")
+    v.raise_if_any("INVALID_ANSWER_RECORD")
+    return entries
