@@ -281,11 +281,15 @@ class OfflineApi:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else request.path
         endpoint = f"{request.method} {route}"
-        self.stats.requests[endpoint] += 1
+        counted = not request.path.startswith("/_control/")
+        if counted:
+            self.stats.requests[endpoint] += 1
         fault: FaultPlan | None = None
         try:
             if request.path.startswith("/v1/"):
-                fault = await self._apply_fault(request)
+                fault = self.faults.take(request.path)
+                if fault is not None:
+                    await self._apply_fault(request, fault)
                 if request.path.startswith(ASSISTANTS_PREFIXES):
                     beta = request.headers.get("OpenAI-Beta", "")
                     if "assistants=v2" not in beta:
@@ -307,7 +311,8 @@ class OfflineApi:
                 exc.status, f"{exc.reason}: {request.method} {request.path}", code=code
             )
             response = _json(http_error.body(), http_error.status)
-        self.stats.statuses[response.status] += 1
+        if counted:
+            self.stats.statuses[response.status] += 1
         if fault is not None:
             self.stats.faults_injected += 1
         log.info(
@@ -322,10 +327,7 @@ class OfflineApi:
         )
         return response
 
-    async def _apply_fault(self, request: web.Request) -> FaultPlan | None:
-        plan = self.faults.take(request.path)
-        if plan is None:
-            return None
+    async def _apply_fault(self, request: web.Request, plan: FaultPlan) -> None:
         if plan.mode is FaultMode.ERROR_500:
             raise ApiError(
                 500,
@@ -344,7 +346,6 @@ class OfflineApi:
             await asyncio.sleep(plan.latency_ms / 1000)
         elif plan.mode is FaultMode.HANG:
             await self._hang(request)
-        return plan
 
     async def _hang(self, request: web.Request) -> None:
         """Answer nothing until the fault is set/cleared again or the client goes away."""

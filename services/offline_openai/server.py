@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import TracebackType
 from typing import Self
@@ -15,7 +16,7 @@ from .faults import Faults
 from .generation import OfflineModel
 from .stats import Stats
 from .store import StateStore
-from .tokens import TokenCounter
+from .tokens import TokenCounter, load_encoding
 
 log = logging.getLogger("services.offline_openai")
 
@@ -45,6 +46,8 @@ class OfflineOpenAI:
         return f"http://{host}:{self.port}/v1"
 
     async def start(self) -> None:
+        # Load the vocabulary off the event loop so a host process keeps serving meanwhile.
+        await asyncio.to_thread(load_encoding)
         runner = web.AppRunner(self.api.build(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(

@@ -1,4 +1,4 @@
-"""Counters the offline server keeps: requests per endpoint and tokens billed."""
+"""Counters the offline server keeps: API requests per endpoint (not /_control) and tokens."""
 
 from __future__ import annotations
 

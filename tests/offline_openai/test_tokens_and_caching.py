@@ -52,8 +52,10 @@ def test_prompt_cache_is_bounded() -> None:
 def test_long_history_call_is_fast() -> None:
     """A ~25k-token history: the first call tokenizes, later ones hit the text cache."""
     rng = random.Random(7)
-    words = ("I went running this morning but skipped the gym later because work ran late "
-             "and honestly I felt tired so tomorrow I will try again early").split()
+    words = [
+        "I", "went", "running", "this", "morning", "but", "skipped", "the", "gym", "later",
+        "because", "work", "ran", "late", "and", "honestly", "felt", "tired", "tomorrow",
+    ]
     history = [
         Segment("user" if i % 2 == 0 else "assistant",
                 " ".join(rng.choice(words) for _ in range(50)) + f" (turn {i})")
