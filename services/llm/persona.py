@@ -1,0 +1,42 @@
+"""The coach persona (``data/persona.yaml``): one text shared by both tiers.
+
+Loaded and validated once at start-up; a missing or blank section is a
+ConfigError naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.common.errors import ConfigError
+
+SECTIONS = ("coach", "safety", "summary")
+
+
+@dataclass(frozen=True)
+class Persona:
+    coach: str  # system prompt (cheap tier) and instructions (stateful tier)
+    safety: str  # added to crisis turns only
+    summary: str  # instructions of the running summary
+
+
+def load_persona(path: Path) -> Persona:
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the persona file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping with keys {', '.join(SECTIONS)}")
+    texts: dict[str, str] = {}
+    for key in SECTIONS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{path}: `{key}` must be a non-blank text")
+        texts[key] = value.strip()
+    return Persona(**texts)

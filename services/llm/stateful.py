@@ -1,0 +1,144 @@
+"""The stateful tier: one gRPC contract, two upstream APIs.
+
+``StatefulBackend`` is what both backends implement:
+``services.llm.responses_backend`` (Responses API + Conversations API, the
+default) and ``services.llm.assistants_backend`` (Assistants API v2).
+``StatefulTier`` picks one per request (the request's ``api``, else
+``COACH_STATEFUL_API``).
+
+Shared rules, so both backends bill the same way:
+- the instructions are the persona, byte for byte the same for every user,
+  and the tool definitions (sorted, canonical JSON) come with it: a stable,
+  cacheable prefix under one ``prompt_cache_key`` per prefix (never per user);
+- per-user context (the context line) and crisis guidance travel with the
+  turn's input, not in the instructions; the context line is sent only when it
+  changed since this conversation last saw it (remembered in a bounded LRU);
+- function definitions only on turns that need them (``ToolCatalog``); the
+  calls the model makes are run and answered, and returned with the reply;
+- usage is the sum of what the upstream reported for every model call of the
+  turn.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.common.errors import InvalidArgument
+from services.llm.cheap_tier import prompt_cache_key
+from services.llm.persona import Persona
+from services.llm.resilience import Deadline
+from services.llm.tools import ToolCatalog, ToolSpec
+from services.llm.turns import Audience, Generation, Reply, Turn
+
+# Tool rounds per turn: a model that keeps calling functions is cut off here.
+MAX_TOOL_ROUNDS = 3
+RECAP_LABEL = "Recap of this coaching relationship before the turns below:"
+
+
+class StatefulApi(enum.Enum):
+    RESPONSES = "responses"
+    ASSISTANTS = "assistants"
+
+
+@dataclass(frozen=True)
+class TurnInput:
+    user_id: str
+    conversation_id: str
+    message: str
+    audience: Audience
+    generation: Generation
+    all_tools: bool = False
+
+
+class StatefulBackend(Protocol):
+    api: StatefulApi
+
+    async def create_conversation(
+        self, user_id: str, summary: str, seed_turns: Sequence[Turn], deadline: Deadline
+    ) -> str: ...
+
+    async def append_turns(
+        self, conversation_id: str, turns: Sequence[Turn], deadline: Deadline
+    ) -> int: ...
+
+    async def stateful_turn(self, turn: TurnInput, deadline: Deadline) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+class ContextMemo:
+    """Remembers the last context line each conversation saw (bounded LRU).
+
+    Forgetting is harmless: the line is sent again.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._seen: OrderedDict[str, str] = OrderedDict()
+        self._max = max_entries
+
+    def needs(self, conversation_id: str, line: str) -> bool:
+        return self._seen.get(conversation_id) != line
+
+    def remember(self, conversation_id: str, line: str) -> None:
+        self._seen[conversation_id] = line
+        self._seen.move_to_end(conversation_id)
+        while len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    """What one stateful turn sends besides the conversation itself."""
+
+    instructions: str
+    tools: tuple[ToolSpec, ...]
+    context_line: str | None  # None: the conversation already has it
+    safety: str | None  # crisis guidance, crisis turns only
+    cache_key: str
+
+
+class TurnPlanner:
+    """Shared by both backends: the stable prefix and the per-turn extras."""
+
+    def __init__(self, persona: Persona, catalog: ToolCatalog) -> None:
+        self.persona = persona
+        self.catalog = catalog
+        self.memo = ContextMemo()
+
+    def plan(self, turn: TurnInput) -> TurnPlan:
+        tools = self.catalog.for_turn(turn.generation.message_type, all_tools=turn.all_tools)
+        line = turn.audience.context_line()
+        prefix = json.dumps(ToolCatalog.chat_format(tools), sort_keys=True) + "\x1f" + self.persona.coach
+        return TurnPlan(
+            instructions=self.persona.coach,
+            tools=tools,
+            context_line=line if self.memo.needs(turn.conversation_id, line) else None,
+            safety=self.persona.safety if turn.generation.is_crisis else None,
+            cache_key=prompt_cache_key("stateful", prefix),
+        )
+
+    def sent(self, turn: TurnInput) -> None:
+        self.memo.remember(turn.conversation_id, turn.audience.context_line())
+
+
+class StatefulTier:
+    def __init__(self, backends: dict[StatefulApi, StatefulBackend], default: StatefulApi) -> None:
+        self.backends = backends
+        self.default = default
+
+    def backend(self, api: StatefulApi | None) -> StatefulBackend:
+        chosen = api or self.default
+        found = self.backends.get(chosen)
+        if found is None:
+            raise InvalidArgument(f"stateful API {chosen.value} is not configured",
+                                  reason="STATEFUL_API_UNAVAILABLE")
+        return found
+
+    async def close(self) -> None:
+        for backend in self.backends.values():
+            await backend.close()

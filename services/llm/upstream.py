@@ -1,0 +1,99 @@
+"""The openai SDK clients of the two tiers, and how their errors are classified.
+
+One ``AsyncOpenAI`` per tier, created once at start-up, each with its own
+HTTP connection pool (``httpx2`` via the SDK's ``DefaultAsyncHttpxClient``) sized
+for hundreds of concurrent calls. The SDK's own retries are off
+(``max_retries=0``): ``services.llm.resilience`` retries, with the caller's
+deadline in mind.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import httpx2
+import openai
+
+from services.llm.config import UpstreamSettings
+from services.llm.resilience import FailureKind, UpstreamFailure
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def create_client(settings: UpstreamSettings, call_timeout_s: float) -> openai.AsyncOpenAI:
+    http_client = openai.DefaultAsyncHttpxClient(
+        limits=httpx2.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_keepalive,
+            keepalive_expiry=30.0,
+        ),
+        timeout=httpx2.Timeout(call_timeout_s, connect=min(CONNECT_TIMEOUT_S, call_timeout_s)),
+    )
+    return openai.AsyncOpenAI(
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        max_retries=0,
+        timeout=httpx2.Timeout(call_timeout_s, connect=min(CONNECT_TIMEOUT_S, call_timeout_s)),
+        http_client=http_client,
+    )
+
+
+def retry_after_seconds(headers: httpx2.Headers | None) -> float | None:
+    """``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if present."""
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(raw)
+    if parsed is None:
+        return None
+    return max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+
+
+def classify(exc: BaseException) -> UpstreamFailure | None:
+    """An SDK exception as an ``UpstreamFailure``; None for anything else (a bug: re-raised)."""
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailure(FailureKind.TIMEOUT, "timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamFailure(FailureKind.CONNECTION, str(exc) or "connection failed")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = _message(exc)
+        retry_after = retry_after_seconds(exc.response.headers if exc.response is not None else None)
+        if status == 429:
+            return UpstreamFailure(FailureKind.RATE_LIMITED, message, status, retry_after)
+        if status in (408, 409) or status >= 500:
+            return UpstreamFailure(FailureKind.SERVER_ERROR, message, status, retry_after)
+        if status in (401, 403):
+            return UpstreamFailure(FailureKind.AUTH, message, status)
+        if status == 404:
+            return UpstreamFailure(FailureKind.NOT_FOUND, message, status)
+        return UpstreamFailure(FailureKind.REJECTED, message, status)
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamFailure(FailureKind.TIMEOUT, "timed out")
+    if isinstance(exc, httpx2.TransportError):
+        return UpstreamFailure(FailureKind.CONNECTION, str(exc) or type(exc).__name__)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return UpstreamFailure(FailureKind.SERVER_ERROR, "malformed upstream response", exc.status_code)
+    return None
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+    return str(exc.message)[:500]
