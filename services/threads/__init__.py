@@ -1,0 +1,1 @@
+"""The threads service: one provider conversation per user, the full history, bounded upstream context."""

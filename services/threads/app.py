@@ -1,0 +1,79 @@
+"""Wiring: settings -> pools, migrations, peers -> history, stateful turns, ledger relay -> server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
+
+from services.common.clients import open_channel
+from services.common.db import apply_migrations, create_pool
+from services.common.server import CoachServer, Registration
+from services.common.settings import REPO_ROOT
+from services.threads.baseline_tokens import baseline_prefix_tokens
+from services.threads.config import Settings
+from services.threads.history import History
+from services.threads.ledger_client import LedgerClient
+from services.threads.ledger_relay import LedgerRelay
+from services.threads.llm_client import LlmClient
+from services.threads.repository import ThreadsRepository
+from services.threads.servicer import ThreadsServicer
+from services.threads.stateful_turn import StatefulTurns
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+LLM_DATA = REPO_ROOT / "services" / "llm" / "data"
+
+
+async def create_server(settings: Settings) -> CoachServer:
+    prefix_tokens = baseline_prefix_tokens(settings.baseline_prefix_tokens, LLM_DATA)
+    pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+    try:
+        await apply_migrations(pool, "threads", MIGRATIONS)
+        turn_pool = await create_pool(
+            settings.database_url, min_size=1, max_size=settings.turn_connections
+        )
+    except BaseException:
+        await pool.close()
+        raise
+    repository = ThreadsRepository(pool, turn_pool)
+    llm_channel = open_channel(settings.llm)
+    ledger_channel = open_channel(settings.ledger)
+    relay = LedgerRelay(
+        repository, LedgerClient(ledger_channel, timeout_s=settings.ledger_timeout_s),
+        settings.relay,
+    )
+    history = History(repository, prefix_tokens=prefix_tokens, on_stored=relay.notify)
+    turns = StatefulTurns(
+        repository,
+        history,
+        LlmClient(llm_channel, timeout_s=settings.llm_timeout_s),
+        api=settings.stateful_api,
+        prune=settings.prune,
+        summary_model=settings.summary_model,
+    )
+    relay.start()
+    log.info("threads ready", extra={
+        "stateful_api": settings.stateful_api, "llm": settings.llm.address,
+        "ledger": settings.ledger.address, "prune_keep_messages": settings.prune.keep_messages,
+        "prune_at_messages": settings.prune.prune_at_messages,
+        "summary_model": settings.summary_model, "baseline_prefix_tokens": prefix_tokens})
+
+    async def flush_ledger() -> None:
+        await relay.stop(settings.flush_seconds)
+
+    async def close() -> None:
+        await llm_channel.close()
+        await ledger_channel.close()
+        await turn_pool.close()
+        await pool.close()
+
+    name = threads_service_pb2.DESCRIPTOR.services_by_name["ThreadsService"].full_name
+    return CoachServer(
+        settings.server,
+        [Registration(threads_service_pb2_grpc.add_ThreadsServiceServicer_to_server,
+                      ThreadsServicer(history, turns), name)],
+        on_stop=[flush_ledger, close],
+    )

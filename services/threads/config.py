@@ -1,0 +1,73 @@
+"""Settings of the threads service, parsed once from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.settings import (
+    Env,
+    PeerSettings,
+    ServerSettings,
+    database_url,
+    peer_settings,
+    server_settings,
+)
+from services.threads.ledger_relay import RelaySettings
+from services.threads.pruning import PruneSettings
+
+STATEFUL_APIS = ("responses", "assistants")
+DEFAULT_SUMMARY_MODEL = "gpt-5.4-mini"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    database_url: str
+    llm: PeerSettings
+    ledger: PeerSettings
+    # Which stateful API new provider conversations use.
+    stateful_api: str
+    prune: PruneSettings
+    summary_model: str
+    relay: RelaySettings
+    # Seconds the relay keeps flushing at shutdown.
+    flush_seconds: float
+    llm_timeout_s: float
+    ledger_timeout_s: float
+    db_pool_size: int
+    # Connections for stateful turns (each holds one for its whole turn).
+    turn_connections: int
+    # Persona + every function definition, in tokens, for baseline estimates;
+    # None: counted from the llm service's data files (or a default).
+    baseline_prefix_tokens: int | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = Env(environ)
+        keep = env.int("COACH_PRUNE_KEEP_MESSAGES", 20, minimum=2) or 20
+        return cls(
+            server=server_settings(env, "threads"),
+            database_url=database_url(env),
+            llm=peer_settings(env, "llm"),
+            ledger=peer_settings(env, "ledger"),
+            stateful_api=env.choice("COACH_STATEFUL_API", "responses", STATEFUL_APIS),
+            prune=PruneSettings(
+                keep_messages=keep,
+                prune_at_messages=env.int("COACH_PRUNE_AT_MESSAGES", 2 * keep, minimum=4) or 2 * keep,
+                summary_batch=env.int("COACH_SUMMARY_BATCH_MESSAGES", 200, minimum=2) or 200,
+            ),
+            summary_model=env.str("COACH_SUMMARY_MODEL", DEFAULT_SUMMARY_MODEL),
+            relay=RelaySettings(
+                batch_size=env.int("COACH_THREADS_RELAY_BATCH", 200, minimum=1) or 200,
+                interval_s=env.float("COACH_THREADS_RELAY_INTERVAL_SECONDS", 0.1, minimum=0.001),
+                max_backoff_s=env.float("COACH_THREADS_RELAY_MAX_BACKOFF_SECONDS", 5.0,
+                                        minimum=0.01),
+            ),
+            flush_seconds=env.float("COACH_THREADS_FLUSH_SECONDS", 5.0),
+            llm_timeout_s=env.float("COACH_THREADS_LLM_TIMEOUT_SECONDS", 60.0, minimum=0.1),
+            ledger_timeout_s=env.float("COACH_THREADS_LEDGER_TIMEOUT_SECONDS", 5.0, minimum=0.1),
+            db_pool_size=env.int("COACH_THREADS_DB_POOL_SIZE", 10, minimum=2) or 10,
+            turn_connections=env.int("COACH_THREADS_TURN_CONNECTIONS", 20, minimum=1) or 20,
+            baseline_prefix_tokens=env.int("COACH_BASELINE_PREFIX_TOKENS", None, minimum=0),
+        )

@@ -1,0 +1,126 @@
+"""``ConversationProvider`` over gRPC to coach.llm.v1.LlmService."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from coach.llm.v1 import llm_service_pb2 as llm_pb
+from coach.llm.v1 import llm_service_pb2_grpc
+
+from services.common.interceptors import error_from_rpc
+from services.threads.peer_errors import PeerCallFailed
+from services.threads.ports import SummaryReply, TurnReply, TurnSettings
+from services.threads.records import COACH, ToolCall, Turn, Usage
+
+_API = {"responses": llm_pb.STATEFUL_API_RESPONSES, "assistants": llm_pb.STATEFUL_API_ASSISTANTS}
+_ROLE = {COACH: llm_pb.TURN_ROLE_COACH}
+
+
+def _turns(turns: Sequence[Turn]) -> list[llm_pb.ChatTurn]:
+    return [llm_pb.ChatTurn(role=_ROLE.get(t.role, llm_pb.TURN_ROLE_USER), text=t.text) for t in turns]
+
+
+def _usage(usage: llm_pb.TokenUsage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
+def _failed(exc: grpc.aio.AioRpcError) -> PeerCallFailed:
+    code, reason, violations = error_from_rpc(exc)
+    return PeerCallFailed("llm", code, exc.details() or "", reason, violations)
+
+
+class LlmClient:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        self._stub = llm_service_pb2_grpc.LlmServiceStub(channel)
+        self._timeout = timeout_s
+
+    async def create_conversation(
+        self, *, request_id: str, user_id: str, api: str, summary: str, seed_turns: Sequence[Turn]
+    ) -> str:
+        request = llm_pb.CreateConversationRequest(
+            request_id=request_id, user_id=user_id, api=_API[api], summary=summary,
+            seed_turns=_turns(seed_turns),
+        )
+        try:
+            reply = await self._stub.CreateConversation(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from exc
+        return reply.conversation_id
+
+    async def append_turns(
+        self, *, request_id: str, conversation_id: str, api: str, turns: Sequence[Turn]
+    ) -> int:
+        request = llm_pb.AppendTurnsRequest(
+            request_id=request_id, conversation_id=conversation_id, api=_API[api], turns=_turns(turns)
+        )
+        try:
+            reply = await self._stub.AppendTurns(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from exc
+        return reply.appended
+
+    async def stateful_turn(
+        self,
+        *,
+        request_id: str,
+        user_id: str,
+        conversation_id: str,
+        api: str,
+        message: str,
+        settings: TurnSettings,
+    ) -> TurnReply:
+        request = llm_pb.StatefulTurnRequest(
+            request_id=request_id,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            api=_API[api],
+            message=message,
+            audience=llm_pb.Audience(
+                display_name=settings.display_name, current_streak=settings.current_streak
+            ),
+            generation=llm_pb.Generation(
+                model=settings.model,
+                max_output_tokens=settings.max_output_tokens,
+                temperature=settings.temperature,
+                message_type=settings.message_type,
+            ),
+            all_tools=settings.all_tools,
+        )
+        try:
+            reply = await self._stub.StatefulTurn(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from exc
+        return TurnReply(
+            texts=tuple(reply.texts),
+            model=reply.model,
+            usage=_usage(reply.usage),
+            tool_calls=tuple(
+                ToolCall(c.name, c.arguments_json, c.output_json) for c in reply.tool_calls
+            ),
+            response_id=reply.response_id,
+        )
+
+    async def summarize(
+        self,
+        *,
+        request_id: str,
+        user_id: str,
+        previous_summary: str,
+        turns: Sequence[Turn],
+        model: str,
+    ) -> SummaryReply:
+        request = llm_pb.SummarizeRequest(
+            request_id=request_id, user_id=user_id, previous_summary=previous_summary,
+            turns=_turns(turns), model=model,
+        )
+        try:
+            reply = await self._stub.Summarize(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from exc
+        return SummaryReply(summary=reply.summary, model=reply.model, usage=_usage(reply.usage))

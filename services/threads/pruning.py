@@ -1,0 +1,116 @@
+"""Bounded upstream context: when to rotate a provider conversation, what to back-fill.
+
+The guide's Day 8-10, done right. A provider conversation holds its seed (the
+last N messages, after a running summary of everything older) plus what was
+added since. Before each stateful turn:
+
+* messages answered elsewhere (canned, cheap, fallback) that the conversation
+  has not seen are appended, so the strong model sees the whole story;
+* when the conversation would then hold more than ``prune_at_messages``, or more
+  than N messages are unseen, it is rotated instead: the messages falling out of
+  the window are folded into the summary (only those: the summary is
+  incremental) and a new conversation is seeded with summary + last N messages.
+
+The baseline policy never prunes and never summarizes. Pure functions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.common.errors import ConfigError
+from services.threads.records import Conversation, HistoryMessage
+
+# Messages a stateful turn adds: the user's message and the coach's answer.
+TURN_MESSAGES = 2
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    keep_messages: int = 20
+    prune_at_messages: int = 40
+    # Most messages folded into the summary by one Summarize call.
+    summary_batch: int = 200
+
+    def __post_init__(self) -> None:
+        if self.keep_messages < 2:
+            raise ConfigError("COACH_PRUNE_KEEP_MESSAGES must be at least 2")
+        if self.prune_at_messages < self.keep_messages + TURN_MESSAGES:
+            raise ConfigError(
+                "COACH_PRUNE_AT_MESSAGES must be at least COACH_PRUNE_KEEP_MESSAGES + 2 "
+                f"(got {self.prune_at_messages} < {self.keep_messages} + 2)"
+            )
+
+
+@dataclass(frozen=True)
+class ContinuityPlan:
+    """What to do before the turn: rotate (with why), or append ``append``."""
+
+    rotate: bool
+    reason: str
+    append: tuple[HistoryMessage, ...] = ()
+
+
+def plan_continuity(
+    conversation: Conversation | None,
+    unseen: Sequence[HistoryMessage],
+    *,
+    api: str,
+    settings: PruneSettings,
+    baseline: bool,
+) -> ContinuityPlan:
+    """Decides between back-filling and rotating.
+
+    ``unseen`` is oldest first; in the optimized policy the caller passes at
+    most ``keep_messages + 1`` of the newest unseen messages (one more than the
+    window tells "more than N unseen").
+    """
+    if conversation is None:
+        return ContinuityPlan(rotate=True, reason="first_conversation")
+    if baseline:
+        return ContinuityPlan(rotate=False, reason="", append=tuple(unseen))
+    if conversation.api != api:
+        return ContinuityPlan(rotate=True, reason="api_changed")
+    if len(unseen) > settings.keep_messages:
+        return ContinuityPlan(rotate=True, reason="unseen_beyond_window")
+    if conversation.held_messages + len(unseen) + TURN_MESSAGES > settings.prune_at_messages:
+        return ContinuityPlan(rotate=True, reason="window_full")
+    return ContinuityPlan(rotate=False, reason="", append=tuple(unseen))
+
+
+@dataclass(frozen=True)
+class RotationPlan:
+    """Seed of the new conversation, and the range of messages to fold into the summary."""
+
+    seed: tuple[HistoryMessage, ...]
+    # Fold messages with summarize_after < id <= summarize_through.
+    summarize_after: int
+    summarize_through: int
+
+    @property
+    def needs_summary(self) -> bool:
+        return self.summarize_through > self.summarize_after
+
+
+def plan_rotation(
+    recent: Sequence[HistoryMessage], *, summarized_through: int, baseline: bool = False
+) -> RotationPlan:
+    """``recent`` are the messages the new conversation keeps (oldest first).
+
+    In the optimized policy they are the user's last N messages and everything
+    older than them goes into the summary; in the baseline policy ``recent`` is
+    the whole history and nothing is summarized.
+    """
+    seed = tuple(recent)
+    if baseline or not seed:
+        return RotationPlan(seed, summarized_through, summarized_through)
+    boundary = seed[0].id - 1
+    return RotationPlan(seed, summarized_through, max(boundary, summarized_through))
+
+
+def summary_batches(
+    messages: Sequence[HistoryMessage], batch: int
+) -> list[tuple[HistoryMessage, ...]]:
+    """Splits messages to fold into Summarize calls of at most ``batch`` messages."""
+    return [tuple(messages[i : i + batch]) for i in range(0, len(messages), batch)]

@@ -1,0 +1,481 @@
+"""All SQL of the threads service (schema ``threads``, see migrations/)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from services.common.errors import FailedPrecondition
+from services.threads.records import (
+    COACH,
+    ROUTE_PATTERN,
+    USER,
+    AnswerRecord,
+    Charge,
+    Conversation,
+    ConversationView,
+    Exchange,
+    GoalSaved,
+    HistoryMessage,
+    StoredExchange,
+    StoredMessage,
+    Turn,
+    UserState,
+)
+
+log = logging.getLogger(__name__)
+
+# Namespace of the per-user session advisory lock (two-key form: no clash with
+# single-key locks such as the migrations lock).
+TURN_LOCK_CLASS = 0x7468  # "th"
+
+_ROLE_OF_DIRECTION = {"in": USER, "out": COACH}
+
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+
+class ConversationConflict(Exception):
+    """The active conversation changed under us (another writer); nothing was written."""
+
+
+@dataclass(frozen=True)
+class NewExchange:
+    """An exchange to store, with what only the threads service knows about it."""
+
+    exchange: Exchange
+    message_tokens: int
+    history_tokens_added: int
+    prefix_tokens: int
+    goals: tuple[GoalSaved, ...] = ()
+    # Set for stateful turns: the conversation row the exchange was answered in.
+    conversation_pk: int | None = None
+
+
+def _exchange_from_row(row: asyncpg.Record | dict[str, Any]) -> Exchange:
+    charges = row["charges"]
+    if isinstance(charges, str):
+        charges = json.loads(charges)
+    created = row["created_at"]
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created)
+    return Exchange(
+        request_id=row["request_id"],
+        user_id=row["user_id"],
+        user_text=row["user_text"],
+        coach_texts=tuple(row["coach_texts"]),
+        route=row["route"],
+        message_type=row["message_type"],
+        pattern=row["pattern"],
+        model=row["model"],
+        charges=tuple(Charge.from_json(c) for c in charges),
+        conversation_id=row["conversation_id"],
+        latency_ms=int(row["latency_ms"]),
+        created_at=created,
+    )
+
+
+def _conversation_from_row(row: asyncpg.Record) -> Conversation:
+    return Conversation(
+        id=row["id"],
+        user_id=row["user_id"],
+        provider_conversation_id=row["provider_conversation_id"],
+        api=row["api"],
+        status=row["status"],
+        summary=row["summary"],
+        summarized_through=row["summarized_through"],
+        seen_through=row["seen_through"],
+        seed_turns=row["seed_turns"],
+        turns_in_window=row["turns_in_window"],
+        generation=row["generation"],
+    )
+
+
+def _history(rows: Sequence[asyncpg.Record]) -> list[HistoryMessage]:
+    return [HistoryMessage(r["id"], _ROLE_OF_DIRECTION[r["direction"]], r["text"]) for r in rows]
+
+
+_USER_STATE_SQL = """
+SELECT s.message_count,
+       CASE WHEN s.today = (now() AT TIME ZONE 'UTC')::date THEN s.messages_today ELSE 0 END
+           AS messages_today,
+       s.last_canned_reply,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(r.direction, r.text) ORDER BY r.id), '[]')
+          FROM (SELECT id, direction, text FROM threads.messages
+                 WHERE user_id = $1 ORDER BY id DESC LIMIT $2) r)::text AS recent,
+       (SELECT to_jsonb(e) FROM threads.exchanges e
+         WHERE $3 <> '' AND e.request_id = $3 AND e.user_id = $1)::text AS existing
+  FROM (SELECT 1) AS one
+  LEFT JOIN threads.user_stats s ON s.user_id = $1
+"""
+
+_EXCHANGE_COLUMNS = """request_id, user_id, user_text, coach_texts, route, message_type, pattern,
+    model, charges::text AS charges, conversation_id, latency_ms, created_at"""
+
+
+class ThreadsRepository:
+    def __init__(self, pool: asyncpg.Pool, turn_pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        # Connections held for a whole stateful turn (they carry the advisory
+        # lock); a pool of their own so long turns never starve short queries.
+        self.turn_pool = turn_pool
+
+    # --- the router's hot path ------------------------------------------------------------
+
+    async def user_state(self, user_id: str, recent_turns: int, request_id: str) -> UserState:
+        """One statement: stats row (primary key), last turns (index range), existing answer."""
+        row = await self.pool.fetchrow(_USER_STATE_SQL, user_id, recent_turns, request_id)
+        assert row is not None
+        recent = [Turn(_ROLE_OF_DIRECTION[d], t) for d, t in json.loads(row["recent"])]
+        existing = _exchange_from_row(json.loads(row["existing"])) if row["existing"] else None
+        return UserState(
+            message_count=row["message_count"] or 0,
+            recent_turns=tuple(recent),
+            existing=existing,
+            messages_today=row["messages_today"] or 0,
+            last_canned_reply=row["last_canned_reply"] or "",
+        )
+
+    # --- storing exchanges ----------------------------------------------------------------
+
+    async def get_exchange(self, request_id: str, db: Executor | None = None) -> Exchange | None:
+        row = await (db or self.pool).fetchrow(
+            f"SELECT {_EXCHANGE_COLUMNS} FROM threads.exchanges WHERE request_id = $1", request_id
+        )
+        return _exchange_from_row(row) if row else None
+
+    async def store_exchange(
+        self, new: NewExchange, conn: asyncpg.Connection | None = None
+    ) -> StoredExchange:
+        """Stores the exchange, its messages, stats, pending upkeep charges, outbox row and goals
+        in one transaction; a request_id already stored returns the first exchange instead."""
+        if conn is None:
+            async with self.pool.acquire() as own:
+                return await self._store_exchange(new, own)
+        return await self._store_exchange(new, conn)
+
+    async def _store_exchange(self, new: NewExchange, conn: asyncpg.Connection) -> StoredExchange:
+        ex = new.exchange
+        async with conn.transaction():
+            inserted = await conn.fetchrow(
+                """INSERT INTO threads.exchanges (request_id, user_id, user_text, coach_texts, route,
+                       message_type, pattern, model, conversation_id, latency_ms)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   ON CONFLICT (request_id) DO NOTHING
+                   RETURNING created_at""",
+                ex.request_id, ex.user_id, ex.user_text, list(ex.coach_texts), ex.route,
+                ex.message_type, ex.pattern, ex.model, ex.conversation_id, ex.latency_ms,
+            )
+            if inserted is None:
+                existing = await self.get_exchange(ex.request_id, conn)
+                assert existing is not None
+                if existing.user_id != ex.user_id:
+                    raise FailedPrecondition(
+                        "request_id was already used for another user",
+                        reason="REQUEST_ID_REUSED",
+                    )
+                return StoredExchange(existing, created=False)
+            created_at: datetime = inserted["created_at"]
+            coach_text = "\n\n".join(ex.coach_texts)
+            # The stats row is locked before any message id is drawn, so a user's
+            # message ids follow commit order (continuity relies on it).
+            history_before = await conn.fetchval(
+                """INSERT INTO threads.user_stats AS s (user_id, message_count, history_tokens,
+                       today, messages_today, last_canned_reply)
+                   VALUES ($1, 1, $2, (now() AT TIME ZONE 'UTC')::date, 1,
+                           CASE WHEN $3 THEN $4 ELSE '' END)
+                   ON CONFLICT (user_id) DO UPDATE SET
+                       message_count = s.message_count + 1,
+                       history_tokens = s.history_tokens + EXCLUDED.history_tokens,
+                       messages_today = CASE WHEN s.today = EXCLUDED.today
+                                             THEN s.messages_today + 1 ELSE 1 END,
+                       today = EXCLUDED.today,
+                       last_canned_reply = CASE WHEN $3 THEN EXCLUDED.last_canned_reply
+                                                ELSE s.last_canned_reply END,
+                       updated_at = now()
+                   RETURNING history_tokens - $2""",
+                ex.user_id, new.history_tokens_added, ex.route == ROUTE_PATTERN, coach_text,
+            )
+            in_id = await conn.fetchval(
+                """INSERT INTO threads.messages (user_id, direction, text, route, message_type,
+                       model, request_id, conversation_id, created_at)
+                   VALUES ($1, 'in', $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+                ex.user_id, ex.user_text, ex.route, ex.message_type, ex.model, ex.request_id,
+                new.conversation_pk, created_at,
+            )
+            out_id = in_id
+            if ex.coach_texts:
+                out_id = await conn.fetchval(
+                    """INSERT INTO threads.messages (user_id, direction, text, route, message_type,
+                           model, request_id, conversation_id, created_at)
+                       VALUES ($1, 'out', $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+                    ex.user_id, coach_text, ex.route, ex.message_type, ex.model, ex.request_id,
+                    new.conversation_pk, created_at,
+                )
+            upkeep = await conn.fetch(
+                "DELETE FROM threads.pending_charges WHERE user_id = $1 RETURNING id, charge::text",
+                ex.user_id,
+            )
+            charges = tuple(ex.charges) + tuple(
+                Charge.from_json(json.loads(r["charge"])) for r in sorted(upkeep, key=lambda r: r["id"])
+            )
+            baseline = new.prefix_tokens + int(history_before) + new.message_tokens
+            await conn.execute(
+                """UPDATE threads.exchanges SET charges = $2::jsonb, baseline_input_tokens = $3
+                    WHERE request_id = $1""",
+                ex.request_id, json.dumps([c.to_json() for c in charges]), baseline,
+            )
+            record = AnswerRecord(
+                request_id=ex.request_id, user_id=ex.user_id, route=ex.route,
+                message_type=ex.message_type, model=ex.model, charges=charges,
+                latency_ms=ex.latency_ms, answer_time=created_at, baseline_input_tokens=baseline,
+            )
+            await conn.execute(
+                """INSERT INTO threads.outbox (request_id, record) VALUES ($1, $2::jsonb)
+                   ON CONFLICT (request_id) DO NOTHING""",
+                ex.request_id, json.dumps(record.to_json()),
+            )
+            for goal in new.goals:
+                await conn.execute(
+                    """INSERT INTO threads.goals (user_id, goal, deadline, arguments, request_id)
+                       VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT DO NOTHING""",
+                    ex.user_id, goal.goal, goal.deadline, json.dumps(goal.arguments), ex.request_id,
+                )
+            if new.conversation_pk is not None:
+                # The conversation saw this exchange. Its watermark moves past it
+                # only when nothing answered elsewhere is still unseen before it.
+                await conn.execute(
+                    """UPDATE threads.conversations c
+                          SET turns_in_window = c.turns_in_window + $3,
+                              seen_through = CASE WHEN NOT EXISTS (
+                                  SELECT 1 FROM threads.messages m
+                                   WHERE m.user_id = c.user_id AND m.id > c.seen_through
+                                     AND m.id < $2
+                                     AND m.conversation_id IS DISTINCT FROM c.id)
+                                  THEN $4 ELSE c.seen_through END,
+                              updated_at = now()
+                        WHERE c.id = $1""",
+                    new.conversation_pk, in_id, 2 if ex.coach_texts else 1, out_id,
+                )
+        stored = replace(ex, charges=charges, created_at=created_at)
+        return StoredExchange(stored, created=True)
+
+    # --- reading history -------------------------------------------------------------------
+
+    async def list_messages(
+        self, user_id: str, before_id: int | None, limit: int
+    ) -> list[StoredMessage]:
+        rows = await self.pool.fetch(
+            """SELECT id, request_id, direction, text, route, message_type, model, created_at
+                 FROM threads.messages
+                WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2)
+                ORDER BY id DESC LIMIT $3""",
+            user_id, before_id, limit,
+        )
+        return [
+            StoredMessage(
+                id=r["id"], request_id=r["request_id"], role=_ROLE_OF_DIRECTION[r["direction"]],
+                text=r["text"], route=r["route"], message_type=r["message_type"], model=r["model"],
+                created_at=r["created_at"],
+            )
+            for r in rows
+        ]
+
+    async def count_messages(self, user_id: str) -> int:
+        count = await self.pool.fetchval(
+            "SELECT message_count FROM threads.user_stats WHERE user_id = $1", user_id
+        )
+        return int(count or 0)
+
+    async def conversation_view(self, user_id: str) -> ConversationView:
+        rows = await self.pool.fetch(
+            """SELECT * FROM threads.conversations WHERE user_id = $1
+                ORDER BY (status = 'active') DESC, id DESC""",
+            user_id,
+        )
+        active = _conversation_from_row(rows[0]) if rows and rows[0]["status"] == "active" else None
+        return ConversationView(active, generation=len(rows))
+
+    # --- a stateful turn, on the connection that holds the user's lock -------------------
+
+    @asynccontextmanager
+    async def user_turn_lock(self, user_id: str) -> AsyncIterator[asyncpg.Connection]:
+        """A connection holding the user's session advisory lock, for the whole turn.
+
+        Serializes a user's turns across every replica of the service. The lock
+        is released in ``finally``; should that fail, the connection is dropped
+        (PostgreSQL then releases the lock itself).
+        """
+        async with self.turn_pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", TURN_LOCK_CLASS, user_id)
+            try:
+                yield conn
+            finally:
+                try:
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock($1, hashtext($2))", TURN_LOCK_CLASS, user_id
+                    )
+                except BaseException:
+                    log.warning("advisory unlock failed; dropping the connection",
+                                extra={"user_id": user_id})
+                    conn.terminate()
+                    raise
+
+    async def active_conversation(self, conn: asyncpg.Connection, user_id: str) -> Conversation | None:
+        row = await conn.fetchrow(
+            "SELECT * FROM threads.conversations WHERE user_id = $1 AND status = 'active'", user_id
+        )
+        return _conversation_from_row(row) if row else None
+
+    async def unseen_messages(
+        self, conn: asyncpg.Connection, conversation: Conversation, limit: int
+    ) -> list[HistoryMessage]:
+        """The newest ``limit`` messages the conversation has not seen, oldest first."""
+        rows = await conn.fetch(
+            """SELECT id, direction, text FROM threads.messages
+                WHERE user_id = $1 AND id > $2 AND conversation_id IS DISTINCT FROM $3
+                ORDER BY id DESC LIMIT $4""",
+            conversation.user_id, conversation.seen_through, conversation.id, limit,
+        )
+        return list(reversed(_history(rows)))
+
+    async def recent_messages(
+        self, conn: asyncpg.Connection, user_id: str, limit: int
+    ) -> list[HistoryMessage]:
+        rows = await conn.fetch(
+            """SELECT id, direction, text FROM threads.messages
+                WHERE user_id = $1 ORDER BY id DESC LIMIT $2""",
+            user_id, limit,
+        )
+        return list(reversed(_history(rows)))
+
+    async def messages_between(
+        self, conn: asyncpg.Connection, user_id: str, after_id: int, through_id: int
+    ) -> list[HistoryMessage]:
+        rows = await conn.fetch(
+            """SELECT id, direction, text FROM threads.messages
+                WHERE user_id = $1 AND id > $2 AND id <= $3 ORDER BY id""",
+            user_id, after_id, through_id,
+        )
+        return _history(rows)
+
+    async def add_pending_charge(
+        self, conn: asyncpg.Connection, user_id: str, request_id: str, charge: Charge
+    ) -> None:
+        await conn.execute(
+            """INSERT INTO threads.pending_charges (user_id, request_id, charge)
+               VALUES ($1, $2, $3::jsonb)""",
+            user_id, request_id, json.dumps(charge.to_json()),
+        )
+
+    async def save_summary(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        user_id: str,
+        request_id: str,
+        conversation_pk: int | None,
+        summary: str,
+        summarized_through: int,
+        charge: Charge,
+    ) -> None:
+        """Records a summary step: its charge (owed by the next stored answer) and, when
+        the user has an active conversation, the running summary, so that a rotation
+        interrupted later never summarizes the same messages twice."""
+        async with conn.transaction():
+            await self.add_pending_charge(conn, user_id, request_id, charge)
+            if conversation_pk is not None:
+                await conn.execute(
+                    """UPDATE threads.conversations
+                          SET summary = $2, summarized_through = $3, updated_at = now()
+                        WHERE id = $1 AND status = 'active'""",
+                    conversation_pk, summary, summarized_through,
+                )
+
+    async def mark_appended(
+        self, conn: asyncpg.Connection, conversation_pk: int, seen_through: int, appended: int
+    ) -> None:
+        await conn.execute(
+            """UPDATE threads.conversations
+                  SET seen_through = greatest(seen_through, $2),
+                      turns_in_window = turns_in_window + $3, updated_at = now()
+                WHERE id = $1""",
+            conversation_pk, seen_through, appended,
+        )
+
+    async def replace_conversation(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        old: Conversation | None,
+        user_id: str,
+        provider_conversation_id: str,
+        api: str,
+        summary: str,
+        summarized_through: int,
+        seen_through: int,
+        seed_turns: int,
+    ) -> Conversation:
+        """In one transaction: archive ``old`` (if any) and insert the new active mapping.
+
+        Raises ConversationConflict (and writes nothing) when ``old`` is no longer
+        the user's active conversation.
+        """
+        try:
+            async with conn.transaction():
+                if old is not None:
+                    status = await conn.execute(
+                        """UPDATE threads.conversations
+                              SET status = 'archived', archived_at = now(), updated_at = now()
+                            WHERE id = $1 AND status = 'active'""",
+                        old.id,
+                    )
+                    if status != "UPDATE 1":
+                        raise ConversationConflict(f"conversation {old.id} is no longer active")
+                row = await conn.fetchrow(
+                    """INSERT INTO threads.conversations (user_id, provider_conversation_id, api,
+                           summary, summarized_through, seen_through, seed_turns, generation)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7,
+                               1 + (SELECT count(*) FROM threads.conversations WHERE user_id = $1))
+                       RETURNING *""",
+                    user_id, provider_conversation_id, api, summary, summarized_through,
+                    seen_through, seed_turns,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise ConversationConflict("another active conversation exists") from exc
+        assert row is not None
+        return _conversation_from_row(row)
+
+    # --- the ledger outbox -----------------------------------------------------------------
+
+    async def relay_outbox_batch(
+        self, limit: int, send: Callable[[list[AnswerRecord]], Awaitable[None]]
+    ) -> int:
+        """Sends up to ``limit`` pending records and deletes them once ``send`` returns.
+
+        The rows stay locked (FOR UPDATE SKIP LOCKED) in a transaction held across
+        the call, so no other relay sends them meanwhile; should ``send`` fail,
+        the transaction rolls back and the rows stay for the next attempt.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, record::text FROM threads.outbox ORDER BY id
+                    LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                limit,
+            )
+            if not rows:
+                return 0
+            await send([AnswerRecord.from_json(json.loads(r["record"])) for r in rows])
+            await conn.execute(
+                "DELETE FROM threads.outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
+            return len(rows)
+
+    async def outbox_size(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM threads.outbox") or 0)

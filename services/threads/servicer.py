@@ -1,0 +1,238 @@
+"""ThreadsService over gRPC: validate, proto -> domain -> proto. No rules, no SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import grpc
+from coach.router.v1 import types_pb2
+from coach.threads.v1 import threads_service_pb2 as pb
+from coach.threads.v1 import threads_service_pb2_grpc
+
+from services.common.errors import Validator
+from services.threads.history import History
+from services.threads.ports import TurnSettings
+from services.threads.records import COACH, Charge, Exchange, StoredExchange, Turn, Usage
+from services.threads.stateful_turn import StatefulTurnRequest, StatefulTurns
+
+MAX_USER_ID = 128
+MAX_REQUEST_ID = 128
+MAX_MESSAGE_CHARS = 4000
+MAX_COACH_TEXT_CHARS = 16000
+
+_ROLE = {COACH: types_pb2.ROLE_COACH}
+
+
+def _timestamp(value: datetime | None, target: object) -> None:
+    if value is not None:
+        target.FromDatetime(value)  # type: ignore[attr-defined]
+
+
+def exchange_pb(exchange: Exchange) -> pb.Exchange:
+    message = pb.Exchange(
+        request_id=exchange.request_id,
+        user_id=exchange.user_id,
+        user_text=exchange.user_text,
+        coach_texts=list(exchange.coach_texts),
+        route=types_pb2.Route.Value(exchange.route),
+        message_type=types_pb2.MessageType.Value(exchange.message_type),
+        pattern=exchange.pattern,
+        model=exchange.model,
+        charges=[
+            pb.UpstreamCharge(
+                model=c.model,
+                purpose=c.purpose,
+                usage=types_pb2.Usage(
+                    input_tokens=c.usage.input_tokens,
+                    cached_input_tokens=c.usage.cached_input_tokens,
+                    output_tokens=c.usage.output_tokens,
+                    reasoning_tokens=c.usage.reasoning_tokens,
+                ),
+            )
+            for c in exchange.charges
+        ],
+        conversation_id=exchange.conversation_id,
+        latency_ms=exchange.latency_ms,
+    )
+    _timestamp(exchange.created_at, message.create_time)
+    return message
+
+
+def _turn_pb(turn: Turn) -> types_pb2.Turn:
+    return types_pb2.Turn(role=_ROLE.get(turn.role, types_pb2.ROLE_USER), text=turn.text)
+
+
+def _check_user_id(v: Validator, user_id: str, field: str = "user_id") -> None:
+    v.check(bool(user_id.strip()), field, "required")
+    v.check(len(user_id) <= MAX_USER_ID, field, f"at most {MAX_USER_ID} characters")
+
+
+def _check_request_id(v: Validator, request_id: str, field: str = "request_id") -> None:
+    v.check(bool(request_id.strip()), field, "required: the idempotency key of this write")
+    v.check(len(request_id) <= MAX_REQUEST_ID, field, f"at most {MAX_REQUEST_ID} characters")
+
+
+def _check_message(v: Validator, text: str, field: str) -> None:
+    v.check(bool(text.strip()), field, "required and not blank")
+    v.check(len(text) <= MAX_MESSAGE_CHARS, field, f"at most {MAX_MESSAGE_CHARS} characters")
+
+
+def _check_enum(v: Validator, enum: object, value: int, field: str) -> None:
+    valid = value in enum.values() and value != 0  # type: ignore[attr-defined]
+    v.check(valid, field, "required: one of the named values")
+
+
+def exchange_from_pb(message: pb.Exchange) -> Exchange:
+    v = Validator()
+    _check_request_id(v, message.request_id, "exchange.request_id")
+    _check_user_id(v, message.user_id, "exchange.user_id")
+    _check_message(v, message.user_text, "exchange.user_text")
+    v.check(len(message.coach_texts) > 0, "exchange.coach_texts", "at least one reply")
+    v.check(sum(len(t) for t in message.coach_texts) <= MAX_COACH_TEXT_CHARS,
+            "exchange.coach_texts", f"at most {MAX_COACH_TEXT_CHARS} characters in all")
+    _check_enum(v, types_pb2.Route, message.route, "exchange.route")
+    _check_enum(v, types_pb2.MessageType, message.message_type, "exchange.message_type")
+    v.check(message.latency_ms >= 0, "exchange.latency_ms", "must not be negative")
+    for i, c in enumerate(message.charges):
+        u = c.usage
+        v.check(min(u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens) >= 0,
+                f"exchange.charges[{i}].usage", "token counts must not be negative")
+    v.raise_if_any()
+    return Exchange(
+        request_id=message.request_id,
+        user_id=message.user_id,
+        user_text=message.user_text,
+        coach_texts=tuple(message.coach_texts),
+        route=types_pb2.Route.Name(message.route),
+        message_type=types_pb2.MessageType.Name(message.message_type),
+        pattern=message.pattern,
+        model=message.model,
+        charges=tuple(
+            Charge(
+                model=c.model,
+                purpose=c.purpose or "answer",
+                usage=Usage(c.usage.input_tokens, c.usage.cached_input_tokens,
+                            c.usage.output_tokens, c.usage.reasoning_tokens),
+            )
+            for c in message.charges
+        ),
+        conversation_id=message.conversation_id,
+        latency_ms=message.latency_ms,
+    )
+
+
+def _stored(stored: StoredExchange) -> tuple[pb.Exchange, bool]:
+    return exchange_pb(stored.exchange), stored.created
+
+
+class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
+    def __init__(self, history: History, turns: StatefulTurns) -> None:
+        self.history = history
+        self.turns = turns
+
+    async def GetUserState(
+        self, request: pb.GetUserStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUserStateResponse:
+        v = Validator()
+        _check_user_id(v, request.user_id)
+        v.check(request.recent_turns >= 0, "recent_turns", "must not be negative")
+        v.check(len(request.request_id) <= MAX_REQUEST_ID, "request_id",
+                f"at most {MAX_REQUEST_ID} characters")
+        v.raise_if_any()
+        state = await self.history.user_state(request.user_id, request.recent_turns,
+                                              request.request_id)
+        response = pb.GetUserStateResponse(
+            message_count=state.message_count,
+            recent_turns=[_turn_pb(t) for t in state.recent_turns],
+            messages_today=state.messages_today,
+            last_canned_reply=state.last_canned_reply,
+        )
+        if state.existing is not None:
+            response.existing.CopyFrom(exchange_pb(state.existing))
+        return response
+
+    async def RecordExchange(
+        self, request: pb.RecordExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordExchangeResponse:
+        stored = await self.history.record_exchange(exchange_from_pb(request.exchange))
+        exchange, created = _stored(stored)
+        return pb.RecordExchangeResponse(exchange=exchange, created=created)
+
+    async def RunStatefulTurn(
+        self, request: pb.RunStatefulTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunStatefulTurnResponse:
+        v = Validator()
+        _check_request_id(v, request.request_id)
+        _check_user_id(v, request.user_id)
+        _check_message(v, request.message, "message")
+        _check_enum(v, types_pb2.MessageType, request.message_type, "message_type")
+        v.check(request.max_output_tokens >= 0, "max_output_tokens", "must not be negative")
+        v.check(0.0 <= request.temperature <= 2.0, "temperature", "between 0 and 2")
+        v.raise_if_any()
+        message_type = types_pb2.MessageType.Name(request.message_type)
+        stored = await self.turns.run(
+            StatefulTurnRequest(
+                request_id=request.request_id,
+                user_id=request.user_id,
+                message=request.message,
+                message_type=message_type,
+                settings=TurnSettings(
+                    model=request.model,
+                    max_output_tokens=request.max_output_tokens,
+                    temperature=request.temperature,
+                    message_type=message_type,
+                    display_name=request.context.display_name,
+                    current_streak=request.context.current_streak,
+                    all_tools=request.baseline,
+                ),
+                baseline=request.baseline,
+            )
+        )
+        exchange, created = _stored(stored)
+        return pb.RunStatefulTurnResponse(exchange=exchange, created=created)
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMessagesResponse:
+        v = Validator()
+        _check_user_id(v, request.user_id)
+        v.check(request.page_size >= 0, "page_size", "must not be negative")
+        v.raise_if_any()
+        page = await self.history.list_messages(request.user_id, request.page_size,
+                                                request.page_token)
+        response = pb.ListMessagesResponse(next_page_token=page.next_page_token)
+        for m in page.messages:
+            stored = response.messages.add(
+                request_id=m.request_id,
+                role=_ROLE.get(m.role, types_pb2.ROLE_USER),
+                text=m.text,
+                route=types_pb2.Route.Value(m.route),
+                message_type=types_pb2.MessageType.Value(m.message_type),
+                model=m.model,
+            )
+            stored.create_time.FromDatetime(m.created_at)
+        return response
+
+    async def CountMessages(
+        self, request: pb.CountMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountMessagesResponse:
+        v = Validator()
+        _check_user_id(v, request.user_id)
+        v.raise_if_any()
+        return pb.CountMessagesResponse(count=await self.history.count_messages(request.user_id))
+
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConversationResponse:
+        v = Validator()
+        _check_user_id(v, request.user_id)
+        v.raise_if_any()
+        view = await self.history.conversation(request.user_id)
+        response = pb.GetConversationResponse(generation=view.generation)
+        if view.conversation is not None:
+            c = view.conversation
+            response.conversation_id = c.provider_conversation_id
+            response.api = c.api
+            response.summary = c.summary
+            response.turns_in_window = c.turns_in_window
+        return response

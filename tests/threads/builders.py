@@ -1,0 +1,44 @@
+"""Request builders for the threads service tests."""
+
+from __future__ import annotations
+
+import uuid
+
+from coach.router.v1 import types_pb2
+from coach.threads.v1 import threads_service_pb2 as pb
+
+
+def rid() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
+def turn_request(user_id: str, message: str, request_id: str | None = None, *,
+                 baseline: bool = False,
+                 message_type: int = types_pb2.MESSAGE_TYPE_DEEP_COACHING
+                 ) -> pb.RunStatefulTurnRequest:
+    return pb.RunStatefulTurnRequest(
+        request_id=request_id or rid(), user_id=user_id, message=message,
+        message_type=message_type, model="gpt-5.4", max_output_tokens=300, temperature=0.7,
+        context=types_pb2.UserContext(display_name="Sam", current_streak=3), baseline=baseline,
+    )
+
+
+def exchange(user_id: str, text: str, reply: str, request_id: str | None = None, *,
+             route: int = types_pb2.ROUTE_PATTERN,
+             message_type: int = types_pb2.MESSAGE_TYPE_GREETING,
+             model: str = "", pattern: str = "") -> pb.RecordExchangeRequest:
+    charges = []
+    if route == types_pb2.ROUTE_COMPLETIONS:
+        charges.append(pb.UpstreamCharge(model=model or "gpt-5.4-mini", purpose="answer",
+                                         usage=types_pb2.Usage(input_tokens=80, output_tokens=20)))
+    return pb.RecordExchangeRequest(exchange=pb.Exchange(
+        request_id=request_id or rid(), user_id=user_id, user_text=text, coach_texts=[reply],
+        route=route, message_type=message_type, model=model,
+        pattern=pattern or ("greeting_morning" if route == types_pb2.ROUTE_PATTERN else ""),
+        charges=charges, latency_ms=3,
+    ))
+
+
+def cheap(user_id: str, text: str, reply: str) -> pb.RecordExchangeRequest:
+    return exchange(user_id, text, reply, route=types_pb2.ROUTE_COMPLETIONS,
+                    message_type=types_pb2.MESSAGE_TYPE_CHECK_IN, model="gpt-5.4-mini")

@@ -1,0 +1,112 @@
+"""Threads service tests: two replicas of the real service on one PostgreSQL database,
+with in-process fakes of the llm service and the ledger."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import pytest
+from coach.threads.v1 import threads_service_pb2_grpc
+
+from services.common.server import CoachServer
+from tests.conftest import RunningService, start_service, stop_service
+from tests.threads.fakes import FakeLedger, FakeLlm, serve_fake
+
+
+@pytest.fixture(scope="session")
+async def fake_llm() -> AsyncIterator[tuple[FakeLlm, CoachServer]]:
+    llm = FakeLlm()
+    server = await serve_fake("llm", llm)
+    yield llm, server
+    await server.stop(0.1)
+
+
+@pytest.fixture(scope="session")
+async def fake_ledger() -> AsyncIterator[tuple[FakeLedger, CoachServer]]:
+    ledger = FakeLedger()
+    server = await serve_fake("ledger", ledger)
+    yield ledger, server
+    await server.stop(0.1)
+
+
+def threads_env(pg_url: str, llm_port: int, ledger_port: int) -> dict[str, str]:
+    return {
+        "DATABASE_URL": pg_url,
+        "COACH_LLM_ADDR": f"127.0.0.1:{llm_port}",
+        "COACH_LEDGER_ADDR": f"127.0.0.1:{ledger_port}",
+        "COACH_THREADS_RELAY_INTERVAL_SECONDS": "0.05",
+        "COACH_THREADS_RELAY_MAX_BACKOFF_SECONDS": "0.2",
+        "COACH_THREADS_LEDGER_TIMEOUT_SECONDS": "2",
+        "COACH_THREADS_FLUSH_SECONDS": "2",
+    }
+
+
+@pytest.fixture(scope="session")
+async def threads_pair(
+    pg_url: str,
+    fake_llm: tuple[FakeLlm, CoachServer],
+    fake_ledger: tuple[FakeLedger, CoachServer],
+) -> AsyncIterator[tuple[RunningService, RunningService]]:
+    env = threads_env(pg_url, fake_llm[1].port, fake_ledger[1].port)
+    first = await start_service("threads", env)
+    second = await start_service("threads", env)
+    yield first, second
+    await stop_service(second)
+    await stop_service(first)
+
+
+@pytest.fixture(scope="session")
+async def threads_channels(
+    threads_pair: tuple[RunningService, RunningService],
+) -> AsyncIterator[list[grpc.aio.Channel]]:
+    channels = [grpc.aio.insecure_channel(s.address) for s in threads_pair]
+    yield channels
+    for channel in channels:
+        await channel.close()
+
+
+@pytest.fixture
+def stub(threads_channels: list[grpc.aio.Channel]) -> threads_service_pb2_grpc.ThreadsServiceStub:
+    return threads_service_pb2_grpc.ThreadsServiceStub(threads_channels[0])
+
+
+@pytest.fixture
+def stubs(
+    threads_channels: list[grpc.aio.Channel],
+) -> list[threads_service_pb2_grpc.ThreadsServiceStub]:
+    return [threads_service_pb2_grpc.ThreadsServiceStub(c) for c in threads_channels]
+
+
+@pytest.fixture
+async def db(pg_url: str, threads_pair: object) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(pg_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def llm(fake_llm: tuple[FakeLlm, CoachServer]) -> AsyncIterator[FakeLlm]:
+    fake = fake_llm[0]
+    fake.failures.clear()
+    fake.turn_delay_s = 0.0
+    fake.create_gate = None
+    yield fake  # type: ignore[misc]
+    fake.failures.clear()
+    fake.turn_delay_s = 0.0
+    fake.create_gate = None
+
+
+@pytest.fixture
+def ledger(fake_ledger: tuple[FakeLedger, CoachServer]) -> AsyncIterator[FakeLedger]:
+    fake = fake_ledger[0]
+    fake.down = False
+    yield fake  # type: ignore[misc]
+    fake.down = False
+
+
+@pytest.fixture
+def user_id() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}"

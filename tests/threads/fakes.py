@@ -1,0 +1,181 @@
+"""In-process fakes of the threads service's peers: subclasses of the generated servicers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import grpc
+from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
+from coach.ledger.v1 import ledger_service_pb2_grpc
+from coach.llm.v1 import llm_service_pb2 as llm_pb
+from coach.llm.v1 import llm_service_pb2_grpc
+
+from services.common.errors import Unavailable
+from services.common.server import CoachServer, Registration
+from services.common.settings import Env, server_settings
+
+ROLE = {llm_pb.TURN_ROLE_USER: "user", llm_pb.TURN_ROLE_COACH: "coach"}
+
+
+@dataclass
+class FakeConversation:
+    id: str
+    user_id: str
+    api: int
+    summary: str
+    # What the provider conversation holds, in order: (role, text).
+    items: list[tuple[str, str]] = field(default_factory=list)
+    seed_size: int = 0
+
+
+class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
+    """Records every call; a turn sleeps ``turn_delay_s`` so overlapping turns would show."""
+
+    def __init__(self) -> None:
+        self.conversations: dict[str, FakeConversation] = {}
+        self.create_calls: list[llm_pb.CreateConversationRequest] = []
+        self.append_calls: list[llm_pb.AppendTurnsRequest] = []
+        self.turn_calls: list[llm_pb.StatefulTurnRequest] = []
+        self.summarize_calls: list[llm_pb.SummarizeRequest] = []
+        self.turn_delay_s = 0.0
+        self.active_turns: Counter[str] = Counter()
+        self.max_concurrency: Counter[str] = Counter()
+        self.active_per_user: Counter[str] = Counter()
+        self.max_per_user: Counter[str] = Counter()
+        # method name -> how many next calls fail with UNAVAILABLE
+        self.failures: Counter[str] = Counter()
+        # When set, CreateConversation waits on it (to cancel a rotation midway).
+        self.create_gate: asyncio.Event | None = None
+        self.create_entered = asyncio.Event()
+
+    def _maybe_fail(self, method: str) -> None:
+        if self.failures[method] > 0:
+            self.failures[method] -= 1
+            raise Unavailable(f"fake llm: {method} is down", reason="UPSTREAM_UNAVAILABLE")
+
+    async def CreateConversation(
+        self, request: llm_pb.CreateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb.CreateConversationResponse:
+        self.create_calls.append(request)
+        conv_id = f"conv_{len(self.create_calls)}"
+        self.create_entered.set()
+        if self.create_gate is not None:
+            await self.create_gate.wait()
+        self._maybe_fail("CreateConversation")
+        items = [(ROLE[t.role], t.text) for t in request.seed_turns]
+        self.conversations[conv_id] = FakeConversation(conv_id, request.user_id, request.api, request.summary,
+                                                       items, len(items))
+        return llm_pb.CreateConversationResponse(conversation_id=conv_id, api=request.api)
+
+    async def AppendTurns(
+        self, request: llm_pb.AppendTurnsRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb.AppendTurnsResponse:
+        self._maybe_fail("AppendTurns")
+        self.append_calls.append(request)
+        conv = self.conversations[request.conversation_id]
+        conv.items.extend((ROLE[t.role], t.text) for t in request.turns)
+        return llm_pb.AppendTurnsResponse(appended=len(request.turns))
+
+    async def StatefulTurn(
+        self, request: llm_pb.StatefulTurnRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb.StatefulTurnResponse:
+        conv_id, user = request.conversation_id, request.user_id
+        self.active_turns[conv_id] += 1
+        self.active_per_user[user] += 1
+        self.max_concurrency[conv_id] = max(self.max_concurrency[conv_id], self.active_turns[conv_id])
+        self.max_per_user[user] = max(self.max_per_user[user], self.active_per_user[user])
+        try:
+            if self.turn_delay_s:
+                await asyncio.sleep(self.turn_delay_s)
+            self._maybe_fail("StatefulTurn")
+            self.turn_calls.append(request)
+            conv = self.conversations[conv_id]
+            reply = f"coach: {request.message}"
+            held = len(conv.items)
+            conv.items.extend([("user", request.message), ("coach", reply)])
+            tool_calls = []
+            if request.message.startswith("goal:"):
+                goal = request.message.removeprefix("goal:").strip()
+                tool_calls.append(llm_pb.ToolCall(
+                    name="save_goal",
+                    arguments_json=json.dumps({"goal": goal, "deadline": "2030-01-01"}),
+                    output_json='{"saved": true}'))
+            return llm_pb.StatefulTurnResponse(
+                texts=[reply],
+                model=request.generation.model or "gpt-5.4",
+                usage=llm_pb.TokenUsage(input_tokens=100 + 10 * held, output_tokens=12),
+                tool_calls=tool_calls,
+                response_id=f"resp_{len(self.turn_calls)}",
+            )
+        finally:
+            self.active_turns[conv_id] -= 1
+            self.active_per_user[user] -= 1
+
+    async def Summarize(
+        self, request: llm_pb.SummarizeRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb.SummarizeResponse:
+        self._maybe_fail("Summarize")
+        self.summarize_calls.append(request)
+        folded = len(request.turns)
+        previous = int(request.previous_summary.split()[-2]) if request.previous_summary else 0
+        return llm_pb.SummarizeResponse(
+            summary=f"summary of {previous + folded} messages",
+            model=request.model,
+            usage=llm_pb.TokenUsage(input_tokens=50 + 5 * folded, output_tokens=30),
+        )
+
+
+class FakeLedger(ledger_service_pb2_grpc.LedgerServiceServicer):
+    """Counts each request_id once (like the real ledger); ``down`` makes it UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.records: dict[str, ledger_pb.AnswerRecord] = {}
+        self.deliveries: Counter[str] = Counter()
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+
+    async def RecordAnswers(
+        self, request: ledger_pb.RecordAnswersRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb.RecordAnswersResponse:
+        self.calls += 1
+        if self.down:
+            raise Unavailable("fake ledger is down", reason="LEDGER_DOWN")
+        self.batch_sizes.append(len(request.records))
+        recorded = duplicates = 0
+        for record in request.records:
+            self.deliveries[record.request_id] += 1
+            if record.request_id in self.records:
+                duplicates += 1
+            else:
+                self.records[record.request_id] = record
+                recorded += 1
+        return ledger_pb.RecordAnswersResponse(recorded=recorded, duplicates=duplicates)
+
+    def for_user(self, user_id: str) -> list[ledger_pb.AnswerRecord]:
+        return [r for r in self.records.values() if r.user_id == user_id]
+
+
+async def serve_fake(name: str, servicer: object) -> CoachServer:
+    settings = server_settings(Env({f"COACH_{name.upper()}_LISTEN": "127.0.0.1:0",
+                                    f"COACH_{name.upper()}_METRICS_PORT": "0"}), name)
+    if name == "llm":
+        reg = Registration(llm_service_pb2_grpc.add_LlmServiceServicer_to_server, servicer,
+                           llm_pb.DESCRIPTOR.services_by_name["LlmService"].full_name)
+    else:
+        reg = Registration(ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server, servicer,
+                           ledger_pb.DESCRIPTOR.services_by_name["LedgerService"].full_name)
+    server = CoachServer(settings, [reg])
+    await server.start()
+    return server
+
+
+def per_user(calls: list, user_id: str) -> list:  # type: ignore[type-arg]
+    return [c for c in calls if c.user_id == user_id]
+
+
+def conversations_of(llm: FakeLlm, user_id: str) -> list[FakeConversation]:
+    return [c for c in llm.conversations.values() if c.user_id == user_id]
