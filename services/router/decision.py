@@ -1,0 +1,224 @@
+"""The routing decision: one function, :meth:`Router.decide`, reads top to bottom.
+
+Given a message and what we know about the user, decide how to answer it:
+
+1. **Crisis** (self-harm, suicidal ideation, disordered eating) → the stateful
+   tier with ``crisis=True``. Nothing overrides this: not the policy, not the
+   message count, not a canned set.
+2. **Baseline policy** (the guide's BEFORE, for cost comparison) → every
+   message on the stateful tier with the strong model.
+3. **Onboarding**: a user's first ``onboarding_messages`` messages (the guide's
+   first 3) → the stateful tier, to build the relationship.
+4. **Open coaching thread**: a reply to the coach's reflective or plan question
+   ("probably the weekends", "sure let's do it") → the stateful tier, typed after
+   the thread.
+5. **Canned**: the whole message is a greeting, acknowledgement, completion or
+   brief struggle, and a set fits (greeting set by the user's local hour;
+   completion needs a streak) → a canned reply, never the user's previous one.
+6. Otherwise by type (``tiers.yaml``): stateful types (goal setting, pattern
+   analysis, deep coaching, accountability, longer struggles) → the stateful
+   tier; the rest → the cheap tier.
+
+Usage::
+
+    router = Router.from_files()                      # once, at start-up
+    decision = router.decide("hey", MessageContext(current_streak=4, local_hour=8,
+                                                   message_count=12))
+    decision.route, decision.pattern, decision.canned_reply
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.router.classifier import (
+    Classification,
+    Classifier,
+    ConfigError,
+    DataFile,
+    MessageType,
+    Normalizer,
+    PriorTurn,
+)
+from services.router.localtime import InvalidLocalTimeError, user_local_hour
+from services.router.patterns import CannedReplies
+from services.router.tiers import CallSettings, Route, Tiers
+
+__all__ = [
+    "DATA_DIR",
+    "ConfigError",
+    "Decision",
+    "InvalidLocalTimeError",
+    "MessageContext",
+    "MessageType",
+    "Policy",
+    "PriorTurn",
+    "Route",
+    "Router",
+    "user_local_hour",
+]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+class Policy(enum.Enum):
+    """``optimized`` (this router) or ``baseline`` (the guide's BEFORE)."""
+
+    OPTIMIZED = "optimized"
+    BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class MessageContext:
+    """What the router knows about the user when the message arrives.
+
+    ``message_count`` is how many messages the user sent before this one;
+    ``history`` the recent turns, oldest first; ``last_canned_reply`` the last
+    canned reply this user got (never sent twice in a row).
+    """
+
+    display_name: str = ""
+    current_streak: int = 0
+    local_hour: int | None = None
+    timezone: str = ""
+    message_count: int = 0
+    history: tuple[PriorTurn, ...] = ()
+    last_canned_reply: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How to answer one message.
+
+    For ``Route.PATTERN``: ``pattern`` names the canned set and ``canned_reply``
+    is the text to send; ``model`` is "" and the token/temperature fields are 0.
+    For the two upstream tiers: ``model``, ``max_output_tokens`` and
+    ``temperature`` are the call's settings. ``reason`` is for humans and logs.
+    """
+
+    route: Route
+    message_type: MessageType
+    pattern: str
+    canned_reply: str
+    model: str
+    max_output_tokens: int
+    temperature: float
+    reason: str
+    crisis: bool
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Router:
+    """The router's domain logic, loaded once from the data files; immutable."""
+
+    def __init__(self, classifier: Classifier, canned: CannedReplies, tiers: Tiers, *,
+                 onboarding_messages: int = 3, policy: Policy = Policy.OPTIMIZED,
+                 now: Callable[[], datetime] = _utc_now) -> None:
+        self._classifier = classifier
+        self._canned = canned
+        self._tiers = tiers
+        self._onboarding = onboarding_messages
+        self._policy = policy
+        self._now = now
+
+    @classmethod
+    def from_files(cls, data_dir: Path | str | None = None, *, onboarding_messages: int = 3,
+                   policy: str | Policy = "optimized",
+                   now: Callable[[], datetime] = _utc_now) -> Router:
+        """Load and validate ``classifier.yaml``, ``patterns.yaml`` and ``tiers.yaml``.
+
+        Raises :class:`ConfigError` naming the file, the key and the problem.
+        """
+        folder = Path(data_dir) if data_dir is not None else DATA_DIR
+        try:
+            chosen = policy if isinstance(policy, Policy) else Policy(str(policy).strip().lower())
+        except ValueError:
+            raise ConfigError("COACH_POLICY", "policy",
+                              f"{policy!r} is not 'optimized' or 'baseline'") from None
+        if isinstance(onboarding_messages, bool) or not isinstance(onboarding_messages, int) \
+                or onboarding_messages < 0:
+            raise ConfigError("settings", "onboarding_messages", "must be an integer >= 0")
+        classifier_data = DataFile(folder / "classifier.yaml")
+        patterns_data = DataFile(folder / "patterns.yaml")
+        tiers_data = DataFile(folder / "tiers.yaml")
+
+        spelling, emoji, tolerant = Classifier.normalizer_tables(classifier_data)
+        vocabulary = Classifier.vocabulary(classifier_data) | CannedReplies.vocabulary(patterns_data)
+        normalizer = Normalizer(spelling=spelling, emoji=emoji, typo_tolerant=tolerant,
+                                vocabulary=vocabulary)
+        canned = CannedReplies.from_data(patterns_data, normalizer)
+        classifier = Classifier.from_data(classifier_data, normalizer, canned)
+        tiers = Tiers.from_data(tiers_data)
+        return cls(classifier, canned, tiers, onboarding_messages=onboarding_messages,
+                   policy=chosen, now=now)
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def models(self) -> frozenset[str]:
+        """Every model a decision may name (for checking prices at start-up)."""
+        return self._tiers.models()
+
+    def classify(self, message: str, history: tuple[PriorTurn, ...] = ()) -> Classification:
+        """The classifier's verdict alone (no tier choice)."""
+        return self._classifier.classify(message, history)
+
+    def decide(self, message: str, ctx: MessageContext) -> Decision:
+        """Decide how to answer ``message``; the steps are in the module docstring.
+
+        Raises :class:`InvalidLocalTimeError` (a ValueError) for an unknown
+        timezone or an hour outside 0-23.
+        """
+        local_hour = user_local_hour(ctx.local_hour, ctx.timezone, self._now())
+        norm = self._classifier.normalizer.normalize(message)
+        verdict = self._classifier.classify_normalized(norm, ctx.history)
+        mtype = verdict.message_type
+
+        if mtype is MessageType.CRISIS:
+            return self._upstream(Route.ASSISTANT, mtype, f"{verdict.reason}: stateful tier, "
+                                  "never canned or cheap", crisis=True)
+        if self._policy is Policy.BASELINE:
+            return self._upstream(Route.ASSISTANT, mtype,
+                                  f"baseline policy: every message on the stateful tier "
+                                  f"({verdict.reason})")
+        if ctx.message_count < self._onboarding:
+            return self._upstream(Route.ASSISTANT, mtype,
+                                  f"message {ctx.message_count + 1} of the first "
+                                  f"{self._onboarding}: building the relationship "
+                                  f"({verdict.reason})")
+        if verdict.continues_thread:
+            return self._upstream(Route.ASSISTANT, mtype, verdict.reason)
+
+        reason = verdict.reason
+        if verdict.canned_eligible:
+            chosen, why_not = self._canned.choose(
+                mtype, norm, local_hour, ctx.current_streak,
+                require_match=not verdict.did_you_answer)
+            if chosen is not None:
+                seed = f"{ctx.display_name}\x1f{ctx.message_count}\x1f{message}"
+                reply = chosen.pick_reply(seed, avoid=ctx.last_canned_reply)
+                hour_note = f" at local hour {local_hour}" if chosen.hours is not None else ""
+                return Decision(
+                    route=Route.PATTERN, message_type=mtype, pattern=chosen.name,
+                    canned_reply=reply, model="", max_output_tokens=0, temperature=0.0,
+                    reason=f"{reason}: canned set {chosen.name}{hour_note}", crisis=False)
+            reason = f"{reason}, not canned: {why_not}"
+
+        route = self._tiers.home_route(mtype)
+        tier = "stateful tier" if route is Route.ASSISTANT else "cheap tier"
+        return self._upstream(route, mtype, f"{reason}: {mtype.name} goes to the {tier}")
+
+    def _upstream(self, route: Route, mtype: MessageType, reason: str,
+                  *, crisis: bool = False) -> Decision:
+        s: CallSettings = self._tiers.settings(route, mtype)
+        return Decision(route=route, message_type=mtype, pattern="", canned_reply="",
+                        model=s.model, max_output_tokens=s.max_output_tokens,
+                        temperature=s.temperature, reason=reason, crisis=crisis)
