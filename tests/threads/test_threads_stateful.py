@@ -1,0 +1,236 @@
+"""Stateful turns: one conversation per user, serialized, continuity, bounded context."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+import pytest
+from coach.router.v1 import types_pb2
+from coach.threads.v1 import threads_service_pb2 as pb
+from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
+
+from services.common.interceptors import error_from_rpc
+from tests.threads.builders import cheap, exchange, rid, turn_request
+from tests.threads.fakes import FakeLedger, FakeLlm, conversations_of, per_user
+from tests.threads.test_threads_exchanges import wait_for
+
+Stub = pb_grpc.ThreadsServiceStub
+KEEP, PRUNE_AT = 20, 40
+
+
+async def active_rows(db: asyncpg.Connection, user_id: str) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM threads.conversations WHERE user_id = $1 AND status = 'active'",
+        user_id))
+
+
+async def test_concurrent_first_messages_make_one_conversation(
+    stubs: list[Stub], llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    llm.turn_delay_s = 0.02
+    requests = [turn_request(user_id, f"first message {i}") for i in range(20)]
+    # Spread over two replicas of the service: the advisory lock serializes across them.
+    results = await asyncio.gather(*(stubs[i % 2].RunStatefulTurn(r) for i, r in enumerate(requests)))
+    assert all(r.created for r in results)
+    assert len(per_user(llm.create_calls, user_id)) == 1
+    conversation = per_user(llm.create_calls, user_id)[0]
+    assert len(conversation.seed_turns) == 0
+    assert {r.exchange.conversation_id for r in results} == {"conv_%d" % (
+        llm.create_calls.index(conversation) + 1)}
+    assert llm.max_per_user[user_id] == 1  # turns never overlapped
+    assert max(llm.max_concurrency[c.id] for c in conversations_of(llm, user_id)) == 1
+    assert await active_rows(db, user_id) == 1
+    count = await stubs[0].CountMessages(pb.CountMessagesRequest(user_id=user_id))
+    assert count.count == 20
+
+
+async def test_retried_turn_returns_the_stored_answer(
+    stubs: list[Stub], llm: FakeLlm, ledger: FakeLedger, user_id: str, db: asyncpg.Connection
+) -> None:
+    llm.turn_delay_s = 0.05
+    request = turn_request(user_id, "I keep skipping the gym", rid())
+    results = await asyncio.gather(*(stubs[i % 2].RunStatefulTurn(request) for i in range(4)))
+    again = await stubs[0].RunStatefulTurn(request)
+    assert sum(r.created for r in results) == 1 and not again.created
+    assert len({tuple(r.exchange.coach_texts) for r in [*results, again]}) == 1
+    assert len([c for c in llm.turn_calls if c.request_id == request.request_id]) == 1
+    assert await db.fetchval("SELECT count(*) FROM threads.exchanges WHERE request_id = $1",
+                             request.request_id) == 1
+    await wait_for(lambda: request.request_id in ledger.records)
+    await asyncio.sleep(0.2)
+    assert ledger.deliveries[request.request_id] == 1
+    assert ledger.records[request.request_id].route == types_pb2.ROUTE_ASSISTANT
+
+
+async def test_exchanges_answered_elsewhere_are_back_filled_once(
+    stub: Stub, llm: FakeLlm, user_id: str
+) -> None:
+    await stub.RecordExchange(exchange(user_id, "hey", "Morning! What's the plan?"))
+    await stub.RunStatefulTurn(turn_request(user_id, "I want to run a 10k"))
+    created = per_user(llm.create_calls, user_id)[0]
+    # The first conversation is seeded with what came before it.
+    assert [t.text for t in created.seed_turns] == ["hey", "Morning! What's the plan?"]
+    await stub.RecordExchange(exchange(user_id, "thanks", "Anytime."))
+    await stub.RecordExchange(cheap(user_id, "ran 3k today", "Nice! How did it feel?"))
+    await stub.RunStatefulTurn(turn_request(user_id, "what should I do next week?"))
+    await stub.RunStatefulTurn(turn_request(user_id, "ok and the week after?"))
+
+    appends = [a for a in llm.append_calls if a.conversation_id == created_conversation(llm, user_id)]
+    assert len(appends) == 1
+    assert [t.text for t in appends[0].turns] == [
+        "thanks", "Anytime.", "ran 3k today", "Nice! How did it feel?"]
+    conversation = conversations_of(llm, user_id)[0]
+    assert [text for _, text in conversation.items] == [
+        "hey", "Morning! What's the plan?",
+        "I want to run a 10k", "coach: I want to run a 10k",
+        "thanks", "Anytime.", "ran 3k today", "Nice! How did it feel?",
+        "what should I do next week?", "coach: what should I do next week?",
+        "ok and the week after?", "coach: ok and the week after?",
+    ]
+    view = await stub.GetConversation(pb.GetConversationRequest(user_id=user_id))
+    assert view.generation == 1 and view.api == "responses"
+    assert view.turns_in_window == len(conversation.items) - conversation.seed_size
+
+
+def created_conversation(llm: FakeLlm, user_id: str) -> str:
+    return conversations_of(llm, user_id)[0].id
+
+
+async def test_save_goal_is_stored(stub: Stub, user_id: str, db: asyncpg.Connection) -> None:
+    request = turn_request(user_id, "goal: run a half marathon",
+                           message_type=types_pb2.MESSAGE_TYPE_GOAL_SETTING)
+    await stub.RunStatefulTurn(request)
+    row = await db.fetchrow("SELECT goal, deadline, request_id FROM threads.goals WHERE user_id = $1",
+                            user_id)
+    assert tuple(row) == ("run a half marathon", "2030-01-01", request.request_id)
+
+
+async def test_upstream_failure_is_returned_and_nothing_stored(
+    stub: Stub, llm: FakeLlm, user_id: str
+) -> None:
+    await stub.RunStatefulTurn(turn_request(user_id, "hello coach"))
+    llm.failures["StatefulTurn"] = 100  # down (the channel retries UNAVAILABLE itself)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RunStatefulTurn(turn_request(user_id, "are you there?"))
+    llm.failures.clear()
+    code, reason, _ = error_from_rpc(err.value)
+    assert (code, reason) == ("UNAVAILABLE", "UPSTREAM_UNAVAILABLE")
+    assert (await stub.CountMessages(pb.CountMessagesRequest(user_id=user_id))).count == 1
+
+
+async def test_long_conversation_stays_bounded_and_history_complete(
+    stub: Stub, llm: FakeLlm, ledger: FakeLedger, user_id: str, db: asyncpg.Connection
+) -> None:
+    texts: list[str] = []
+    for i in range(120):
+        if i % 7 == 3:
+            request = exchange(user_id, f"canned {i}", f"canned reply {i}")
+            await stub.RecordExchange(request)
+            texts += [f"canned {i}", f"canned reply {i}"]
+            continue
+        await stub.RunStatefulTurn(turn_request(user_id, f"turn {i}"))
+        texts += [f"turn {i}", f"coach: turn {i}"]
+        conversations = conversations_of(llm, user_id)
+        active = conversations[-1]
+        # What the provider holds (seed + back-fill + turns) never exceeds the threshold.
+        assert len(active.items) <= PRUNE_AT
+        assert len(active.items) - active.seed_size >= 0
+        assert await active_rows(db, user_id) == 1
+
+    conversations = conversations_of(llm, user_id)
+    assert len(conversations) >= 5
+    for c in conversations[1:]:
+        assert c.seed_size == KEEP and c.summary.startswith("summary of")
+    # Incremental: each Summarize call folds only messages no earlier call folded.
+    calls = per_user(llm.summarize_calls, user_id)
+    folded = [t.text for call in calls for t in call.turns]
+    assert len(folded) == len(set(folded))
+    assert folded == texts[: len(folded)]
+    for previous, call in zip(calls, calls[1:], strict=False):
+        assert call.previous_summary.startswith("summary of")
+        assert len(call.turns) <= PRUNE_AT - KEEP + 2
+    last = conversations[-1]
+    assert last.summary == f"summary of {len(folded)} messages"
+    assert [t for _, t in last.items[:KEEP]] == texts[len(folded): len(folded) + KEEP]
+
+    # Our own history lost nothing.
+    listed = await stub.ListMessages(pb.ListMessagesRequest(user_id=user_id, page_size=500))
+    assert [m.text for m in reversed(listed.messages)] == texts
+    # Each summary is charged to the answer that caused it.
+    await wait_for(lambda: len(ledger.for_user(user_id)) == 120)
+    summary_charges = [c for r in ledger.for_user(user_id) for c in r.charges
+                       if c.purpose == "summary"]
+    assert len(summary_charges) == len(calls)
+    assert all(c.model == "gpt-5.4-mini" for c in summary_charges)
+    view = await stub.GetConversation(pb.GetConversationRequest(user_id=user_id))
+    assert view.generation == len(conversations)
+
+
+async def test_baseline_never_prunes(stub: Stub, llm: FakeLlm, user_id: str) -> None:
+    for i in range(30):
+        await stub.RunStatefulTurn(turn_request(user_id, f"turn {i}", baseline=True))
+    assert len(per_user(llm.create_calls, user_id)) == 1
+    assert per_user(llm.summarize_calls, user_id) == []
+    assert len(conversations_of(llm, user_id)[0].items) == 60
+    assert all(c.all_tools for c in per_user(llm.turn_calls, user_id))
+
+
+async def drive_to_rotation(stub: Stub, user_id: str) -> None:
+    """20 turns: the conversation holds 40 messages, so the next turn rotates."""
+    for i in range(PRUNE_AT // 2):
+        await stub.RunStatefulTurn(turn_request(user_id, f"turn {i}"))
+
+
+async def test_rotation_interrupted_by_a_failure_completes_later(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    await drive_to_rotation(stub, user_id)
+    assert len(per_user(llm.create_calls, user_id)) == 1
+    llm.failures["CreateConversation"] = 100
+    failed = turn_request(user_id, "this one rotates")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RunStatefulTurn(failed)
+    llm.failures.clear()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await active_rows(db, user_id) == 1
+    # The router answers with a fallback: it carries the summary already paid for.
+    fallback = exchange(user_id, "this one rotates", "Give me a second and try again?",
+                        failed.request_id, route=types_pb2.ROUTE_FALLBACK,
+                        message_type=types_pb2.MESSAGE_TYPE_DEEP_COACHING)
+    recorded = await stub.RecordExchange(fallback)
+    assert [c.purpose for c in recorded.exchange.charges] == ["summary"]
+
+    done = await stub.RunStatefulTurn(turn_request(user_id, "next one"))
+    assert done.created and await active_rows(db, user_id) == 1
+    assert len(per_user(llm.create_calls, user_id)) >= 3
+    assert len(conversations_of(llm, user_id)) == 2
+    calls = per_user(llm.summarize_calls, user_id)
+    assert [len(c.turns) for c in calls] == [20, 2]  # the retry folds only what is new
+    assert [t.text for t in calls[1].turns] == ["turn 10", "coach: turn 10"]
+    view = await stub.GetConversation(pb.GetConversationRequest(user_id=user_id))
+    assert view.generation == 2 and view.summary == "summary of 22 messages"
+
+
+async def test_rotation_cancelled_midway_leaves_one_active_conversation(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    await drive_to_rotation(stub, user_id)
+    llm.create_gate = asyncio.Event()
+    llm.create_entered.clear()
+    call = stub.RunStatefulTurn(turn_request(user_id, "cancelled while rotating"))
+    await asyncio.wait_for(llm.create_entered.wait(), 5)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.1)
+    assert await active_rows(db, user_id) == 1
+    llm.create_gate.set()  # the orphaned provider conversation gets created
+    llm.create_gate = None
+    done = await stub.RunStatefulTurn(turn_request(user_id, "after the cancel"))
+    assert done.created
+    rows = await db.fetch("SELECT status FROM threads.conversations WHERE user_id = $1 ORDER BY id",
+                          user_id)
+    assert [r["status"] for r in rows] == ["archived", "active"]
+    assert [len(c.turns) for c in per_user(llm.summarize_calls, user_id)] == [20]
