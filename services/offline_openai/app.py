@@ -63,6 +63,8 @@ KNOWN_MODELS = (
 ACTIVE_RUN_STATUSES = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
 ASSISTANTS_PREFIXES = ("/v1/assistants", "/v1/threads")
 HANG_POLL_SECONDS = 0.2
+# Request key: the model and tokens of the call a request made, for its log line.
+MODEL_CALL_KEY = web.RequestKey("offline_openai.model_call", dict)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -278,6 +280,7 @@ class OfflineApi:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
+        request_id = new_id("req")
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else request.path
         endpoint = f"{request.method} {route}"
@@ -315,16 +318,18 @@ class OfflineApi:
             self.stats.statuses[response.status] += 1
         if fault is not None:
             self.stats.faults_injected += 1
-        log.info(
-            "request",
-            extra={
-                "event": "request",
-                "route": endpoint,
-                "status": response.status,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                "fault": fault.mode.value if fault is not None else None,
-            },
-        )
+        response.headers["x-request-id"] = request_id
+        fields: dict[str, Any] = {
+            "event": "request",
+            "request_id": request_id,
+            "route": endpoint,
+            "status": response.status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        if fault is not None:
+            fields["fault"] = fault.mode.value
+        fields.update(request.get(MODEL_CALL_KEY, {}))
+        log.info("request", extra=fields)
         return response
 
     async def _apply_fault(self, request: web.Request, plan: FaultPlan) -> None:
@@ -356,6 +361,15 @@ class OfflineApi:
             transport = request.transport
             if transport is None or transport.is_closing():
                 raise ApiError(499, "client closed the connection while the server hung")
+
+    @staticmethod
+    def _note_call(request: web.Request, model: str, result: ModelResult) -> None:
+        request[MODEL_CALL_KEY] = {
+            "model": model,
+            "input_tokens": result.input_tokens,
+            "cached_tokens": result.cached_tokens,
+            "output_tokens": result.output_tokens,
+        }
 
     async def _model_latency(self) -> None:
         if self.config.latency_ms > 0:
@@ -407,6 +421,7 @@ class OfflineApi:
                 saved_goal=saved_goal if segments[-1].role == "tool" else "",
             )
         )
+        self._note_call(request, model, result)
         message_body: dict[str, Any] = {
             "role": "assistant",
             "content": None,
@@ -496,6 +511,7 @@ class OfflineApi:
                 saved_goal=saved_goal_for_output(everything),
             )
         )
+        self._note_call(request, model, result)
         call = result.reply if isinstance(result.reply, GoalCall) else None
         text = result.reply.text if isinstance(result.reply, TextReply) else None
         output = reply_items(text, call, result.truncated)
@@ -850,10 +866,12 @@ class OfflineApi:
 
     async def get_run(self, request: web.Request) -> web.Response:
         thread, run = self.store.run(request.match_info["thread_id"], request.match_info["run_id"])
-        await self._advance_run(thread, run)
+        result = await self._advance_run(thread, run)
+        if result is not None:
+            self._note_call(request, run.body["model"], result)
         return _json(run.body, headers={"openai-poll-after-ms": str(self.config.poll_after_ms)})
 
-    async def _advance_run(self, thread: Thread, run: Run) -> None:
+    async def _advance_run(self, thread: Thread, run: Run) -> ModelResult | None:
         """One step per poll: queued → in_progress → completed / requires_action."""
         body = run.body
         status = body["status"]
@@ -866,10 +884,12 @@ class OfflineApi:
         elif status == "in_progress":
             await self._model_latency()
             if body["status"] != "in_progress":  # cancelled while the model "thought"
-                return
-            self._generate_run_step(thread, run)
+                return None
+            result = self._generate_run_step(thread, run)
+            return result
+        return None
 
-    def _generate_run_step(self, thread: Thread, run: Run) -> None:
+    def _generate_run_step(self, thread: Thread, run: Run) -> ModelResult:
         body = run.body
         messages = thread.messages
         last_messages = body["truncation_strategy"].get("last_messages")
@@ -917,7 +937,7 @@ class OfflineApi:
                     ]
                 },
             }
-            return
+            return result
         status = "incomplete" if result.truncated else "completed"
         self._new_message(
             thread,
@@ -931,6 +951,7 @@ class OfflineApi:
         if result.truncated:
             body["incomplete_details"] = {"reason": "max_completion_tokens"}
         body["completed_at"] = now()
+        return result
 
     async def submit_tool_outputs(self, request: web.Request) -> web.Response:
         _, run = self.store.run(request.match_info["thread_id"], request.match_info["run_id"])

@@ -196,6 +196,9 @@ async def test_cli_serves_and_logs_json_lines(tmp_path: Path) -> None:
         request_line = json.loads(await asyncio.wait_for(process.stderr.readline(), 5))
         assert request_line["route"] == "POST /v1/chat/completions"
         assert request_line["status"] == 200
+        assert request_line["model"] == "gpt-4o-mini"
+        assert request_line["input_tokens"] == completion.usage.prompt_tokens  # type: ignore[union-attr]
+        assert request_line["request_id"].startswith("req_")
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 10)
