@@ -57,8 +57,8 @@ async def upstream_client(offline_openai: Any) -> AsyncIterator[openai.AsyncOpen
     await client.close()
 
 
-@pytest.fixture(autouse=True)
-def _no_faults_left(offline_openai: Any) -> Any:
+@pytest.fixture
+def healthy_upstream(offline_openai: Any) -> Any:
     """Every test starts and ends with a healthy upstream."""
     offline_openai.faults.clear()
     yield
