@@ -106,15 +106,15 @@ async def test_latency_fault_and_baseline_latency(make_client: ClientFactory,
     await client.models.list()
     assert time.perf_counter() - started >= 0.19
 
-    slow = await start_offline_openai(latency_ms=150)
+    slow = await start_offline_openai(latency_ms=400)
     try:
         async with openai.AsyncOpenAI(base_url=slow.base_url, api_key="offline") as slow_client:
             started = time.perf_counter()
             await slow_client.models.list()  # not a model call: no baseline latency
-            assert time.perf_counter() - started < 0.14
+            assert time.perf_counter() - started < 0.35
             started = time.perf_counter()
             await slow_client.responses.create(model="gpt-4.1-mini", input="hi")
-            assert time.perf_counter() - started >= 0.14
+            assert time.perf_counter() - started >= 0.39
     finally:
         await slow.close()
 
@@ -175,7 +175,7 @@ async def test_hundreds_of_concurrent_users(server: OfflineOpenAI,
     assert len(totals) == 300
     assert server.stats.model_calls == 300
     assert server.stats.statuses == {200: 600}
-    assert elapsed < 30
+    assert elapsed < 120  # generous: shared CI machines; all 600 calls must succeed
 
 
 async def test_cli_serves_and_logs_json_lines(tmp_path: Path) -> None:
