@@ -1,0 +1,122 @@
+"""Unit tests of the threads domain code: no network, no database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.common.errors import ConfigError, InvalidArgument
+from services.threads.baseline_tokens import count_tokens, exchange_tokens
+from services.threads.paging import decode_page_token, encode_page_token, page_size
+from services.threads.pruning import (
+    PruneSettings,
+    plan_continuity,
+    plan_rotation,
+    summary_batches,
+)
+from services.threads.records import Conversation, HistoryMessage, ToolCall
+from services.threads.stateful_turn import goals_from_tool_calls
+from services.threads.user_locks import UserLocks
+
+SETTINGS = PruneSettings(keep_messages=20, prune_at_messages=40)
+
+
+def conversation(held: int = 0, api: str = "responses") -> Conversation:
+    return Conversation(id=1, user_id="u", provider_conversation_id="c", api=api, status="active",
+                        summary="", summarized_through=0, seen_through=0, seed_turns=held // 2,
+                        turns_in_window=held - held // 2, generation=1)
+
+
+def messages(first: int, count: int) -> list[HistoryMessage]:
+    return [HistoryMessage(i, "user" if i % 2 else "coach", f"m{i}")
+            for i in range(first, first + count)]
+
+
+def test_first_turn_creates_a_conversation() -> None:
+    plan = plan_continuity(None, [], api="responses", settings=SETTINGS, baseline=False)
+    assert plan.rotate and plan.reason == "first_conversation"
+
+
+def test_unseen_messages_are_appended_while_the_window_has_room() -> None:
+    unseen = messages(10, 4)
+    plan = plan_continuity(conversation(30), unseen, api="responses", settings=SETTINGS,
+                           baseline=False)
+    assert not plan.rotate and plan.append == tuple(unseen)
+
+
+@pytest.mark.parametrize(("held", "unseen", "reason"), [
+    (36, 4, "window_full"),  # 36 + 4 + 2 > 40
+    (0, 21, "unseen_beyond_window"),
+])
+def test_rotation_when_the_window_would_overflow(held: int, unseen: int, reason: str) -> None:
+    plan = plan_continuity(conversation(held), messages(1, unseen), api="responses",
+                           settings=SETTINGS, baseline=False)
+    assert plan.rotate and plan.reason == reason
+
+
+def test_switching_api_rotates_but_baseline_never_does() -> None:
+    assert plan_continuity(conversation(2, api="assistants"), [], api="responses",
+                           settings=SETTINGS, baseline=False).reason == "api_changed"
+    plan = plan_continuity(conversation(400), messages(1, 50), api="responses",
+                           settings=SETTINGS, baseline=True)
+    assert not plan.rotate and len(plan.append) == 50
+
+
+def test_rotation_summarizes_only_what_falls_out_of_the_window() -> None:
+    plan = plan_rotation(messages(31, 20), summarized_through=10)
+    assert (plan.summarize_after, plan.summarize_through) == (10, 30) and plan.needs_summary
+    short = plan_rotation(messages(1, 5), summarized_through=0)
+    assert not short.needs_summary and len(short.seed) == 5
+    baseline = plan_rotation(messages(1, 100), summarized_through=0, baseline=True)
+    assert not baseline.needs_summary and len(baseline.seed) == 100
+    assert [len(b) for b in summary_batches(messages(1, 450), 200)] == [200, 200, 50]
+
+
+def test_prune_settings_are_checked() -> None:
+    with pytest.raises(ConfigError):
+        PruneSettings(keep_messages=20, prune_at_messages=21)
+
+
+def test_page_tokens_are_opaque_and_bound_to_the_user() -> None:
+    token = encode_page_token("alice", 1234)
+    assert "1234" not in token and decode_page_token("alice", token) == 1234
+    assert decode_page_token("alice", "") is None
+    for user, bad in (("bob", token), ("alice", "garbage!"), ("alice", "djE6eDox")):
+        with pytest.raises(InvalidArgument):
+            decode_page_token(user, bad)
+    assert (page_size(0), page_size(7), page_size(10_000)) == (50, 7, 500)
+    with pytest.raises(InvalidArgument):
+        page_size(-1)
+
+
+def test_goals_come_from_save_goal_calls_only() -> None:
+    calls = (
+        ToolCall("save_goal", '{"goal": "run a 10k", "deadline": "June"}'),
+        ToolCall("log_commitment", '{"commitment": "gym 6am", "due": "tomorrow"}'),
+        ToolCall("save_goal", "not json"),
+    )
+    goals = goals_from_tool_calls(calls)
+    assert [(g.goal, g.deadline) for g in goals] == [("run a 10k", "June")]
+
+
+def test_token_counts() -> None:
+    assert count_tokens("") == 0 and count_tokens("hello world") == 2
+    message, added = exchange_tokens("hello world", ["hi", "there"])
+    assert message == 2 and added == 2 + count_tokens("hi") + count_tokens("there")
+
+
+async def test_user_locks_serialize_one_user_and_forget_idle_ones() -> None:
+    locks = UserLocks()
+    running: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0}
+
+    async def turn(user: str) -> None:
+        async with locks.hold(user):
+            running[user] += 1
+            peak[user] = max(peak[user], running[user])
+            await asyncio.sleep(0.001)
+            running[user] -= 1
+
+    await asyncio.gather(*(turn("ab"[i % 2]) for i in range(20)))
+    assert peak == {"a": 1, "b": 1} and len(locks) == 0
