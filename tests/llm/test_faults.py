@@ -1,0 +1,138 @@
+"""The upstream failing: retries, deadlines, rate limits, the circuit breaker.
+
+Faults are injected by the offline server; every test clears them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from prometheus_client import REGISTRY
+
+from coach.llm.v1 import llm_service_pb2 as pb
+from tests.llm.conftest import Llm, running_llm
+
+pytestmark = pytest.mark.usefixtures("healthy_upstream")
+
+FAST_RETRIES = {"COACH_RETRY_BASE_SECONDS": "0.01", "COACH_RETRY_MAX_SECONDS": "0.05"}
+HELLO = pb.CompleteRequest(
+    user_id="u-faults", message="how do I start journaling?",
+    generation=pb.Generation(model="gpt-4o-mini", max_output_tokens=40),
+)
+
+
+def reason(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    return str(info.reason)
+    return ""
+
+
+async def failing(call: Any) -> tuple[grpc.aio.AioRpcError, float]:
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await call
+    return failed.value, time.monotonic() - started
+
+
+async def test_a_passing_500_is_retried_and_the_user_gets_an_answer(offline_openai: Any) -> None:
+    async with running_llm(offline_openai, FAST_RETRIES) as llm:
+        offline_openai.faults.set("error_500", count=2)
+        injected = offline_openai.stats.faults_injected
+        reply = await llm.stub.Complete(HELLO, timeout=5)
+        assert reply.text
+        assert offline_openai.stats.faults_injected - injected == 2
+
+
+async def test_a_persistent_500_is_unavailable_after_bounded_retries(offline_openai: Any) -> None:
+    async with running_llm(offline_openai, FAST_RETRIES) as llm:
+        offline_openai.faults.set("error_500")
+        injected = offline_openai.stats.faults_injected
+        error, _ = await failing(llm.stub.Complete(HELLO, timeout=5))
+        assert error.code() is grpc.StatusCode.UNAVAILABLE
+        assert reason(error) == "UPSTREAM_UNAVAILABLE"
+        assert offline_openai.stats.faults_injected - injected == 3  # COACH_UPSTREAM_MAX_ATTEMPTS
+
+
+async def test_rate_limit_honours_retry_after_then_is_resource_exhausted(offline_openai: Any) -> None:
+    async with running_llm(offline_openai) as llm:
+        offline_openai.faults.set("error_429", retry_after_s=1)
+        injected = offline_openai.stats.faults_injected
+        error, took = await failing(llm.stub.Complete(HELLO, timeout=5))
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(error) == "UPSTREAM_RATE_LIMITED"
+        assert offline_openai.stats.faults_injected - injected == 3
+        assert 2.0 <= took < 4.0  # waited Retry-After twice, never past the deadline
+
+        offline_openai.faults.set("error_429", retry_after_s=30)
+        error, took = await failing(llm.stub.Complete(HELLO, timeout=5))
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert took < 1.0  # waiting 30 s could not fit in a 5 s deadline: give up now
+
+
+async def test_a_hanging_upstream_is_cut_within_the_callers_deadline(offline_openai: Any) -> None:
+    async with running_llm(offline_openai) as llm:
+        conv = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id="u-hang"),
+                                                 timeout=5)
+        offline_openai.faults.set("hang")
+        error, took = await failing(llm.stub.Complete(HELLO, timeout=2))
+        assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert took < 3.0
+        error, took = await failing(llm.stub.StatefulTurn(
+            pb.StatefulTurnRequest(user_id="u-hang", conversation_id=conv.conversation_id,
+                                   message="hey", generation=pb.Generation(model="gpt-4o")),
+            timeout=2,
+        ))
+        assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert reason(error) in ("UPSTREAM_TIMEOUT", "")
+        assert took < 3.0
+
+
+def breaker_gauge(tier: str) -> float | None:
+    return REGISTRY.get_sample_value("coach_breaker_open", {"upstream": tier})
+
+
+async def test_breaker_opens_fails_fast_and_closes_when_the_upstream_is_back(
+    offline_openai: Any,
+) -> None:
+    env = {**FAST_RETRIES, "COACH_UPSTREAM_MAX_ATTEMPTS": "1", "COACH_BREAKER_FAILURES": "3",
+           "COACH_BREAKER_COOLDOWN_SECONDS": "0.5"}
+    async with running_llm(offline_openai, env) as llm:
+        conv = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id="u-breaker"),
+                                                 timeout=5)
+        offline_openai.faults.set("error_500", path_prefix="/v1/chat")  # the cheap tier only
+        for _ in range(3):
+            error, _ = await failing(llm.stub.Complete(HELLO, timeout=5))
+            assert reason(error) == "UPSTREAM_UNAVAILABLE"
+        assert breaker_gauge("cheap") == 1.0
+
+        requests = offline_openai.stats.snapshot()["total_requests"]
+        error, took = await failing(llm.stub.Complete(HELLO, timeout=5))
+        assert error.code() is grpc.StatusCode.UNAVAILABLE
+        assert reason(error) == "UPSTREAM_CIRCUIT_OPEN"
+        assert took < 0.05  # fails fast
+        assert offline_openai.stats.snapshot()["total_requests"] == requests  # nothing sent
+
+        # The stateful tier has its own breaker and keeps answering.
+        turn = await llm.stub.StatefulTurn(
+            pb.StatefulTurnRequest(user_id="u-breaker", conversation_id=conv.conversation_id,
+                                   message="hey", generation=pb.Generation(model="gpt-4o")),
+            timeout=5,
+        )
+        assert turn.texts
+
+        offline_openai.faults.clear()  # the upstream is back
+        await asyncio.sleep(0.6)  # the cool-down passes: one probe goes through and closes it
+        assert (await llm.stub.Complete(HELLO, timeout=5)).text
+        assert breaker_gauge("cheap") == 0.0
+        assert (await llm.stub.Complete(HELLO, timeout=5)).text
