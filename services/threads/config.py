@@ -55,7 +55,7 @@ class Settings:
             prune=PruneSettings(
                 keep_messages=keep,
                 prune_at_messages=env.int("COACH_PRUNE_AT_MESSAGES", 2 * keep, minimum=4) or 2 * keep,
-                summary_batch=env.int("COACH_SUMMARY_BATCH_MESSAGES", 200, minimum=2) or 200,
+                summary_batch=env.int("COACH_SUMMARY_BATCH_MESSAGES", 100, minimum=1) or 100,
             ),
             summary_model=env.str("COACH_SUMMARY_MODEL", DEFAULT_SUMMARY_MODEL),
             relay=RelaySettings(

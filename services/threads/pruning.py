@@ -24,6 +24,8 @@ from services.threads.records import Conversation, HistoryMessage
 
 # Messages a stateful turn adds: the user's message and the coach's answer.
 TURN_MESSAGES = 2
+# Most turns the llm service takes in one call (seed, append, summarize).
+MAX_TURNS_PER_CALL = 100
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,15 @@ class PruneSettings:
     keep_messages: int = 20
     prune_at_messages: int = 40
     # Most messages folded into the summary by one Summarize call.
-    summary_batch: int = 200
+    summary_batch: int = MAX_TURNS_PER_CALL
 
     def __post_init__(self) -> None:
-        if self.keep_messages < 2:
-            raise ConfigError("COACH_PRUNE_KEEP_MESSAGES must be at least 2")
+        if not 2 <= self.keep_messages <= MAX_TURNS_PER_CALL:
+            raise ConfigError(
+                f"COACH_PRUNE_KEEP_MESSAGES must be between 2 and {MAX_TURNS_PER_CALL}")
+        if not 1 <= self.summary_batch <= MAX_TURNS_PER_CALL:
+            raise ConfigError(
+                f"COACH_SUMMARY_BATCH_MESSAGES must be between 1 and {MAX_TURNS_PER_CALL}")
         if self.prune_at_messages < self.keep_messages + TURN_MESSAGES:
             raise ConfigError(
                 "COACH_PRUNE_AT_MESSAGES must be at least COACH_PRUNE_KEEP_MESSAGES + 2 "

@@ -210,7 +210,7 @@ class ThreadsRepository:
                 new.conversation_pk, created_at,
             )
             out_id = in_id
-            if ex.coach_texts:
+            if coach_text.strip():
                 out_id = await conn.fetchval(
                     """INSERT INTO threads.messages (user_id, direction, text, route, message_type,
                            model, request_id, conversation_id, created_at)
@@ -261,7 +261,7 @@ class ThreadsRepository:
                                   THEN $4 ELSE c.seen_through END,
                               updated_at = now()
                         WHERE c.id = $1""",
-                    new.conversation_pk, in_id, 2 if ex.coach_texts else 1, out_id,
+                    new.conversation_pk, in_id, 2 if out_id != in_id else 1, out_id,
                 )
         stored = replace(ex, charges=charges, created_at=created_at)
         return StoredExchange(stored, created=True)

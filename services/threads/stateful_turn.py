@@ -24,6 +24,7 @@ from services.common.errors import FailedPrecondition
 from services.threads.history import History
 from services.threads.ports import ConversationProvider, TurnSettings
 from services.threads.pruning import (
+    MAX_TURNS_PER_CALL,
     PruneSettings,
     plan_continuity,
     plan_rotation,
@@ -44,10 +45,12 @@ from services.threads.user_locks import UserLocks
 
 log = logging.getLogger(__name__)
 
-# The baseline policy never prunes: it back-fills and seeds everything (bounded
-# only to keep one call sane), and appends in batches of this size.
-BASELINE_HISTORY_LIMIT = 2000
-APPEND_BATCH = 100
+# The baseline policy never prunes and never summarizes: it back-fills every
+# unseen message (in calls of at most APPEND_BATCH) and seeds a first
+# conversation with the last BASELINE_SEED_LIMIT messages (one call's worth).
+BASELINE_BACKFILL_LIMIT = 2000
+BASELINE_SEED_LIMIT = MAX_TURNS_PER_CALL
+APPEND_BATCH = MAX_TURNS_PER_CALL
 
 SAVE_GOAL_TOOL = "save_goal"
 
@@ -178,7 +181,7 @@ class StatefulTurns:
         conversation = await self.repository.active_conversation(conn, request.user_id)
         unseen: list[HistoryMessage] = []
         if conversation is not None:
-            limit = BASELINE_HISTORY_LIMIT if request.baseline else self.prune.keep_messages + 1
+            limit = BASELINE_BACKFILL_LIMIT if request.baseline else self.prune.keep_messages + 1
             unseen = await self.repository.unseen_messages(conn, conversation, limit)
         plan = plan_continuity(
             conversation, unseen, api=self.api, settings=self.prune, baseline=request.baseline
@@ -222,7 +225,7 @@ class StatefulTurns:
         orphaned and logged). The summary is saved as it is written, so a retry
         only folds in what is new.
         """
-        keep = BASELINE_HISTORY_LIMIT if request.baseline else self.prune.keep_messages
+        keep = BASELINE_SEED_LIMIT if request.baseline else self.prune.keep_messages
         recent = await self.repository.recent_messages(conn, request.user_id, keep)
         plan = plan_rotation(
             recent,
