@@ -331,12 +331,17 @@ class AssistantsBackend:
         async def cancel() -> None:
             deadline = Deadline.after(SystemClock(), CANCEL_BUDGET_S)
 
-            async def attempt(timeout: float) -> None:
-                await _quiet(self.client.beta.threads.runs.cancel, run_id, thread_id=thread_id,
-                             timeout=timeout)
+            async def attempt(timeout: float) -> Run:
+                run: Run = await _quiet(self.client.beta.threads.runs.cancel, run_id,
+                                        thread_id=thread_id, timeout=timeout)
+                return run
 
             try:
-                await self.upstream.call("runs.cancel", attempt, deadline)
+                run = await self.upstream.call("runs.cancel", attempt, deadline)
+                # Wait for "cancelled": until then the thread takes no new message.
+                while run.status == "cancelling" and deadline.remaining() > self.poll_max_s:
+                    await self.clock.sleep(self.poll_s)
+                    run = await self._retrieve(run, deadline)
             except Exception as exc:  # noqa: BLE001 - best effort; logged
                 log.warning("could not cancel an abandoned run",
                             extra={"thread_id": thread_id, "run_id": run_id, "error": str(exc)})

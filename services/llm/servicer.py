@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 4_000
 MAX_TURN_CHARS = 8_000
-MAX_TURNS = 100
+MAX_TURNS = 200
 MAX_SUMMARY_CHARS = 20_000
 MAX_OUTPUT_TOKENS = 16_384
 MAX_ID_CHARS = 128
@@ -184,9 +184,10 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     ) -> pb.AppendTurnsResponse:
         v = Validator()
         _check_id(v, "conversation_id", request.conversation_id)
-        v.check(len(request.turns) > 0, "turns", "at least one turn")
         _check_turns(v, "turns", request.turns)
         v.raise_if_any()
+        if not request.turns:
+            return pb.AppendTurnsResponse(appended=0)  # nothing to send upstream
         backend = self.stateful.backend(_api(request.api, request.conversation_id))
         deadline = self._deadline(context)
 
@@ -218,11 +219,12 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         )
 
         async def answer() -> Reply:
-            return await backend.stateful_turn(turn, deadline)
+            reply = await backend.stateful_turn(turn, deadline)
+            self._account("StatefulTurn", request.user_id, reply, started)  # once, not per retry
+            return reply
 
         key = f"turn:{request.conversation_id}:{request.request_id}" if request.request_id else None
         reply = await self.answers.run(key, answer)
-        self._account("StatefulTurn", request.user_id, reply, started)
         return pb.StatefulTurnResponse(
             texts=list(reply.texts),
             model=reply.model,
@@ -249,11 +251,12 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         deadline, started = self._deadline(context), time.monotonic()
 
         async def summarize() -> Reply:
-            return await self.cheap.summarize(
+            reply = await self.cheap.summarize(
                 request.previous_summary, _turns(request.turns), request.model.strip(), deadline
             )
+            self._account("Summarize", request.user_id, reply, started)
+            return reply
 
         key = f"summarize:{request.user_id}:{request.request_id}" if request.request_id else None
         reply = await self.answers.run(key, summarize)
-        self._account("Summarize", request.user_id, reply, started)
         return pb.SummarizeResponse(summary=reply.text, model=reply.model, usage=_usage(reply.usage))

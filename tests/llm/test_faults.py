@@ -11,11 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
+from coach.llm.v1 import llm_service_pb2 as pb
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 
-from coach.llm.v1 import llm_service_pb2 as pb
-from tests.llm.conftest import Llm, running_llm
+from tests.llm.conftest import running_llm
 
 pytestmark = pytest.mark.usefixtures("healthy_upstream")
 
@@ -136,3 +136,22 @@ async def test_breaker_opens_fails_fast_and_closes_when_the_upstream_is_back(
         assert (await llm.stub.Complete(HELLO, timeout=5)).text
         assert breaker_gauge("cheap") == 0.0
         assert (await llm.stub.Complete(HELLO, timeout=5)).text
+
+
+async def test_an_assistants_run_cut_at_the_deadline_leaves_the_thread_usable(
+    offline_openai: Any,
+) -> None:
+    env = {"COACH_STATEFUL_API": "assistants", "COACH_RUN_POLL_SECONDS": "0.01"}
+    async with running_llm(offline_openai, env) as llm:
+        thread = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id="u-run"),
+                                                   timeout=5)
+        turn = pb.StatefulTurnRequest(user_id="u-run", conversation_id=thread.conversation_id,
+                                      message="hey", generation=pb.Generation(model="gpt-4o"))
+        # The first poll of the run hangs: the turn fails within the caller's deadline ...
+        offline_openai.faults.set("hang", count=1,
+                                  path_prefix=f"/v1/threads/{thread.conversation_id}/runs/")
+        error, took = await failing(llm.stub.StatefulTurn(turn, timeout=2))
+        assert error.code() is grpc.StatusCode.UNAVAILABLE and took < 3.0
+        # ... and the abandoned run is cancelled, so the user's next turn is answered.
+        await asyncio.sleep(0.3)
+        assert (await llm.stub.StatefulTurn(turn, timeout=5)).texts

@@ -109,8 +109,13 @@ async def test_bad_input_is_invalid_argument_and_calls_nothing(llm: Llm, offline
     assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "message" in (failed.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await llm.stub.AppendTurns(pb.AppendTurnsRequest(conversation_id="conv_x", turns=[]), timeout=5)
+        await llm.stub.AppendTurns(
+            pb.AppendTurnsRequest(conversation_id="conv_x", turns=[user("ok"), coach(" ")]), timeout=5
+        )
     assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "turns[1].text" in (failed.value.details() or "")
+    nothing = await llm.stub.AppendTurns(pb.AppendTurnsRequest(conversation_id="conv_x"), timeout=5)
+    assert nothing.appended == 0
     assert seen.delta("total_requests") == 0
 
 
