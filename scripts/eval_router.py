@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from services.router.decision import (  # noqa: E402
+from services.router.decision import (
     Decision,
     MessageContext,
     PriorTurn,
@@ -165,8 +165,8 @@ def report(path: Path, outcomes: Sequence[Outcome], show_misses: bool) -> tuple[
     figures = score(outcomes)
     missed = missed_targets(figures)
     by = Counter(o.case.expect for o in outcomes)
-    out = [f"{path} — {len(outcomes)} messages "
-           f"({', '.join(f'{k} {by[k]}' for k in EXPECTS)})"]
+    summary = ", ".join(f"{k} {by[k]}" for k in EXPECTS)
+    out = [f"{path} — {len(outcomes)} messages ({summary})"]
     for name, value in figures.items():
         op, target = TARGETS[name]
         flag = "MISSED" if name in missed else "ok"

@@ -418,19 +418,83 @@ def phrase_words(phrases: Iterable[str]) -> set[str]:
     return words
 
 
+def expand_head(phrase: str) -> list[tuple[str, str]]:
+    """Split a phrase into variants by its first word, for indexing.
+
+    Returns ``(key, variant)`` pairs; ``key`` is ``"w:<word>"`` for a literal
+    first word, ``"p:<abc>"`` for a wildcard word with a literal prefix of at
+    least three letters (indexed by those three), or ``""`` when the variant can
+    start with any word. ``(a|b) x`` becomes ``a x`` and ``b x``; ``(a)? x``
+    becomes ``a x`` and ``x``.
+    """
+    parts = _split_phrase(phrase.strip().lower())
+    anchor = ""
+    if parts and parts[0] == "^":
+        anchor, parts = "^ ", parts[1:]
+    if not parts:
+        return [("", phrase)]
+    head, tail = parts[0], parts[1:]
+    rest = " ".join(tail)
+    alts: list[str] | None = None
+    optional = head.endswith(")?") and head.startswith("(")
+    if optional:
+        alts = _split_alternatives(head[1:-2])
+    elif head.startswith("(") and head.endswith(")"):
+        alts = _split_alternatives(head[1:-1])
+    elif "|" in head:
+        alts = head.split("|")
+    if alts is not None:
+        out: list[tuple[str, str]] = []
+        for alt in alts:
+            out.extend(expand_head(f"{anchor}{alt.strip()} {rest}".strip()))
+        if optional:
+            if not tail or tail[0] in ("...", "$"):
+                return [("", phrase)]
+            out.extend(expand_head(f"{anchor}{rest}"))
+        return out
+    if head in ("_", "#", "...", "$"):
+        return [("", phrase)]
+    if "*" in head:
+        prefix = head.split("*", 1)[0].translate(_APOSTROPHES)
+        if len(prefix) >= 3 and prefix.isalnum():
+            return [(f"p:{prefix[:3]}", phrase)]
+        return [("", phrase)]
+    return [(f"w:{head}", phrase)]
+
+
 @dataclass(frozen=True)
 class PhraseSet:
-    """Phrases compiled into one token-boundary regex; ``search`` returns the matched text."""
+    """A list of phrases, matched on token boundaries.
 
-    pattern: re.Pattern[str] | None
+    For speed, phrases are indexed by the words they can start with: a message
+    only tries the phrases whose first word it contains. Phrases that may start
+    with any word (wildcards, ``_``, raw regexes) share one regex search.
+    """
+
+    by_first: Mapping[str, tuple[re.Pattern[str], ...]]
+    by_prefix: Mapping[str, tuple[re.Pattern[str], ...]]
+    rest: re.Pattern[str] | None
 
     @classmethod
     def build(cls, phrases: Sequence[str], regexes: Sequence[str], word: _WordMapper,
               data: DataFile, where: str) -> PhraseSet:
-        bodies: list[str] = []
+        by_first: dict[str, list[re.Pattern[str]]] = {}
+        by_prefix: dict[str, list[re.Pattern[str]]] = {}
+        rest: list[str] = []
         for i, phrase in enumerate(phrases):
             try:
-                bodies.append(compile_phrase(phrase, word))
+                compile_phrase(phrase, word)  # validates the phrase as written
+                for key, variant in expand_head(phrase):
+                    body = compile_phrase(variant, word)
+                    if not key:
+                        rest.append(body)
+                        continue
+                    anchored = re.compile(f"(?:{body})" + r"(?!\S)")
+                    if key.startswith("p:"):
+                        by_prefix.setdefault(key[2:], []).append(anchored)
+                        continue
+                    for first in word(key[2:])[:1]:
+                        by_first.setdefault(first, []).append(anchored)
             except ValueError as exc:
                 raise data.error(f"{where}[{i}]", f"phrase {phrase!r}: {exc}") from None
         for i, rx in enumerate(regexes):
@@ -438,16 +502,37 @@ class PhraseSet:
                 re.compile(rx)
             except re.error as exc:
                 raise data.error(f"{where}.regex[{i}]", f"bad regex {rx!r}: {exc}") from None
-            bodies.append(rx)
-        if not bodies:
-            return cls(None)
-        return cls(re.compile(r"(?<!\S)(?:" + "|".join(bodies) + r")(?!\S)"))
+            rest.append(rx)
+        return cls(
+            by_first={k: tuple(v) for k, v in by_first.items()},
+            by_prefix={k: tuple(v) for k, v in by_prefix.items()},
+            rest=re.compile(r"(?<!\S)(?:" + "|".join(rest) + r")(?!\S)") if rest else None,
+        )
 
     def search(self, text: str) -> str | None:
-        if self.pattern is None:
-            return None
-        m = self.pattern.search(text)
-        return None if m is None else m.group(0)
+        """The first matching phrase's text in a normalized message, or None."""
+        by_first, by_prefix = self.by_first, self.by_prefix
+        pos = 0
+        for token in text.split(" "):
+            candidates = by_first.get(token)
+            if candidates is not None:
+                for rx in candidates:
+                    m = rx.match(text, pos)
+                    if m is not None:
+                        return m.group(0)
+            if by_prefix:
+                candidates = by_prefix.get(token[:3])
+                if candidates is not None:
+                    for rx in candidates:
+                        m = rx.match(text, pos)
+                        if m is not None:
+                            return m.group(0)
+            pos += len(token) + 1
+        if self.rest is not None:
+            m = self.rest.search(text)
+            if m is not None:
+                return m.group(0)
+        return None
 
 
 @dataclass(frozen=True)
@@ -461,6 +546,7 @@ class WholeMessageMatcher:
     whole: re.Pattern[str]
     trigger: re.Pattern[str]
     max_words: int
+    vocabulary: frozenset[str] | None  # every word the phrases can use (None: wildcards)
 
     @classmethod
     def build(cls, triggers: Sequence[str], allowed: Sequence[str], max_words: int,
@@ -480,15 +566,22 @@ class WholeMessageMatcher:
 
         trig = bodies(triggers, "triggers")
         allow = bodies(allowed, "allowed")
+        vocabulary: frozenset[str] | None = None
+        if not any("*" in p or "_" in p.split() or "#" in p for p in [*triggers, *allowed]):
+            vocabulary = frozenset(
+                token for w in phrase_words([*triggers, *allowed]) for token in word(w))
         alt = "(?:" + "|".join(sorted(trig + allow, key=len, reverse=True)) + ")"
         return cls(
             whole=re.compile(f"^{alt}(?: {alt})*$"),
             trigger=re.compile(r"(?<!\S)(?:" + "|".join(trig) + r")(?!\S)"),
             max_words=max_words,
+            vocabulary=vocabulary,
         )
 
     def matches(self, norm: NormalizedText) -> bool:
         if not norm.tokens or len(norm.tokens) > self.max_words:
+            return False
+        if self.vocabulary is not None and not self.vocabulary.issuperset(norm.tokens):
             return False
         return bool(self.whole.match(norm.text)) and bool(self.trigger.search(norm.text))
 
