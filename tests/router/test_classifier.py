@@ -1,0 +1,146 @@
+"""The classifier reads messages the way people write them: whole words, slang, typos, emoji."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.router.classifier import MessageType, PriorTurn, compile_phrase
+from services.router.decision import Router
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    return Router.from_files()
+
+
+def kind(router: Router, text: str, history: tuple[PriorTurn, ...] = ()) -> MessageType:
+    return router.classify(text, history).message_type
+
+
+def test_this_is_not_a_greeting(router: Router) -> None:
+    verdict = router.classify("this")
+    assert verdict.message_type is not MessageType.GREETING
+    assert not verdict.canned_eligible
+
+
+@pytest.mark.parametrize("text", ["hi", "hiii coach", "heyyy", "gm ☀️", "good mornin", "sup",
+                                  "yo!", "hey, you there?", "what up", "howdy partner"])
+def test_greetings_as_people_write_them(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is MessageType.GREETING and verdict.canned_eligible
+
+
+@pytest.mark.parametrize("text", ["ok", "k", "thx", "tysm 🙏", "👍", "👍👍", "cool thanks",
+                                  "thnaks coach", "sounds good", "night!"])
+def test_acknowledgements(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is MessageType.ACKNOWLEDGEMENT and verdict.canned_eligible
+
+
+@pytest.mark.parametrize("text", ["done", "did it ✅", "finished my run", "finsihed my wrkout",
+                                  "compelted my workout", "donee", "✅", "got my steps in"])
+def test_completions_with_typos_and_emoji(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is MessageType.CHECK_IN and verdict.canned_eligible
+
+
+@pytest.mark.parametrize("text", ["not done yet", "not done", "didn't finish", "haven't finished",
+                                  "havent finished yet", "didnt do it", "not finished, I keep avoiding it"])
+def test_negated_completion_is_never_a_completion(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert not verdict.canned_eligible
+    assert verdict.message_type in (MessageType.CHECK_IN, MessageType.ACCOUNTABILITY,
+                                    MessageType.PATTERN_ANALYSIS)
+
+
+def test_not_done_yet_is_progress_but_not_done_is_a_miss(router: Router) -> None:
+    assert kind(router, "not done yet") is MessageType.CHECK_IN
+    assert kind(router, "didn't finish") is MessageType.ACCOUNTABILITY
+
+
+def test_sad_emoji_turns_ok_into_something_else(router: Router) -> None:
+    assert not router.classify("ok 😢").canned_eligible
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("hi, can you help me figure out why I keep quitting?", MessageType.PATTERN_ANALYSIS),
+    ("hey coach, can you help me build a morning routine", MessageType.GOAL_SETTING),
+    ("good morning, I want to completely overhaul my sleep schedule", MessageType.GOAL_SETTING),
+    ("done pretending everything is fine, I'm burnt out", MessageType.DEEP_COACHING),
+    ("I'm tired of feeling like a failure all the time", MessageType.DEEP_COACHING),
+    ("skipped the gym again, no excuse", MessageType.ACCOUNTABILITY),
+    ("this is the hardest month I've had in years", MessageType.STRUGGLING),
+])
+def test_trigger_words_inside_serious_messages(router: Router, text: str,
+                                               expected: MessageType) -> None:
+    verdict = router.classify(text)
+    assert not verdict.canned_eligible
+    assert verdict.message_type is expected
+
+
+@pytest.mark.parametrize("text", [
+    "kms", "thinking about unaliving myself", "I don't want to be here anymore",
+    "I'm done with life", "i just want to end it all", "I'm not suicidal lol",
+    "nobody would notice if I was gone", "ate and threw up", "been purging again",
+    "haven't eaten in 3 days", "not eating for days to drop weight", "skipping meals all week",
+    "i only eat 500 calories a day", "i feel like dying", "sewerslide", "kys",
+])
+def test_crisis_language_is_caught(router: Router, text: str) -> None:
+    assert kind(router, text) is MessageType.CRISIS
+
+
+@pytest.mark.parametrize("text", ["killed it today 💪", "this workout is hard", "I'm starving lol",
+                                  "went to the gym, it was dead in there"])
+def test_everyday_slang_is_not_crisis(router: Router, text: str) -> None:
+    assert kind(router, text) is not MessageType.CRISIS
+
+
+def test_short_reply_to_a_deep_question_continues_the_thread(router: Router) -> None:
+    coach = (PriorTurn("coach", "How about we try a 10 minute walk every morning?"),)
+    verdict = router.classify("sure let's do it", coach)
+    assert verdict.continues_thread and verdict.message_type is MessageType.GOAL_SETTING
+
+
+def test_short_reply_to_a_simple_check_in_stays_simple(router: Router) -> None:
+    verdict = router.classify("yes", (PriorTurn("coach", "Did u do what u said?"),))
+    assert not verdict.continues_thread
+    assert verdict.message_type is MessageType.CHECK_IN and verdict.canned_eligible
+    no = router.classify("nope", (PriorTurn("coach", "Did u do what u said?"),))
+    assert no.message_type is MessageType.ACCOUNTABILITY
+
+
+def test_only_the_last_turn_counts_and_only_if_the_coach_said_it(router: Router) -> None:
+    history = (PriorTurn("coach", "Why do you think weekends are hard?"),
+               PriorTurn("user", "no idea"))
+    assert not router.classify("ok", history).continues_thread
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.lower().split())
+
+
+@pytest.mark.parametrize("phrase,text,hit", [
+    ("hi", "this is it", False),
+    ("hi", "oh hi there", True),
+    ("done", "undone", False),
+    ("why ... always", "why do i always skip", True),
+    ("why ... always", "why a b c d e always", False),
+    ("skip*", "skipping today", True),
+    ("*ing", "skipping", True),
+    ("(good )?morning", "morning", True),
+    ("(good )?morning", "good morning", True),
+    ("^ hey", "oh hey", False),
+    ("# days", "3 days", True),
+    ("(a|b c) d", "b c d", True),
+])
+def test_phrase_syntax_matches_whole_words(phrase: str, text: str, hit: bool) -> None:
+    import re
+
+    body = compile_phrase(phrase, _words)
+    assert bool(re.search(r"(?<!\S)(?:" + body + r")(?!\S)", text)) is hit
+
+
+@pytest.mark.parametrize("phrase", ["", "... x", "x ...", "(a|b", "a)", "x ^", "$ x", "(a|)", "(x)?"])
+def test_bad_phrases_are_rejected(phrase: str) -> None:
+    with pytest.raises(ValueError):
+        compile_phrase(phrase, _words)
