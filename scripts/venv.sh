@@ -30,6 +30,14 @@ if [ ! -x "$venv/bin/python" ]; then
   fi
 fi
 echo "installing requirements-dev.txt and the project into $venv (first run: a minute or two)"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
-"${pip[@]}" install -r requirements-dev.txt
-"${pip[@]}" install --no-deps -e .
+pip_install() {
+  # Some machines list extra local indexes that do not exist; pip warns once per package.
+  set +e
+  "$venv/bin/python" -m pip --disable-pip-version-check --quiet install "$@" 2>&1 \
+    | grep -v "^WARNING: Location '.*' is ignored"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  return "$rc"
+}
+pip_install -r requirements-dev.txt
+pip_install --no-deps -e .
