@@ -41,6 +41,10 @@ _ROLE_OF_DIRECTION = {"in": USER, "out": COACH}
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
+class _AlreadyStored(Exception):
+    """The request id was answered already: roll the transaction back."""
+
+
 class ConversationConflict(Exception):
     """The active conversation changed under us (another writer); nothing was written."""
 
@@ -162,107 +166,110 @@ class ThreadsRepository:
 
     async def _store_exchange(self, new: NewExchange, conn: asyncpg.Connection) -> StoredExchange:
         ex = new.exchange
-        async with conn.transaction():
-            inserted = await conn.fetchrow(
-                """INSERT INTO threads.exchanges (request_id, user_id, user_text, coach_texts, route,
-                       message_type, pattern, model, conversation_id, latency_ms)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                   ON CONFLICT (request_id) DO NOTHING
-                   RETURNING created_at""",
-                ex.request_id, ex.user_id, ex.user_text, list(ex.coach_texts), ex.route,
-                ex.message_type, ex.pattern, ex.model, ex.conversation_id, ex.latency_ms,
+        coach_text = "\n\n".join(ex.coach_texts)
+        try:
+            async with conn.transaction():
+                return await self._insert_exchange(new, coach_text, conn)
+        except _AlreadyStored:
+            pass  # rolled back: stats and owed upkeep are as they were
+        existing = await self.get_exchange(ex.request_id, conn)
+        assert existing is not None
+        if existing.user_id != ex.user_id:
+            raise FailedPrecondition(
+                "request_id was already used for another user", reason="REQUEST_ID_REUSED"
             )
-            if inserted is None:
-                existing = await self.get_exchange(ex.request_id, conn)
-                assert existing is not None
-                if existing.user_id != ex.user_id:
-                    raise FailedPrecondition(
-                        "request_id was already used for another user",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                return StoredExchange(existing, created=False)
-            created_at: datetime = inserted["created_at"]
-            coach_text = "\n\n".join(ex.coach_texts)
-            # The stats row is locked before any message id is drawn, so a user's
-            # message ids follow commit order (continuity relies on it).
-            history_before = await conn.fetchval(
-                """INSERT INTO threads.user_stats AS s (user_id, message_count, history_tokens,
-                       today, messages_today, last_canned_reply)
-                   VALUES ($1, 1, $2, (now() AT TIME ZONE 'UTC')::date, 1,
-                           CASE WHEN $3 THEN $4 ELSE '' END)
-                   ON CONFLICT (user_id) DO UPDATE SET
-                       message_count = s.message_count + 1,
-                       history_tokens = s.history_tokens + EXCLUDED.history_tokens,
-                       messages_today = CASE WHEN s.today = EXCLUDED.today
-                                             THEN s.messages_today + 1 ELSE 1 END,
-                       today = EXCLUDED.today,
-                       last_canned_reply = CASE WHEN $3 THEN EXCLUDED.last_canned_reply
-                                                ELSE s.last_canned_reply END,
-                       updated_at = now()
-                   RETURNING history_tokens - $2""",
-                ex.user_id, new.history_tokens_added, ex.route == ROUTE_PATTERN, coach_text,
+        return StoredExchange(existing, created=False)
+
+    async def _insert_exchange(
+        self, new: NewExchange, coach_text: str, conn: asyncpg.Connection
+    ) -> StoredExchange:
+        ex = new.exchange
+        # The stats row is locked first, before any message id is drawn, so a
+        # user's message ids follow commit order (continuity relies on it).
+        history_before = await conn.fetchval(
+            """INSERT INTO threads.user_stats AS s (user_id, message_count, history_tokens,
+                   today, messages_today, last_canned_reply)
+               VALUES ($1, 1, $2, (now() AT TIME ZONE 'UTC')::date, 1,
+                       CASE WHEN $3 THEN $4 ELSE '' END)
+               ON CONFLICT (user_id) DO UPDATE SET
+                   message_count = s.message_count + 1,
+                   history_tokens = s.history_tokens + EXCLUDED.history_tokens,
+                   messages_today = CASE WHEN s.today = EXCLUDED.today
+                                         THEN s.messages_today + 1 ELSE 1 END,
+                   today = EXCLUDED.today,
+                   last_canned_reply = CASE WHEN $3 THEN EXCLUDED.last_canned_reply
+                                            ELSE s.last_canned_reply END,
+                   updated_at = now()
+               RETURNING history_tokens - $2""",
+            ex.user_id, new.history_tokens_added, ex.route == ROUTE_PATTERN, coach_text,
+        )
+        upkeep = await conn.fetch(
+            "DELETE FROM threads.pending_charges WHERE user_id = $1 RETURNING id, charge::text",
+            ex.user_id,
+        )
+        charges = tuple(ex.charges) + tuple(
+            Charge.from_json(json.loads(r["charge"])) for r in sorted(upkeep, key=lambda r: r["id"])
+        )
+        baseline = new.prefix_tokens + int(history_before) + new.message_tokens
+        created_at: datetime | None = await conn.fetchval(
+            """INSERT INTO threads.exchanges (request_id, user_id, user_text, coach_texts, route,
+                   message_type, pattern, model, charges, conversation_id, latency_ms,
+                   baseline_input_tokens)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12)
+               ON CONFLICT (request_id) DO NOTHING
+               RETURNING created_at""",
+            ex.request_id, ex.user_id, ex.user_text, list(ex.coach_texts), ex.route,
+            ex.message_type, ex.pattern, ex.model, json.dumps([c.to_json() for c in charges]),
+            ex.conversation_id, ex.latency_ms, baseline,
+        )
+        if created_at is None:
+            raise _AlreadyStored
+        message_sql = """INSERT INTO threads.messages (user_id, direction, text, route,
+                   message_type, model, request_id, conversation_id, created_at)
+               VALUES ($1, 'in', $2, $4, $5, $6, $7, $8, $9){out}
+               RETURNING id, direction"""
+        ids = {
+            r["direction"]: r["id"]
+            for r in await conn.fetch(
+                message_sql.format(
+                    out=", ($1, 'out', $3, $4, $5, $6, $7, $8, $9)" if coach_text.strip() else ""
+                ),
+                ex.user_id, ex.user_text, coach_text, ex.route, ex.message_type, ex.model,
+                ex.request_id, new.conversation_pk, created_at,
             )
-            in_id = await conn.fetchval(
-                """INSERT INTO threads.messages (user_id, direction, text, route, message_type,
-                       model, request_id, conversation_id, created_at)
-                   VALUES ($1, 'in', $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
-                ex.user_id, ex.user_text, ex.route, ex.message_type, ex.model, ex.request_id,
-                new.conversation_pk, created_at,
-            )
-            out_id = in_id
-            if coach_text.strip():
-                out_id = await conn.fetchval(
-                    """INSERT INTO threads.messages (user_id, direction, text, route, message_type,
-                           model, request_id, conversation_id, created_at)
-                       VALUES ($1, 'out', $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
-                    ex.user_id, coach_text, ex.route, ex.message_type, ex.model, ex.request_id,
-                    new.conversation_pk, created_at,
-                )
-            upkeep = await conn.fetch(
-                "DELETE FROM threads.pending_charges WHERE user_id = $1 RETURNING id, charge::text",
-                ex.user_id,
-            )
-            charges = tuple(ex.charges) + tuple(
-                Charge.from_json(json.loads(r["charge"])) for r in sorted(upkeep, key=lambda r: r["id"])
-            )
-            baseline = new.prefix_tokens + int(history_before) + new.message_tokens
+        }
+        record = AnswerRecord(
+            request_id=ex.request_id, user_id=ex.user_id, route=ex.route,
+            message_type=ex.message_type, model=ex.model, charges=charges,
+            latency_ms=ex.latency_ms, answer_time=created_at, baseline_input_tokens=baseline,
+        )
+        await conn.execute(
+            """INSERT INTO threads.outbox (request_id, record) VALUES ($1, $2::jsonb)
+               ON CONFLICT (request_id) DO NOTHING""",
+            ex.request_id, json.dumps(record.to_json()),
+        )
+        for goal in new.goals:
             await conn.execute(
-                """UPDATE threads.exchanges SET charges = $2::jsonb, baseline_input_tokens = $3
-                    WHERE request_id = $1""",
-                ex.request_id, json.dumps([c.to_json() for c in charges]), baseline,
+                """INSERT INTO threads.goals (user_id, goal, deadline, arguments, request_id)
+                   VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT DO NOTHING""",
+                ex.user_id, goal.goal, goal.deadline, json.dumps(goal.arguments), ex.request_id,
             )
-            record = AnswerRecord(
-                request_id=ex.request_id, user_id=ex.user_id, route=ex.route,
-                message_type=ex.message_type, model=ex.model, charges=charges,
-                latency_ms=ex.latency_ms, answer_time=created_at, baseline_input_tokens=baseline,
-            )
+        if new.conversation_pk is not None:
+            # The conversation saw this exchange. Its watermark moves past it only
+            # when nothing answered elsewhere is still unseen before it.
             await conn.execute(
-                """INSERT INTO threads.outbox (request_id, record) VALUES ($1, $2::jsonb)
-                   ON CONFLICT (request_id) DO NOTHING""",
-                ex.request_id, json.dumps(record.to_json()),
+                """UPDATE threads.conversations c
+                      SET turns_in_window = c.turns_in_window + $3,
+                          seen_through = CASE WHEN NOT EXISTS (
+                              SELECT 1 FROM threads.messages m
+                               WHERE m.user_id = c.user_id AND m.id > c.seen_through
+                                 AND m.id < $2
+                                 AND m.conversation_id IS DISTINCT FROM c.id)
+                              THEN $4 ELSE c.seen_through END,
+                          updated_at = now()
+                    WHERE c.id = $1""",
+                new.conversation_pk, ids["in"], len(ids), ids.get("out", ids["in"]),
             )
-            for goal in new.goals:
-                await conn.execute(
-                    """INSERT INTO threads.goals (user_id, goal, deadline, arguments, request_id)
-                       VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT DO NOTHING""",
-                    ex.user_id, goal.goal, goal.deadline, json.dumps(goal.arguments), ex.request_id,
-                )
-            if new.conversation_pk is not None:
-                # The conversation saw this exchange. Its watermark moves past it
-                # only when nothing answered elsewhere is still unseen before it.
-                await conn.execute(
-                    """UPDATE threads.conversations c
-                          SET turns_in_window = c.turns_in_window + $3,
-                              seen_through = CASE WHEN NOT EXISTS (
-                                  SELECT 1 FROM threads.messages m
-                                   WHERE m.user_id = c.user_id AND m.id > c.seen_through
-                                     AND m.id < $2
-                                     AND m.conversation_id IS DISTINCT FROM c.id)
-                                  THEN $4 ELSE c.seen_through END,
-                              updated_at = now()
-                        WHERE c.id = $1""",
-                    new.conversation_pk, in_id, 2 if out_id != in_id else 1, out_id,
-                )
         stored = replace(ex, charges=charges, created_at=created_at)
         return StoredExchange(stored, created=True)
 
