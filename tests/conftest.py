@@ -8,7 +8,6 @@ environment, starts the server on ``127.0.0.1:0`` and stops it afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import uuid
@@ -96,8 +95,3 @@ async def start_service(name: str, env: Mapping[str, str]) -> RunningService:
 
 async def stop_service(service: RunningService, grace: float = 1.0) -> None:
     await service.server.stop(grace)
-
-
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return asyncio.DefaultEventLoopPolicy()

@@ -1,0 +1,366 @@
+"""Answering one message: the router's flow, free of gRPC.
+
+``ChatService.chat`` is the whole path of a message:
+
+1. replay: a request id that was already answered returns the stored answer
+   (charged once, stored once);
+2. decide (``Router.decide``): canned reply, cheap tier or stateful tier;
+3. limits: messages per UTC day and spend per day, checked before any
+   upstream call; crisis messages are answered even over a limit;
+4. answer: canned reply, cheap tier (llm Complete) or stateful turn (threads
+   RunStatefulTurn, which serializes the user's turns and prunes); any
+   upstream failure becomes a fallback reply (ROUTE_FALLBACK) well within the
+   caller's deadline;
+5. store: every answer is stored exactly once (threads), which also queues
+   its ledger record durably.
+
+The peers (threads, llm, ledger) are reached through the small protocols
+below; ``peers.py`` implements them over gRPC and tests can fake them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from services.common.errors import CoachError, ResourceExhausted
+from services.common.metrics import CRISIS_EVENTS, ROUTES
+from services.ledger.pricing import PriceBook
+from services.router.decision import Decision, MessageContext, MessageType, PriorTurn, Route, Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One upstream call: the answer's own ("answer") or upkeep ("summary")."""
+
+    model: str
+    usage: Usage
+    purpose: str = "answer"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One user message and the coach's answer, as stored."""
+
+    request_id: str
+    user_id: str
+    user_text: str
+    coach_texts: tuple[str, ...]
+    route: Route
+    message_type: MessageType
+    pattern: str = ""
+    model: str = ""
+    charges: tuple[Charge, ...] = ()
+    conversation_id: str = ""
+    latency_ms: int = 0
+
+    @property
+    def answer_usage(self) -> Usage:
+        """Usage of the answer's own call: exactly what the upstream reported."""
+        total = Usage()
+        for charge in self.charges:
+            if charge.purpose == "answer":
+                total = total + charge.usage
+        return total
+
+
+@dataclass(frozen=True)
+class UserContextIn:
+    display_name: str = ""
+    current_streak: int = 0
+    local_hour: int | None = None
+    timezone: str = ""
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    user_id: str
+    message: str
+    request_id: str = ""
+    context: UserContextIn = field(default_factory=UserContextIn)
+    response_type: str = ""
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    answer: Answer
+    cost_usd_nanos: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class UserState:
+    message_count: int
+    recent_turns: tuple[PriorTurn, ...]
+    existing: Answer | None
+    messages_today: int
+    last_canned_reply: str
+
+
+@dataclass(frozen=True)
+class StatefulTurnInput:
+    request_id: str
+    user_id: str
+    message: str
+    decision: Decision
+    context: UserContextIn
+    baseline: bool
+
+
+@dataclass(frozen=True)
+class CompletionInput:
+    request_id: str
+    user_id: str
+    message: str
+    history: tuple[PriorTurn, ...]
+    decision: Decision
+    context: UserContextIn
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    usage: Usage
+
+
+class UpstreamFailure(Exception):
+    """The upstream (or the llm service in front of it) could not answer in time."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+class ThreadsPort(Protocol):
+    async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState: ...
+    async def record(self, answer: Answer, timeout: float) -> Answer: ...
+    async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Answer: ...
+
+
+class LlmPort(Protocol):
+    async def complete(self, request: CompletionInput, timeout: float) -> Completion: ...
+
+
+class LedgerPort(Protocol):
+    async def budget_exceeded(self, user_id: str, timeout: float) -> str | None:
+        """A message for the user when today's budget is spent, else None."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChatPolicy:
+    """Operator settings of the answering flow (from config)."""
+
+    baseline: bool = False
+    recent_turns: int = 6
+    daily_messages: int | None = None
+    daily_budget_enabled: bool = False
+    default_deadline_s: float = 20.0
+    # Time kept back from the caller's deadline to answer with a fallback and store it.
+    fallback_reserve_s: float = 1.0
+    fallback_replies: tuple[str, ...] = (
+        "Talk to me. What's going on?",
+        "I'm here. What's on your mind right now?",
+    )
+    crisis_fallback_replies: tuple[str, ...] = (
+        (
+            "I'm really glad you told me. You don't have to carry this alone: if you might act "
+            "on these thoughts, call or text 988 (US) or your local emergency number now. Can "
+            "you tell me where you are right now and whether you're safe?"
+        ),
+    )
+
+
+class ChatService:
+    def __init__(
+        self,
+        router: Router,
+        threads: ThreadsPort,
+        llm: LlmPort,
+        ledger: LedgerPort,
+        prices: PriceBook,
+        policy: ChatPolicy,
+    ) -> None:
+        self.router = router
+        self.threads = threads
+        self.llm = llm
+        self.ledger = ledger
+        self.prices = prices
+        self.policy = policy
+        self._rng = random.Random()
+
+    # -- decisions ------------------------------------------------------------------
+
+    def context_for(
+        self, context: UserContextIn, message_count: int, history: tuple[PriorTurn, ...],
+        last_canned_reply: str = "",
+    ) -> MessageContext:
+        return MessageContext(
+            display_name=context.display_name,
+            current_streak=context.current_streak,
+            local_hour=context.local_hour,
+            timezone=context.timezone,
+            message_count=message_count,
+            history=history,
+            last_canned_reply=last_canned_reply,
+        )
+
+    async def classify(
+        self,
+        user_id: str,
+        message: str,
+        context: UserContextIn,
+        message_count: int | None,
+        history: tuple[PriorTurn, ...] | None,
+        timeout: float,
+    ) -> Decision:
+        """Decides only: reads stored state for what the caller did not override."""
+        last_canned = ""
+        if user_id and (message_count is None or history is None):
+            state = await self.threads.user_state(user_id, "", self.policy.recent_turns, timeout)
+            message_count = state.message_count if message_count is None else message_count
+            history = state.recent_turns if history is None else history
+            last_canned = state.last_canned_reply
+        ctx = self.context_for(context, message_count or 0, history or (), last_canned)
+        return self.router.decide(message, ctx)
+
+    # -- answering ------------------------------------------------------------------
+
+    async def chat(self, request: ChatInput, deadline_s: float | None) -> ChatResult:
+        started = time.monotonic()
+        budget = deadline_s if deadline_s is not None else self.policy.default_deadline_s
+        deadline = started + budget
+        request_id = request.request_id or uuid.uuid4().hex
+
+        state = await self.threads.user_state(
+            request.user_id, request_id, self.policy.recent_turns, self._left(deadline)
+        )
+        if state.existing is not None:
+            return ChatResult(state.existing, self.cost_of(state.existing), replayed=True)
+
+        ctx = self.context_for(
+            request.context, state.message_count, state.recent_turns, state.last_canned_reply
+        )
+        decision = self.router.decide(request.message, ctx)
+        if decision.crisis:
+            CRISIS_EVENTS.inc()
+            log.warning("crisis message", extra={"user_id": request.user_id, "reason": decision.reason})
+        else:
+            await self._enforce_limits(request.user_id, state, deadline)
+
+        answer = await self._answer(request, request_id, decision, state, deadline)
+        answer = replace(answer, latency_ms=int((time.monotonic() - started) * 1000))
+        if answer.route is not Route.ASSISTANT:
+            answer = await self.threads.record(answer, self._left(deadline, floor=1.0))
+        ROUTES.labels(answer.route.name, answer.message_type.name).inc()
+        cost = self.cost_of(answer)
+        log.info(
+            "answered",
+            extra={
+                "user_id": request.user_id,
+                "route": answer.route.name,
+                "message_type": answer.message_type.name,
+                "model": answer.model,
+                "input_tokens": answer.answer_usage.input_tokens,
+                "cached_input_tokens": answer.answer_usage.cached_input_tokens,
+                "output_tokens": answer.answer_usage.output_tokens,
+                "cost_usd_nanos": cost,
+                "latency_ms": answer.latency_ms,
+            },
+        )
+        return ChatResult(answer, cost)
+
+    def cost_of(self, answer: Answer) -> int:
+        total = 0
+        for charge in answer.charges:
+            usage = charge.usage
+            total += self.prices.cost_usd_nanos(
+                charge.model, usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
+            ).nanos
+        return total
+
+    async def _enforce_limits(self, user_id: str, state: UserState, deadline: float) -> None:
+        limit = self.policy.daily_messages
+        if limit is not None and state.messages_today >= limit:
+            raise ResourceExhausted(
+                f"You've sent {limit} messages today, the daily limit. It resets at midnight UTC.",
+                reason="DAILY_MESSAGE_LIMIT",
+                metadata={"limit": str(limit)},
+            )
+        if self.policy.daily_budget_enabled:
+            try:
+                exceeded = await self.ledger.budget_exceeded(user_id, min(1.0, self._left(deadline)))
+            except CoachError as err:  # the ledger being down must not stop coaching
+                log.warning("budget check skipped", extra={"user_id": user_id, "error": err.message})
+                exceeded = None
+            if exceeded:
+                raise ResourceExhausted(exceeded, reason="DAILY_BUDGET_EXCEEDED")
+
+    async def _answer(
+        self, request: ChatInput, request_id: str, decision: Decision, state: UserState, deadline: float
+    ) -> Answer:
+        base = Answer(
+            request_id=request_id,
+            user_id=request.user_id,
+            user_text=request.message,
+            coach_texts=(),
+            route=decision.route,
+            message_type=decision.message_type,
+        )
+        if decision.route is Route.PATTERN:
+            return replace(base, coach_texts=(decision.canned_reply,), pattern=decision.pattern)
+        upstream_timeout = self._left(deadline) - self.policy.fallback_reserve_s
+        try:
+            if upstream_timeout <= 0.05:
+                raise UpstreamFailure("DEADLINE_TOO_SHORT")
+            if decision.route is Route.COMPLETIONS:
+                completion = await self.llm.complete(
+                    CompletionInput(request_id, request.user_id, request.message,
+                                    state.recent_turns, decision, request.context),
+                    upstream_timeout,
+                )
+                return replace(
+                    base,
+                    coach_texts=(completion.text,),
+                    model=completion.model,
+                    charges=(Charge(completion.model, completion.usage),),
+                )
+            return await self.threads.stateful_turn(
+                StatefulTurnInput(request_id, request.user_id, request.message, decision,
+                                  request.context, self.policy.baseline),
+                upstream_timeout,
+            )
+        except UpstreamFailure as failure:
+            log.warning(
+                "upstream failed: answering with a fallback",
+                extra={"user_id": request.user_id, "route": decision.route.name, "reason": failure.reason},
+            )
+            replies = self.policy.crisis_fallback_replies if decision.crisis else self.policy.fallback_replies
+            return replace(base, route=Route.FALLBACK, coach_texts=(self._rng.choice(replies),))
+
+    @staticmethod
+    def _left(deadline: float, floor: float = 0.05) -> float:
+        return max(deadline - time.monotonic(), floor)

@@ -1,0 +1,50 @@
+"""Wiring: settings -> peers, classifier, prices -> servicer -> server."""
+
+from __future__ import annotations
+
+from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
+
+from services.common.clients import open_channel
+from services.common.server import CoachServer, Registration
+from services.ledger.pricing import PriceBook
+from services.router.answering import ChatPolicy, ChatService
+from services.router.config import Settings
+from services.router.decision import Router
+from services.router.peers import GrpcLedger, GrpcLlm, GrpcThreads
+from services.router.servicer import RouterServicer
+
+
+async def create_server(settings: Settings) -> CoachServer:
+    router = Router.from_files(
+        settings.data_dir, onboarding_messages=settings.onboarding_messages, policy=settings.policy
+    )
+    prices = PriceBook.load()
+    prices.require(router.models())
+    channels = [open_channel(peer) for peer in (settings.threads, settings.llm, settings.ledger)]
+    threads, llm, ledger = channels
+    chat = ChatService(
+        router=router,
+        threads=GrpcThreads(threads),
+        llm=GrpcLlm(llm),
+        ledger=GrpcLedger(ledger),
+        prices=prices,
+        policy=ChatPolicy(
+            baseline=settings.policy == "baseline",
+            recent_turns=settings.recent_turns,
+            daily_messages=settings.daily_messages,
+            daily_budget_enabled=settings.daily_budget_enabled,
+            default_deadline_s=settings.chat_deadline_s,
+        ),
+    )
+
+    async def close_channels() -> None:
+        for channel in channels:
+            await channel.close()
+
+    name = router_service_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+    return CoachServer(
+        settings.server,
+        [Registration(router_service_pb2_grpc.add_RouterServiceServicer_to_server,
+                      RouterServicer(chat), name)],
+        on_stop=[close_channels],
+    )

@@ -1,0 +1,254 @@
+"""The router's peers over gRPC: proto <-> domain mapping, nothing else.
+
+Upstream trouble (the llm service or the provider behind it failing, slow or
+rate-limited) becomes ``UpstreamFailure`` so the answering flow can fall back;
+trouble with our own storage becomes ``Unavailable`` so the caller retries
+with the same request id.
+"""
+
+from __future__ import annotations
+
+import grpc
+from coach.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
+from coach.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
+from coach.router.v1 import types_pb2
+from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from services.common.errors import CoachError, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.interceptors import error_from_rpc
+from services.router.answering import (
+    Answer,
+    Charge,
+    Completion,
+    CompletionInput,
+    StatefulTurnInput,
+    UpstreamFailure,
+    Usage,
+    UserContextIn,
+    UserState,
+)
+from services.router.decision import MessageType, PriorTurn, Route
+
+# Status codes of an upstream call that mean "answer with a fallback".
+_UPSTREAM_TROUBLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def storage_error(exc: grpc.aio.AioRpcError, what: str) -> CoachError:
+    code, reason, violations = error_from_rpc(exc)
+    if code == "INVALID_ARGUMENT":
+        return InvalidArgument(exc.details() or what, reason=reason or "INVALID_ARGUMENT",
+                               violations=violations)
+    if code == "RESOURCE_EXHAUSTED":
+        return ResourceExhausted(exc.details() or what, reason=reason or "RESOURCE_EXHAUSTED")
+    return Unavailable(
+        f"{what} is unavailable right now; retry with the same request_id",
+        reason="STORAGE_UNAVAILABLE",
+        metadata={"peer_code": code, "peer_reason": reason},
+        retry_after_s=1.0,
+    )
+
+
+# -- proto <-> domain ---------------------------------------------------------------
+
+def usage_to_proto(usage: Usage) -> types_pb2.Usage:
+    return types_pb2.Usage(
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
+def usage_from_proto(usage: types_pb2.Usage | llm_service_pb2.TokenUsage) -> Usage:
+    return Usage(usage.input_tokens, usage.cached_input_tokens, usage.output_tokens,
+                 usage.reasoning_tokens)
+
+
+def route_to_proto(route: Route) -> types_pb2.Route.ValueType:
+    return types_pb2.Route.Value(f"ROUTE_{route.name}")
+
+
+def route_from_proto(value: int) -> Route:
+    name = types_pb2.Route.Name(value).removeprefix("ROUTE_")  # type: ignore[arg-type]
+    return Route[name]
+
+
+def type_to_proto(message_type: MessageType) -> types_pb2.MessageType.ValueType:
+    return types_pb2.MessageType.Value(f"MESSAGE_TYPE_{message_type.name}")
+
+
+def type_from_proto(value: int) -> MessageType:
+    name = types_pb2.MessageType.Name(value).removeprefix("MESSAGE_TYPE_")  # type: ignore[arg-type]
+    return MessageType[name]
+
+
+def turn_from_proto(turn: types_pb2.Turn) -> PriorTurn:
+    return PriorTurn(role="coach" if turn.role == types_pb2.ROLE_COACH else "user", text=turn.text)
+
+
+def context_to_proto(context: UserContextIn) -> types_pb2.UserContext:
+    proto = types_pb2.UserContext(
+        display_name=context.display_name,
+        current_streak=context.current_streak,
+        timezone=context.timezone,
+    )
+    if context.local_hour is not None:
+        proto.local_hour = context.local_hour
+    return proto
+
+
+def answer_to_proto(answer: Answer) -> threads_service_pb2.Exchange:
+    return threads_service_pb2.Exchange(
+        request_id=answer.request_id,
+        user_id=answer.user_id,
+        user_text=answer.user_text,
+        coach_texts=list(answer.coach_texts),
+        route=route_to_proto(answer.route),
+        message_type=type_to_proto(answer.message_type),
+        pattern=answer.pattern,
+        model=answer.model,
+        charges=[
+            threads_service_pb2.UpstreamCharge(
+                model=c.model, usage=usage_to_proto(c.usage), purpose=c.purpose
+            )
+            for c in answer.charges
+        ],
+        conversation_id=answer.conversation_id,
+        latency_ms=answer.latency_ms,
+        create_time=timestamp_pb2.Timestamp(),
+    )
+
+
+def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Answer:
+    return Answer(
+        request_id=exchange.request_id,
+        user_id=exchange.user_id,
+        user_text=exchange.user_text,
+        coach_texts=tuple(exchange.coach_texts),
+        route=route_from_proto(exchange.route),
+        message_type=type_from_proto(exchange.message_type),
+        pattern=exchange.pattern,
+        model=exchange.model,
+        charges=tuple(
+            Charge(c.model, usage_from_proto(c.usage), c.purpose or "answer") for c in exchange.charges
+        ),
+        conversation_id=exchange.conversation_id,
+        latency_ms=exchange.latency_ms,
+    )
+
+
+# -- clients ------------------------------------------------------------------------
+
+class GrpcThreads:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = threads_service_pb2_grpc.ThreadsServiceStub(channel)
+
+    async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState:
+        try:
+            reply = await self.stub.GetUserState(
+                threads_service_pb2.GetUserStateRequest(
+                    user_id=user_id, recent_turns=recent, request_id=request_id
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
+        return UserState(
+            message_count=reply.message_count,
+            recent_turns=tuple(turn_from_proto(t) for t in reply.recent_turns),
+            existing=answer_from_proto(reply.existing) if reply.HasField("existing") else None,
+            messages_today=reply.messages_today,
+            last_canned_reply=reply.last_canned_reply,
+        )
+
+    async def record(self, answer: Answer, timeout: float) -> Answer:
+        try:
+            reply = await self.stub.RecordExchange(
+                threads_service_pb2.RecordExchangeRequest(exchange=answer_to_proto(answer)),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
+        return answer_from_proto(reply.exchange)
+
+    async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Answer:
+        decision = turn.decision
+        request = threads_service_pb2.RunStatefulTurnRequest(
+            request_id=turn.request_id,
+            user_id=turn.user_id,
+            message=turn.message,
+            message_type=type_to_proto(decision.message_type),
+            context=context_to_proto(turn.context),
+            model=decision.model,
+            max_output_tokens=decision.max_output_tokens,
+            temperature=decision.temperature,
+            baseline=turn.baseline,
+        )
+        try:
+            reply = await self.stub.RunStatefulTurn(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _UPSTREAM_TROUBLE and exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                _, reason, _ = error_from_rpc(exc)
+                raise UpstreamFailure(reason or exc.code().name, exc.details() or "") from exc
+            raise storage_error(exc, "the conversation store") from exc
+        return answer_from_proto(reply.exchange)
+
+
+class GrpcLlm:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = llm_service_pb2_grpc.LlmServiceStub(channel)
+
+    async def complete(self, request: CompletionInput, timeout: float) -> Completion:
+        decision = request.decision
+        proto = llm_service_pb2.CompleteRequest(
+            request_id=request.request_id,
+            user_id=request.user_id,
+            message=request.message,
+            history=[
+                llm_service_pb2.ChatTurn(
+                    role=llm_service_pb2.TURN_ROLE_COACH if t.role == "coach" else llm_service_pb2.TURN_ROLE_USER,
+                    text=t.text,
+                )
+                for t in request.history
+            ],
+            audience=llm_service_pb2.Audience(
+                display_name=request.context.display_name,
+                current_streak=request.context.current_streak,
+            ),
+            generation=llm_service_pb2.Generation(
+                model=decision.model,
+                max_output_tokens=decision.max_output_tokens,
+                temperature=decision.temperature,
+                message_type=f"MESSAGE_TYPE_{decision.message_type.name}",
+            ),
+        )
+        try:
+            reply = await self.stub.Complete(proto, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            _, reason, _ = error_from_rpc(exc)
+            raise UpstreamFailure(reason or exc.code().name, exc.details() or "") from exc
+        return Completion(reply.text, reply.model or decision.model, usage_from_proto(reply.usage))
+
+
+class GrpcLedger:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = ledger_service_pb2_grpc.LedgerServiceStub(channel)
+
+    async def budget_exceeded(self, user_id: str, timeout: float) -> str | None:
+        try:
+            reply = await self.stub.CheckUserLimits(
+                ledger_service_pb2.CheckUserLimitsRequest(user_id=user_id), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the ledger") from exc
+        return (reply.message or reply.exceeded) if reply.exceeded else None

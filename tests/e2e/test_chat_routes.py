@@ -1,0 +1,185 @@
+"""Router.Chat end to end, one test per route, over gRPC.
+
+The whole suite runs in-process (see conftest): what a caller of the router
+sees, what the threads service stored and what the ledger charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from coach.ledger.v1 import ledger_service_pb2
+from coach.router.v1 import router_service_pb2, types_pb2
+from coach.threads.v1 import threads_service_pb2
+
+from tests.e2e.conftest import Suite
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"
+
+
+async def chat(suite: Suite, user: str, text: str, *, hour: int = 10, streak: int = 5,
+               request_id: str | None = None, timeout: float = 15.0) -> router_service_pb2.ChatResponse:
+    return await suite.router.Chat(
+        router_service_pb2.ChatRequest(
+            user_id=user,
+            message=text,
+            request_id=request_id or uuid.uuid4().hex,
+            context=types_pb2.UserContext(display_name="Sam", current_streak=streak, local_hour=hour),
+        ),
+        timeout=timeout,
+    )
+
+
+async def onboarded_user(suite: Suite) -> str:
+    """A user past the first three messages (which always go to the stateful tier)."""
+    user = new_user()
+    for text in ("hi, I'm new here", "I want to run a 10k this spring", "mostly mornings work for me"):
+        await chat(suite, user, text)
+    return user
+
+
+async def user_ledger(suite: Suite, user: str) -> tuple[int, int]:
+    """(calls, cost in nanos) the ledger holds for ``user`` today."""
+    calls = cost = 0
+    token = ""
+    while True:
+        page = await suite.ledger.GetDailyReport(
+            ledger_service_pb2.GetDailyReportRequest(
+                grouping=ledger_service_pb2.REPORT_GROUPING_USER, page_size=1000, page_token=token
+            )
+        )
+        for row in page.rows:
+            if row.key == user:
+                calls += row.calls
+                cost += row.cost_usd_nanos
+        token = page.next_page_token
+        if not token:
+            return calls, cost
+
+
+async def wait_for_ledger(suite: Suite, user: str, calls: int) -> tuple[int, int]:
+    """Waits until the ledger holds ``calls`` answers for ``user`` (records travel by an outbox)."""
+    seen = (0, 0)
+    for _ in range(100):
+        seen = await user_ledger(suite, user)
+        if seen[0] >= calls:
+            await asyncio.sleep(0.2)  # and no more arrive
+            return await user_ledger(suite, user)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"ledger holds {seen[0]} answers for {user}, expected {calls}")
+
+
+async def test_first_messages_go_to_the_stateful_tier_with_a_conversation(suite: Suite) -> None:
+    user = new_user()
+    reply = await chat(suite, user, "hey")
+    assert reply.route == types_pb2.ROUTE_ASSISTANT
+    assert reply.conversation_id
+    assert reply.messages and reply.messages[0]
+    assert reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0
+    assert reply.cost_usd_nanos > 0
+    assert reply.model == "gpt-5.5"
+    second = await chat(suite, user, "what should I do first?")
+    assert second.route == types_pb2.ROUTE_ASSISTANT
+    assert second.conversation_id == reply.conversation_id  # one conversation per user
+
+
+async def test_a_greeting_gets_a_canned_reply_by_local_hour_for_free(suite: Suite) -> None:
+    user = await onboarded_user(suite)
+    calls_before = suite.upstream.stats.snapshot()["model_calls"]
+    morning = await chat(suite, user, "good morning", hour=7)
+    assert morning.route == types_pb2.ROUTE_PATTERN
+    assert morning.pattern == "greeting_morning"
+    assert morning.cost_usd_nanos == 0 and morning.usage.input_tokens == 0 and not morning.model
+    evening = await chat(suite, user, "hey", hour=23)
+    assert evening.pattern == "greeting_evening"
+    assert suite.upstream.stats.snapshot()["model_calls"] == calls_before
+    stored = await suite.threads.ListMessages(threads_service_pb2.ListMessagesRequest(user_id=user, page_size=2))
+    assert [m.text for m in stored.messages][::-1] == ["hey", evening.messages[0]]
+
+
+async def test_a_simple_question_goes_to_the_cheap_tier(suite: Suite) -> None:
+    user = await onboarded_user(suite)
+    reply = await chat(suite, user, "quick q: is it ok to train two days in a row?")
+    assert reply.route == types_pb2.ROUTE_COMPLETIONS, reply
+    assert reply.model == "gpt-5.4-mini"
+    assert reply.usage.input_tokens > 0
+    assert reply.cost_usd_nanos > 0
+    assert not reply.conversation_id
+
+
+async def test_self_harm_always_reaches_the_stateful_tier_as_crisis(suite: Suite) -> None:
+    user = await onboarded_user(suite)
+    reply = await chat(suite, user, "honestly I'm done with life")
+    assert reply.route == types_pb2.ROUTE_ASSISTANT
+    assert reply.message_type == types_pb2.MESSAGE_TYPE_CRISIS
+
+
+async def test_a_retry_with_the_same_request_id_is_answered_once_and_charged_once(suite: Suite) -> None:
+    user = await onboarded_user(suite)
+    request_id = uuid.uuid4().hex
+    first = await chat(suite, user, "quick q: how much water should I drink?", request_id=request_id)
+    again = await chat(suite, user, "quick q: how much water should I drink?", request_id=request_id)
+    assert again.messages == first.messages
+    assert again.cost_usd_nanos == first.cost_usd_nanos
+    count = await suite.threads.CountMessages(threads_service_pb2.CountMessagesRequest(user_id=user))
+    assert count.count == 4
+    calls, _ = await wait_for_ledger(suite, user, 4)
+    assert calls == 4  # three onboarding answers and this one, once
+
+
+async def test_the_ledger_records_every_answer_with_its_exact_cost(suite: Suite) -> None:
+    user = new_user()
+    replies = [await chat(suite, user, text) for text in
+               ("hi, I'm new here", "I want to run a 10k this spring", "mostly mornings work for me")]
+    replies.append(await chat(suite, user, "thanks!"))
+    replies.append(await chat(suite, user, "quick q: is stretching before a run useful?"))
+    assert replies[3].route == types_pb2.ROUTE_PATTERN
+    assert replies[4].route == types_pb2.ROUTE_COMPLETIONS
+    calls, cost = await wait_for_ledger(suite, user, 5)
+    assert calls == 5  # canned answers count as calls too
+    assert cost == sum(r.cost_usd_nanos for r in replies)
+    report = await suite.ledger.GetCostReport(ledger_service_pb2.GetCostReportRequest())
+    assert report.total_calls >= 5
+    assert report.total_cost_usd_nanos == sum(row.cost_usd_nanos for row in report.rows)
+
+
+async def test_classify_decides_without_calling_upstream_or_storing(suite: Suite) -> None:
+    user = new_user()
+    decision = await suite.router.Classify(
+        router_service_pb2.ClassifyRequest(
+            user_id=user, message="yo", message_count=10,
+            context=types_pb2.UserContext(current_streak=3, local_hour=14),
+        )
+    )
+    assert decision.route == types_pb2.ROUTE_PATTERN
+    assert decision.pattern == "greeting_afternoon"
+    count = await suite.threads.CountMessages(threads_service_pb2.CountMessagesRequest(user_id=user))
+    assert count.count == 0
+
+
+async def test_bad_input_is_invalid_argument_and_stores_nothing(suite: Suite) -> None:
+    user = new_user()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await suite.router.Chat(router_service_pb2.ChatRequest(user_id=user, message="   "))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    count = await suite.threads.CountMessages(threads_service_pb2.CountMessagesRequest(user_id=user))
+    assert count.count == 0
+
+
+async def test_upstream_failure_gets_a_fallback_reply_recorded_like_any_answer(suite: Suite) -> None:
+    user = await onboarded_user(suite)
+    suite.upstream.faults.set(mode="error_500")
+    try:
+        reply = await chat(suite, user, "quick q: is it fine to skip breakfast?")
+    finally:
+        suite.upstream.faults.set(mode="none")
+    assert reply.route == types_pb2.ROUTE_FALLBACK
+    assert reply.messages and reply.cost_usd_nanos == 0
+    stored: Any = await suite.threads.ListMessages(threads_service_pb2.ListMessagesRequest(user_id=user, page_size=1))
+    assert stored.messages[0].text == reply.messages[0]
