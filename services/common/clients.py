@@ -9,25 +9,11 @@ import grpc
 from services.common.interceptors import ClientInterceptor
 from services.common.settings import PeerSettings
 
-# Transparent retries of calls that never reached a server (UNAVAILABLE).
-# Every write RPC of the suite carries a request_id, so a retry is safe.
-_SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "0.5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
-)
+# round_robin over every address a name resolves to. No retry policy on
+# server-returned statuses: the llm service already retries the upstream with
+# backoff, and retrying its UNAVAILABLE here would multiply upstream calls.
+# gRPC still retries transparently a call that never reached a server.
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 def open_channel(peer: PeerSettings) -> grpc.aio.Channel:

@@ -68,32 +68,31 @@ def migration_files(directory: Path) -> list[tuple[int, str, Path]]:
 async def apply_migrations(pool: asyncpg.Pool, service: str, directory: Path) -> list[int]:
     """Applies the service's pending migrations; returns the versions applied."""
     applied_now: list[int] = []
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-            await conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
                        service    text NOT NULL,
                        version    integer NOT NULL,
                        name       text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now(),
                        PRIMARY KEY (service, version))"""
+        )
+        done = {
+            r["version"]
+            for r in await conn.fetch(
+                "SELECT version FROM schema_migrations WHERE service = $1", service
             )
-            done = {
-                r["version"]
-                for r in await conn.fetch(
-                    "SELECT version FROM schema_migrations WHERE service = $1", service
-                )
-            }
-            for version, name, path in migration_files(directory):
-                if version in done:
-                    continue
-                await conn.execute(path.read_text())
-                await conn.execute(
-                    "INSERT INTO schema_migrations (service, version, name) VALUES ($1, $2, $3)",
-                    service, version, name,
-                )
-                applied_now.append(version)
+        }
+        for version, name, path in migration_files(directory):
+            if version in done:
+                continue
+            await conn.execute(path.read_text())
+            await conn.execute(
+                "INSERT INTO schema_migrations (service, version, name) VALUES ($1, $2, $3)",
+                service, version, name,
+            )
+            applied_now.append(version)
     if applied_now:
         log.info("migrations applied", extra={"db_service": service, "versions": applied_now})
     return applied_now

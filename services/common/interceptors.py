@@ -173,19 +173,19 @@ def _wrap_unary(
         code = "OK"
         try:
             return await inner(request, context)
-        except CoachError as err:
-            code = err.code
-            rich = status_for(err)
-            log.info("rpc failed", extra={"method": short, "code": code, "reason": err.reason,
-                                           "error": err.message})
+        except CoachError as known:
+            code = known.code
+            rich = status_for(known)
+            log.info("rpc failed", extra={"method": short, "code": code, "reason": known.reason,
+                                           "error": known.message})
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
         except grpc.aio.AbortError:
             code = context.code().name if context.code() else "ABORTED"  # type: ignore[union-attr]
             raise
-        except Exception as exc:  # noqa: BLE001 - the one place unknown errors become statuses
+        except Exception as exc:
             if _is_transient_db_error(exc):
                 code = "UNAVAILABLE"
-                err: CoachError = Unavailable(
+                mapped: CoachError = Unavailable(
                     "the database is unavailable; retry shortly",
                     reason="DATABASE_UNAVAILABLE",
                     retry_after_s=1.0,
@@ -193,10 +193,10 @@ def _wrap_unary(
                 log.warning("database unavailable", extra={"method": short, "error": repr(exc)})
             else:
                 code = "INTERNAL"
-                err = CoachError("internal error; it was logged with this request id",
+                mapped = CoachError("internal error; it was logged with this request id",
                                  reason="INTERNAL", metadata={"request_id": str(rid)})
                 log.exception("rpc crashed", extra={"method": short})
-            rich = status_for(err)
+            rich = status_for(mapped)
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
         finally:
             elapsed = time.perf_counter() - started

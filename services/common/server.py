@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,7 @@ class CoachServer:
         for hook in self._on_stop:
             try:
                 await hook()
-            except Exception:  # noqa: BLE001 - clean-up must go on for the other hooks
+            except Exception:
                 log.exception("clean-up hook failed")
         log.info("stopped")
 
@@ -121,8 +121,8 @@ class CoachServer:
         await self.stop()
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    """Entry point helper for ``__main__``: runs ``main`` on uvloop-less asyncio."""
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Entry point helper for ``__main__``: runs ``main`` until it returns."""
     try:
         asyncio.run(main())
     except KeyboardInterrupt:  # pragma: no cover - handled by the signal handler

@@ -7,6 +7,7 @@ naming the variable.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,44 +32,44 @@ class Env:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = os.environ if environ is None else environ
 
-    def str(self, name: str, default: str = "") -> str:
+    def str(self, name: builtins.str, default: builtins.str = "") -> builtins.str:
         return self.environ.get(name, default).strip() or default
 
-    def optional(self, name: str) -> str | None:
+    def optional(self, name: builtins.str) -> builtins.str | None:
         value = self.environ.get(name, "").strip()
         return value or None
 
-    def int(self, name: str, default: int | None, *, minimum: int | None = None) -> int | None:
+    def int(self, name: builtins.str, default: builtins.int | None, *, minimum: builtins.int | None = None) -> builtins.int | None:
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
         try:
-            value = int(raw)
+            value = builtins.int(raw)
         except ValueError:
             raise ConfigError(f"{name}={raw!r} is not a whole number") from None
         if minimum is not None and value < minimum:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(self, name: builtins.str, default: builtins.float, *, minimum: builtins.float = 0.0) -> builtins.float:
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
         try:
-            value = float(raw)
+            value = builtins.float(raw)
         except ValueError:
             raise ConfigError(f"{name}={raw!r} is not a number") from None
         if value < minimum:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
         value = self.str(name, default).lower()
         if value not in choices:
             raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
         return value
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         raw = self.environ.get(name, "").strip().lower()
         if not raw:
             return default
