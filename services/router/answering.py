@@ -181,17 +181,6 @@ class ChatPolicy:
     default_deadline_s: float = 20.0
     # Time kept back from the caller's deadline to answer with a fallback and store it.
     fallback_reserve_s: float = 1.0
-    fallback_replies: tuple[str, ...] = (
-        "Talk to me. What's going on?",
-        "I'm here. What's on your mind right now?",
-    )
-    crisis_fallback_replies: tuple[str, ...] = (
-        (
-            "I'm really glad you told me. You don't have to carry this alone: if you might act "
-            "on these thoughts, call or text 988 (US) or your local emergency number now. Can "
-            "you tell me where you are right now and whether you're safe?"
-        ),
-    )
 
 
 class ChatService:
@@ -358,7 +347,7 @@ class ChatService:
                 "upstream failed: answering with a fallback",
                 extra={"user_id": request.user_id, "route": decision.route.name, "reason": failure.reason},
             )
-            replies = self.policy.crisis_fallback_replies if decision.crisis else self.policy.fallback_replies
+            replies = self.router.fallback_replies(decision.crisis)
             return replace(base, route=Route.FALLBACK, coach_texts=(self._rng.choice(replies),))
 
     @staticmethod

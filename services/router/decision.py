@@ -159,6 +159,10 @@ class Router:
         return cls(classifier, canned, tiers, onboarding_messages=onboarding_messages,
                    policy=chosen, now=now)
 
+    def fallback_replies(self, crisis: bool) -> tuple[str, ...]:
+        """Replies for when the upstream cannot answer (``patterns.yaml`` ``fallback``)."""
+        return self._canned.crisis_fallback if crisis else self._canned.fallback
+
     @property
     def policy(self) -> Policy:
         return self._policy

@@ -89,9 +89,13 @@ def _hours(data: DataFile, value: Any, where: str) -> frozenset[int] | None:
 class CannedReplies:
     """All canned sets, loaded once; immutable after construction."""
 
-    def __init__(self, sets: Sequence[CannedSet], never_canned: PhraseSet) -> None:
+    def __init__(self, sets: Sequence[CannedSet], never_canned: PhraseSet,
+                 fallback: tuple[str, ...], crisis_fallback: tuple[str, ...]) -> None:
         self.sets = tuple(sets)
         self.never_canned = never_canned
+        # Sent when the upstream fails (ROUTE_FALLBACK); crisis ones point to help.
+        self.fallback = fallback
+        self.crisis_fallback = crisis_fallback
         # Sets sharing triggers (the three greeting sets) share one matcher: test it once.
         groups: dict[int, tuple[WholeMessageMatcher, list[CannedSet]]] = {}
         for s in self.sets:
@@ -170,7 +174,10 @@ class CannedReplies:
                 min_streak=min_streak, matcher=matchers[key],
             ))
         cls._check_hours(data, sets)
-        return cls(sets, never)
+        fallback_node = data.mapping(root, "fallback")
+        fallback = tuple(r.strip() for r in data.str_list(fallback_node, "replies", "fallback"))
+        crisis = tuple(r.strip() for r in data.str_list(fallback_node, "crisis_replies", "fallback"))
+        return cls(sets, never, fallback, crisis)
 
     @staticmethod
     def _check_no_negation(data: DataFile, items: Sequence[str], where: str,
