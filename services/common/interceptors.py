@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common.deadlines import deadline_var, set_deadline
 from services.common.errors import CoachError, FieldViolation, Unauthenticated, Unavailable
 from services.common.logs import request_id_var
 from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
@@ -169,6 +170,7 @@ def _wrap_unary(
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         rid = metadata.get("x-request-id") or getattr(request, "request_id", "") or uuid.uuid4().hex
         token = request_id_var.set(str(rid))
+        deadline_token = set_deadline(context.time_remaining())
         started = time.perf_counter()
         code = "OK"
         try:
@@ -205,6 +207,7 @@ def _wrap_unary(
             if code == "OK" and log.isEnabledFor(logging.DEBUG):
                 log.debug("rpc", extra={"method": short, "code": code, "latency_ms": round(elapsed * 1e3, 3)})
             request_id_var.reset(token)
+            deadline_var.reset(deadline_token)
 
     return wrapper
 

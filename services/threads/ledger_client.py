@@ -9,6 +9,7 @@ from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
 from coach.ledger.v1 import ledger_service_pb2_grpc
 from coach.router.v1 import types_pb2
 
+from services.common.deadlines import time_left
 from services.common.interceptors import error_from_rpc
 from services.threads.peer_errors import PeerCallFailed
 from services.threads.records import AnswerRecord
@@ -49,7 +50,7 @@ class LedgerClient:
     async def record_answers(self, records: Sequence[AnswerRecord]) -> None:
         request = ledger_pb.RecordAnswersRequest(records=[answer_record_pb(r) for r in records])
         try:
-            await self._stub.RecordAnswers(request, timeout=self._timeout)
+            await self._stub.RecordAnswers(request, timeout=time_left(self._timeout))
         except grpc.aio.AioRpcError as exc:
             code, reason, violations = error_from_rpc(exc)
             raise PeerCallFailed("ledger", code, exc.details() or "", reason, violations) from exc

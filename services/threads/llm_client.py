@@ -8,6 +8,7 @@ import grpc
 from coach.llm.v1 import llm_service_pb2 as llm_pb
 from coach.llm.v1 import llm_service_pb2_grpc
 
+from services.common.deadlines import time_left
 from services.common.interceptors import error_from_rpc
 from services.threads.peer_errors import PeerCallFailed
 from services.threads.ports import SummaryReply, TurnReply, TurnSettings
@@ -48,7 +49,7 @@ class LlmClient:
             seed_turns=_turns(seed_turns),
         )
         try:
-            reply = await self._stub.CreateConversation(request, timeout=self._timeout)
+            reply = await self._stub.CreateConversation(request, timeout=time_left(self._timeout))
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from exc
         return reply.conversation_id
@@ -60,7 +61,7 @@ class LlmClient:
             request_id=request_id, conversation_id=conversation_id, api=_API[api], turns=_turns(turns)
         )
         try:
-            reply = await self._stub.AppendTurns(request, timeout=self._timeout)
+            reply = await self._stub.AppendTurns(request, timeout=time_left(self._timeout))
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from exc
         return reply.appended
@@ -93,7 +94,7 @@ class LlmClient:
             all_tools=settings.all_tools,
         )
         try:
-            reply = await self._stub.StatefulTurn(request, timeout=self._timeout)
+            reply = await self._stub.StatefulTurn(request, timeout=time_left(self._timeout))
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from exc
         return TurnReply(
@@ -120,7 +121,7 @@ class LlmClient:
             turns=_turns(turns), model=model,
         )
         try:
-            reply = await self._stub.Summarize(request, timeout=self._timeout)
+            reply = await self._stub.Summarize(request, timeout=time_left(self._timeout))
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from exc
         return SummaryReply(summary=reply.summary, model=reply.model, usage=_usage(reply.usage))
