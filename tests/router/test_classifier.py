@@ -144,3 +144,13 @@ def test_phrase_syntax_matches_whole_words(phrase: str, text: str, hit: bool) ->
 def test_bad_phrases_are_rejected(phrase: str) -> None:
     with pytest.raises(ValueError):
         compile_phrase(phrase, _words)
+
+
+@pytest.mark.parametrize("text", ["binged on chips and then threw up", "i keep binging at night",
+                                  "binge eating is back"])
+def test_bingeing_on_food_is_crisis(router: Router, text: str) -> None:
+    assert kind(router, text) is MessageType.CRISIS
+
+
+def test_binge_watching_a_show_is_not_crisis(router: Router) -> None:
+    assert kind(router, "I binge watched netflix instead of working") is not MessageType.CRISIS
