@@ -66,7 +66,7 @@ lint: venv proto-lint ruff typecheck
 
 proto-lint:
 	@if command -v npm >/dev/null 2>&1 || [ -f $(BUF_STAMP) ]; then \
-	    $(MAKE) $(BUF_STAMP) && (cd protos && ../$(BUF) lint) && echo "buf lint: protos/ ok"; \
+	    $(MAKE) -s $(BUF_STAMP) && (cd protos && ../$(BUF) lint) && echo "buf lint: protos/ ok"; \
 	else \
 	    echo "proto lint: SKIPPED: npm not found (install Node.js + npm to lint protos with buf $(BUF_VERSION))"; \
 	fi
