@@ -80,6 +80,11 @@ class Unauthenticated(CoachError):
     default_reason = "UNAUTHENTICATED"
 
 
+# No upstream call reports more tokens than this; a bigger count is bad input, and it keeps
+# every cost sum far inside int64 nano-USD.
+MAX_TOKENS_PER_CALL = 100_000_000
+
+
 class ConfigError(Exception):
     """A settings or data file is invalid; raised at start-up with a clear message."""
 
@@ -96,6 +101,24 @@ class Validator:
     def check(self, condition: bool, field_name: str, description: str) -> None:
         if not condition:
             self.add(field_name, description)
+
+    def text(self, field_name: str, value: str, *, max_chars: int, required: bool = False) -> None:
+        """A string field: not blank when required, at most ``max_chars``, no NUL (PostgreSQL
+        text cannot hold one, so it would otherwise fail deep inside a write)."""
+        if required and not value.strip():
+            self.add(field_name, "is required and must not be blank")
+            return
+        if len(value) > max_chars:
+            self.add(field_name, f"must be at most {max_chars} characters (got {len(value)})")
+        if "\x00" in value:
+            self.add(field_name, "must not contain NUL characters")
+
+    def tokens(self, field_name: str, *counts: int) -> None:
+        """Token counts of one upstream call: 0 <= n <= MAX_TOKENS_PER_CALL."""
+        if min(counts, default=0) < 0:
+            self.add(field_name, "token counts must not be negative")
+        elif max(counts, default=0) > MAX_TOKENS_PER_CALL:
+            self.add(field_name, f"token counts must be at most {MAX_TOKENS_PER_CALL}")
 
     def raise_if_any(self, reason: str = "INVALID_REQUEST") -> None:
         if self.violations:

@@ -24,7 +24,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common.deadlines import deadline_var, set_deadline
-from services.common.errors import CoachError, FieldViolation, Unauthenticated, Unavailable
+from services.common.errors import (
+    CoachError,
+    FieldViolation,
+    InvalidArgument,
+    Unauthenticated,
+    Unavailable,
+)
 from services.common.logs import request_id_var
 from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
 
@@ -51,6 +57,16 @@ def _is_transient_db_error(exc: BaseException) -> bool:
         TimeoutError,
     )
     return isinstance(exc, transient)
+
+
+def _is_bad_data_error(exc: BaseException) -> bool:
+    """A value the database cannot hold (NUL in text, a number out of range): the caller's
+    input, which validation should have caught. INVALID_ARGUMENT, never INTERNAL."""
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, asyncpg.exceptions.DataError)
 
 
 def status_for(error: CoachError) -> grpc.Status:
@@ -185,9 +201,17 @@ def _wrap_unary(
             code = context.code().name if context.code() else "ABORTED"  # type: ignore[union-attr]
             raise
         except Exception as exc:
-            if _is_transient_db_error(exc):
+            mapped: CoachError
+            if _is_bad_data_error(exc):
+                code = "INVALID_ARGUMENT"
+                mapped = InvalidArgument(
+                    "a value in this request cannot be stored; check the text and numbers",
+                    reason="UNSTORABLE_VALUE",
+                )
+                log.warning("unstorable value", extra={"method": short, "error": repr(exc)})
+            elif _is_transient_db_error(exc):
                 code = "UNAVAILABLE"
-                mapped: CoachError = Unavailable(
+                mapped = Unavailable(
                     "the database is unavailable; retry shortly",
                     reason="DATABASE_UNAVAILABLE",
                     retry_after_s=1.0,

@@ -55,6 +55,10 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     async def GetDailyReport(
         self, request: pb.GetDailyReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetDailyReportResponse:
+        v = Validator()
+        v.check(request.grouping in pb.ReportGrouping.values(), "grouping",
+                "must be a ReportGrouping value")
+        v.raise_if_any()
         by_user = request.grouping == pb.REPORT_GROUPING_USER
         page = await self._reports.daily_report(
             request.start_date, request.end_date, by_user, request.page_size, request.page_token
@@ -80,8 +84,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         self, request: pb.CheckUserLimitsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckUserLimitsResponse:
         v = Validator()
-        v.check(bool(request.user_id), "user_id", "required")
-        v.check(len(request.user_id) <= MAX_ID_CHARS, "user_id", f"at most {MAX_ID_CHARS} chars")
+        v.text("user_id", request.user_id, max_chars=MAX_ID_CHARS, required=True)
         v.raise_if_any()
         check = await self._limits.check(request.user_id)
         return pb.CheckUserLimitsResponse(
@@ -116,24 +119,23 @@ def answer_entries(request: pb.RecordAnswersRequest) -> list[AnswerEntry]:
     entries: list[AnswerEntry] = []
     for i, rec in enumerate(request.records):
         where = f"records[{i}]"
-        v.check(0 < len(rec.request_id) <= MAX_ID_CHARS, f"{where}.request_id",
-                f"required, at most {MAX_ID_CHARS} chars")
-        v.check(0 < len(rec.user_id) <= MAX_ID_CHARS, f"{where}.user_id",
-                f"required, at most {MAX_ID_CHARS} chars")
+        v.text(f"{where}.request_id", rec.request_id, max_chars=MAX_ID_CHARS, required=True)
+        v.text(f"{where}.user_id", rec.user_id, max_chars=MAX_ID_CHARS, required=True)
+        v.text(f"{where}.model", rec.model, max_chars=MAX_ID_CHARS)
         v.check(rec.route in _ROUTES, f"{where}.route", "must be a Route other than UNSPECIFIED")
         v.check(rec.message_type in _MESSAGE_TYPES, f"{where}.message_type",
                 "not a MessageType")
         v.check(rec.latency_ms >= 0, f"{where}.latency_ms", "must not be negative")
-        v.check(rec.baseline_input_tokens >= 0, f"{where}.baseline_input_tokens",
-                "must not be negative")
+        v.tokens(f"{where}.baseline_input_tokens", rec.baseline_input_tokens)
         v.check(rec.HasField("answer_time"), f"{where}.answer_time", "required")
         charges: list[ChargeEntry] = []
         for j, ch in enumerate(rec.charges):
             cw = f"{where}.charges[{j}]"
             u = ch.usage
-            v.check(bool(ch.model), f"{cw}.model", "required")
-            v.check(min(u.input_tokens, u.cached_input_tokens, u.output_tokens,
-                        u.reasoning_tokens) >= 0, f"{cw}.usage", "token counts must not be negative")
+            v.text(f"{cw}.model", ch.model, max_chars=MAX_ID_CHARS, required=True)
+            v.text(f"{cw}.purpose", ch.purpose, max_chars=MAX_ID_CHARS)
+            v.tokens(f"{cw}.usage", u.input_tokens, u.cached_input_tokens, u.output_tokens,
+                     u.reasoning_tokens)
             v.check(u.cached_input_tokens <= u.input_tokens, f"{cw}.usage.cached_input_tokens",
                     "cached input tokens are part of input tokens: must not exceed them")
             v.check(u.reasoning_tokens <= u.output_tokens, f"{cw}.usage.reasoning_tokens",

@@ -50,9 +50,7 @@ def _check_turns(v: Validator, name: str, turns: Sequence[pb.ChatTurn]) -> None:
     for index, turn in enumerate(turns[:MAX_TURNS]):
         v.check(turn.role in (pb.TURN_ROLE_USER, pb.TURN_ROLE_COACH), f"{name}[{index}].role",
                 "must be TURN_ROLE_USER or TURN_ROLE_COACH")
-        v.check(bool(turn.text.strip()), f"{name}[{index}].text", "must not be blank")
-        v.check(len(turn.text) <= MAX_TURN_CHARS, f"{name}[{index}].text",
-                f"at most {MAX_TURN_CHARS} characters")
+        v.text(f"{name}[{index}].text", turn.text, max_chars=MAX_TURN_CHARS, required=True)
 
 
 def _turns(turns: Sequence[pb.ChatTurn]) -> list[Turn]:
@@ -60,20 +58,24 @@ def _turns(turns: Sequence[pb.ChatTurn]) -> list[Turn]:
 
 
 def _check_message(v: Validator, name: str, text: str) -> None:
-    v.check(bool(text.strip()), name, "is required and must not be blank")
-    v.check(len(text) <= MAX_MESSAGE_CHARS, name, f"at most {MAX_MESSAGE_CHARS} characters")
+    v.text(name, text, max_chars=MAX_MESSAGE_CHARS, required=True)
 
 
 def _check_id(v: Validator, name: str, value: str, *, required: bool = True) -> None:
-    if required:
-        v.check(bool(value.strip()), name, "is required")
-    v.check(len(value) <= MAX_ID_CHARS, name, f"at most {MAX_ID_CHARS} characters")
+    v.text(name, value, max_chars=MAX_ID_CHARS, required=required)
+
+
+def _check_audience(v: Validator, name: str, audience: pb.Audience) -> None:
+    v.text(f"{name}.display_name", audience.display_name, max_chars=MAX_ID_CHARS)
+    v.check(audience.current_streak >= 0, f"{name}.current_streak", "must be zero or more")
 
 
 def _check_generation(v: Validator, name: str, gen: pb.Generation) -> None:
     v.check(0 <= gen.max_output_tokens <= MAX_OUTPUT_TOKENS, f"{name}.max_output_tokens",
             f"between 0 (the default) and {MAX_OUTPUT_TOKENS}")
     v.check(0.0 <= gen.temperature <= 2.0, f"{name}.temperature", "between 0 and 2")
+    v.text(f"{name}.model", gen.model, max_chars=MAX_ID_CHARS)
+    v.text(f"{name}.message_type", gen.message_type, max_chars=MAX_ID_CHARS)
 
 
 def _usage(usage: Usage) -> pb.TokenUsage:
@@ -144,6 +146,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         _check_message(v, "message", request.message)
         _check_turns(v, "history", request.history)
         _check_generation(v, "generation", request.generation)
+        _check_audience(v, "audience", request.audience)
         v.raise_if_any()
         deadline, started = self._deadline(context), time.monotonic()
         reply = await self.cheap.complete(
@@ -206,6 +209,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         _check_id(v, "conversation_id", request.conversation_id)
         _check_message(v, "message", request.message)
         _check_generation(v, "generation", request.generation)
+        _check_audience(v, "audience", request.audience)
         v.raise_if_any()
         backend = self.stateful.backend(_api(request.api, request.conversation_id))
         deadline, started = self._deadline(context), time.monotonic()

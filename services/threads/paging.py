@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 
-from services.common.errors import InvalidArgument
+from services.common.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -40,13 +40,18 @@ def decode_page_token(user_id: str, token: str) -> int | None:
     if not token:
         return None
     try:
+        if len(token) > 200:
+            raise ValueError(token)
         padded = token + "=" * (-len(token) % 4)
         version, tag, last = base64.urlsafe_b64decode(padded.encode()).decode().split(":")
         last_id = int(last)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument("page_token is not a token this service issued",
-                              reason="INVALID_PAGE_TOKEN") from None
-    if version != "v1" or tag != _user_tag(user_id) or last_id <= 0:
-        raise InvalidArgument("page_token was issued for another request",
-                              reason="INVALID_PAGE_TOKEN")
+        raise _bad_token("page_token is not a token this service issued") from None
+    if version != "v1" or tag != _user_tag(user_id) or not 0 < last_id < 2**63:
+        raise _bad_token("page_token was issued for another request")
     return last_id
+
+
+def _bad_token(message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason="INVALID_PAGE_TOKEN",
+                           violations=[FieldViolation("page_token", message)])

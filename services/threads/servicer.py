@@ -19,6 +19,8 @@ MAX_USER_ID = 128
 MAX_REQUEST_ID = 128
 MAX_MESSAGE_CHARS = 4000
 MAX_COACH_TEXT_CHARS = 16000
+MAX_NAME_CHARS = 256  # pattern, model, conversation id, charge purpose
+MAX_DISPLAY_NAME = 128
 
 _ROLE = {COACH: types_pb2.ROLE_COACH}
 
@@ -63,23 +65,29 @@ def _turn_pb(turn: Turn) -> types_pb2.Turn:
 
 
 def _check_user_id(v: Validator, user_id: str, field: str = "user_id") -> None:
-    v.check(bool(user_id.strip()), field, "required")
-    v.check(len(user_id) <= MAX_USER_ID, field, f"at most {MAX_USER_ID} characters")
+    v.text(field, user_id, max_chars=MAX_USER_ID, required=True)
 
 
 def _check_request_id(v: Validator, request_id: str, field: str = "request_id") -> None:
     v.check(bool(request_id.strip()), field, "required: the idempotency key of this write")
-    v.check(len(request_id) <= MAX_REQUEST_ID, field, f"at most {MAX_REQUEST_ID} characters")
+    v.text(field, request_id, max_chars=MAX_REQUEST_ID)
 
 
 def _check_message(v: Validator, text: str, field: str) -> None:
-    v.check(bool(text.strip()), field, "required and not blank")
-    v.check(len(text) <= MAX_MESSAGE_CHARS, field, f"at most {MAX_MESSAGE_CHARS} characters")
+    v.text(field, text, max_chars=MAX_MESSAGE_CHARS, required=True)
 
 
 def _check_enum(v: Validator, enum: object, value: int, field: str) -> None:
     valid = value in enum.values() and value != 0  # type: ignore[attr-defined]
     v.check(valid, field, "required: one of the named values")
+
+
+def _check_context(v: Validator, context: types_pb2.UserContext, field: str = "context") -> None:
+    v.text(f"{field}.display_name", context.display_name, max_chars=MAX_DISPLAY_NAME)
+    v.check(context.current_streak >= 0, f"{field}.current_streak", "must be zero or more")
+    v.text(f"{field}.timezone", context.timezone, max_chars=MAX_NAME_CHARS)
+    if context.HasField("local_hour"):
+        v.check(0 <= context.local_hour <= 23, f"{field}.local_hour", "must be between 0 and 23")
 
 
 def exchange_from_pb(message: pb.Exchange) -> Exchange:
@@ -90,13 +98,19 @@ def exchange_from_pb(message: pb.Exchange) -> Exchange:
     v.check(len(message.coach_texts) > 0, "exchange.coach_texts", "at least one reply")
     v.check(sum(len(t) for t in message.coach_texts) <= MAX_COACH_TEXT_CHARS,
             "exchange.coach_texts", f"at most {MAX_COACH_TEXT_CHARS} characters in all")
+    v.check(not any("\x00" in t for t in message.coach_texts), "exchange.coach_texts",
+            "must not contain NUL characters")
+    for name in ("pattern", "model", "conversation_id"):
+        v.text(f"exchange.{name}", getattr(message, name), max_chars=MAX_NAME_CHARS)
     _check_enum(v, types_pb2.Route, message.route, "exchange.route")
     _check_enum(v, types_pb2.MessageType, message.message_type, "exchange.message_type")
     v.check(message.latency_ms >= 0, "exchange.latency_ms", "must not be negative")
     for i, c in enumerate(message.charges):
         u = c.usage
-        v.check(min(u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens) >= 0,
-                f"exchange.charges[{i}].usage", "token counts must not be negative")
+        v.tokens(f"exchange.charges[{i}].usage", u.input_tokens, u.cached_input_tokens,
+                 u.output_tokens, u.reasoning_tokens)
+        v.text(f"exchange.charges[{i}].model", c.model, max_chars=MAX_NAME_CHARS)
+        v.text(f"exchange.charges[{i}].purpose", c.purpose, max_chars=MAX_NAME_CHARS)
     v.raise_if_any()
     return Exchange(
         request_id=message.request_id,
@@ -136,8 +150,7 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         v = Validator()
         _check_user_id(v, request.user_id)
         v.check(request.recent_turns >= 0, "recent_turns", "must not be negative")
-        v.check(len(request.request_id) <= MAX_REQUEST_ID, "request_id",
-                f"at most {MAX_REQUEST_ID} characters")
+        v.text("request_id", request.request_id, max_chars=MAX_REQUEST_ID)
         v.raise_if_any()
         state = await self.history.user_state(request.user_id, request.recent_turns,
                                               request.request_id)
@@ -168,6 +181,8 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         _check_enum(v, types_pb2.MessageType, request.message_type, "message_type")
         v.check(request.max_output_tokens >= 0, "max_output_tokens", "must not be negative")
         v.check(0.0 <= request.temperature <= 2.0, "temperature", "between 0 and 2")
+        v.text("model", request.model, max_chars=MAX_NAME_CHARS)
+        _check_context(v, request.context)
         v.raise_if_any()
         message_type = types_pb2.MessageType.Name(request.message_type)
         stored = await self.turns.run(

@@ -1,0 +1,77 @@
+"""Helpers shared by the hardening and fault tests: statuses with their details, what is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: grpc.StatusCode
+    reason: str
+    fields: tuple[str, ...]
+    message: str
+
+
+def failure_of(exc: grpc.aio.AioRpcError) -> Failure:
+    """The status code, ErrorInfo reason and BadRequest fields of a failed call."""
+    reason, fields = "", ()
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    fields = tuple(v.field for v in bad.field_violations)
+    return Failure(exc.code(), reason, fields, exc.details() or "")
+
+
+async def call_failure(method: Any, request: Any, **kwargs: Any) -> Failure | None:
+    """None when the call succeeded, else its Failure."""
+    try:
+        await method(request, **kwargs)
+    except grpc.aio.AioRpcError as exc:
+        return failure_of(exc)
+    return None
+
+
+async def stored_for_users(pg_url: str, user_prefix: str) -> dict[str, int]:
+    """Rows anywhere in threads' or the ledger's tables for users whose id starts with the prefix."""
+    like = user_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+    conn = await asyncpg.connect(pg_url)
+    try:
+        counts = {}
+        for table in ("threads.messages", "threads.exchanges", "threads.user_stats",
+                      "threads.conversations", "answers"):
+            exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
+            counts[table] = (
+                await conn.fetchval(f"SELECT count(*) FROM {table} WHERE user_id LIKE $1", like)
+                if exists else 0
+            )
+        counts["threads.outbox"] = await conn.fetchval(
+            "SELECT count(*) FROM threads.outbox WHERE record->>'user_id' LIKE $1 "
+            "OR record->>'userId' LIKE $1", like
+        )
+        return counts
+    finally:
+        await conn.close()
+
+
+async def ledger_request_ids(pg_url: str, user_prefix: str) -> list[str]:
+    """request_ids of the ledger's answers for these users (with repeats, if any were double-counted)."""
+    like = user_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT request_id FROM answers WHERE user_id LIKE $1", like)
+        return [r["request_id"] for r in rows]
+    finally:
+        await conn.close()
