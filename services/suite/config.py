@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,22 @@ class SuiteSettings:
     @property
     def offline_base_url(self) -> str:
         return f"http://{self.offline_openai_addr}/v1"
+
+
+def free_port_env(host: str = "127.0.0.1") -> dict[str, str]:
+    """Environment for a second suite beside a running one: free ports for the four services
+    and the offline server, metrics off. Merge it into the environ given to ``from_env``
+    (with a COACH_DATA_DIR of its own: one supervisor per data directory)."""
+    env = {f"COACH_{name.upper()}_ADDR": f"{host}:{_free_port(host)}" for name in SERVICES}
+    env.update({f"COACH_{name.upper()}_METRICS_PORT": "0" for name in SERVICES})
+    env["COACH_OFFLINE_OPENAI_ADDR"] = f"{host}:{_free_port(host)}"
+    return env
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def parse_program(spec: str) -> tuple[str, tuple[str, ...]]:

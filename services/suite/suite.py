@@ -1,6 +1,8 @@
 """The whole suite as processes: PostgreSQL, the offline upstream, four services.
 
-    async with Suite(SuiteSettings.from_env({**os.environ, "COACH_POLICY": "baseline"})) as suite:
+    env = {**os.environ, **free_port_env(), "COACH_POLICY": "baseline",
+           "COACH_DATA_DIR": ".coach/bench-baseline"}
+    async with Suite(SuiteSettings.from_env(env)) as suite:
         suite.addresses["router"]        # "127.0.0.1:50051"
         suite.child_env                  # DATABASE_URL, OPENAI_BASE_URL, ... as the services got them
 
@@ -146,6 +148,12 @@ class Suite:
             log.info("DATABASE_URL is set: using that PostgreSQL (no embedded server)")
             return
         self.postgres = EmbeddedPostgres(self.settings.data_dir / "pg")
+        if os.geteuid() == 0 and not self.settings.data_dir.is_relative_to(REPO_ROOT):
+            log.warning(
+                f"running as root: pgserver runs PostgreSQL as the system user 'pgserver' and "
+                f"opens read/traverse permissions on every parent of {self.postgres.pgdata}; "
+                "a COACH_DATA_DIR inside the checkout keeps that contained"
+            )
         try:
             self.database_url = await self.postgres.start()
         except PostgresError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.suite import Suite, SuiteError, SuiteSettings
+from services.suite import Suite, SuiteError, SuiteSettings, free_port_env
 from tests.suite.helpers import (
     REPO_ROOT,
     SERVICES,
@@ -189,8 +189,7 @@ async def test_given_database_and_upstream_are_used_as_is(
         "DATABASE_URL": pg_url,
         "OPENAI_BASE_URL": base_url,
         "OPENAI_API_KEY": "given",
-        **{f"COACH_{n.upper()}_ADDR": f"127.0.0.1:{free_port()}" for n in SERVICES},
-        **{f"COACH_{n.upper()}_METRICS_PORT": "0" for n in SERVICES},
+        **free_port_env(),
     }
     settings = SuiteSettings.from_env(env, programs=standin_programs())
     try:
