@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -115,6 +116,16 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> tuple[str, str, list[FieldViola
     return exc.code().name, reason, violations
 
 
+def metadata_safe(value: str, limit: int = 256) -> str:
+    """``value`` as a gRPC metadata value (printable ASCII): other characters percent-encoded.
+
+    A request_id is any string; forwarded as-is in ``x-request-id`` a control or non-ASCII
+    character would make every call to a peer fail on the client side."""
+    if value.isascii() and value.isprintable() and len(value) <= limit:
+        return value
+    return urllib.parse.quote(value, safe="")[:limit]
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, auth_token: str | None) -> None:
         self._expected = f"Bearer {auth_token}".encode() if auth_token else None
@@ -185,7 +196,7 @@ def _wrap_unary(
 
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         rid = metadata.get("x-request-id") or getattr(request, "request_id", "") or uuid.uuid4().hex
-        token = request_id_var.set(str(rid))
+        token = request_id_var.set(metadata_safe(str(rid)))
         deadline_token = set_deadline(context.time_remaining())
         started = time.perf_counter()
         code = "OK"

@@ -15,7 +15,13 @@ from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from services.common.errors import CoachError, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import (
+    CoachError,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.common.interceptors import error_from_rpc
 from services.router.answering import (
     Answer,
@@ -29,6 +35,8 @@ from services.router.answering import (
     UserState,
 )
 from services.router.decision import MessageType, PriorTurn, Route
+
+REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # threads: the request_id belongs to another user
 
 # Status codes of an upstream call that mean "answer with a fallback".
 _UPSTREAM_TROUBLE = {
@@ -45,6 +53,12 @@ _UPSTREAM_TROUBLE = {
 
 def storage_error(exc: grpc.aio.AioRpcError, what: str) -> CoachError:
     code, reason, violations = error_from_rpc(exc)
+    if reason == REQUEST_ID_REUSED:  # the caller's key clashes: retrying cannot help
+        return InvalidArgument(
+            "request_id was already used for another user's message; use a fresh one",
+            reason=REQUEST_ID_REUSED,
+            violations=[FieldViolation("request_id", "already used for another user's message")],
+        )
     if code == "INVALID_ARGUMENT":
         return InvalidArgument(exc.details() or what, reason=reason or "INVALID_ARGUMENT",
                                violations=violations)
@@ -197,8 +211,9 @@ class GrpcThreads:
         try:
             reply = await self.stub.RunStatefulTurn(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _UPSTREAM_TROUBLE and exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                _, reason, _ = error_from_rpc(exc)
+            _, reason, _ = error_from_rpc(exc)
+            if (exc.code() in _UPSTREAM_TROUBLE and exc.code() != grpc.StatusCode.INVALID_ARGUMENT
+                    and reason != REQUEST_ID_REUSED):
                 raise UpstreamFailure(reason or exc.code().name, exc.details() or "") from exc
             raise storage_error(exc, "the conversation store") from exc
         return answer_from_proto(reply.exchange)

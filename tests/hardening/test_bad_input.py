@@ -267,3 +267,22 @@ async def test_oversize_request_is_resource_exhausted_and_stores_nothing(hardene
     # The largest valid message (4,000 four-byte characters) still fits and is answered.
     reply = await stubs.router.Chat(chat(user_id=user, message="💪" * 4000), timeout=20)
     assert reply.messages
+
+
+async def test_a_request_id_reused_by_another_user_is_invalid_argument(hardened: Any) -> None:
+    """A clash of idempotency keys is the caller's mistake: INVALID_ARGUMENT naming request_id,
+    not UNAVAILABLE ("retry with the same request_id" could never succeed)."""
+    suite, stubs = hardened
+    rid = uuid.uuid4().hex
+    first = await stubs.router.Chat(chat(user_id=PREFIX + "reuse-a", message="hi", request_id=rid),
+                                    timeout=20)
+    for text in ("hi", "I feel like giving up on my goals lately, can we talk it through?"):
+        failure = await call_failure(
+            stubs.router.Chat, chat(user_id=PREFIX + "reuse-b", message=text, request_id=rid), timeout=20)
+        assert failure is not None and failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
+        assert failure.reason == "REQUEST_ID_REUSED" and "request_id" in failure.fields, failure
+    again = await stubs.router.Chat(chat(user_id=PREFIX + "reuse-a", message="hi", request_id=rid),
+                                    timeout=20)
+    assert list(again.messages) == list(first.messages)
+    stored = await stored_for_users(suite.env["DATABASE_URL"], PREFIX + "reuse-b")
+    assert stored == dict.fromkeys(stored, 0), stored
