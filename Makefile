@@ -95,8 +95,9 @@ eval: venv
 	$(PY) scripts/eval_router.py $(ARGS)
 
 bench: venv
-	@test -f scripts/bench.py || { echo "scripts/bench.py is not written yet" >&2; exit 1; }
-	$(PY) scripts/bench.py $(ARGS)
+	@if [ -f scripts/bench.py ]; then set -x; $(PY) scripts/bench.py $(ARGS); \
+	elif [ -f bench/run.py ]; then set -x; $(PY) -m bench.run $(ARGS); \
+	else echo "the benchmark (scripts/bench.py) is not written yet" >&2; exit 1; fi
 
 # ---- deployment files ------------------------------------------------------------------------
 
