@@ -75,3 +75,17 @@ async def ledger_request_ids(pg_url: str, user_prefix: str) -> list[str]:
         return [r["request_id"] for r in rows]
     finally:
         await conn.close()
+
+
+async def wait_for_ledger(pg_url: str, user_prefix: str, expected: int,
+                          timeout: float = 15.0) -> list[str]:
+    """The ledger's request_ids for these users once there are ``expected`` (or at the timeout)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = await ledger_request_ids(pg_url, user_prefix)
+        if len(ids) >= expected or time.monotonic() > deadline:
+            return ids
+        await asyncio.sleep(0.1)
