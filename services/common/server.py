@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common.errors import ConfigError
 from services.common.interceptors import ServerInterceptor
+from services.common.logs import setup_logging
+from services.common.metrics import serve_metrics
 from services.common.settings import ServerSettings, TlsSettings
 
 log = logging.getLogger("coach.server")
@@ -65,6 +69,10 @@ class CoachServer:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Clients re-resolve DNS when a connection ages out, so new replicas
+            # behind a headless service get traffic.
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ]
         self.server = grpc.aio.server(
             interceptors=[ServerInterceptor(settings.auth_token)], options=options
@@ -121,8 +129,41 @@ class CoachServer:
         await self.stop()
 
 
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Entry point helper for ``__main__``: runs ``main`` until it returns."""
+class HasServerSettings(Protocol):
+    @property
+    def server(self) -> ServerSettings: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=HasServerSettings)
+
+
+def run_service(
+    service: str,
+    load_settings: Callable[[], SettingsT],
+    create_server: Callable[[SettingsT], Awaitable[CoachServer]],
+) -> None:
+    """The whole ``__main__`` of a service: settings, logs, metrics, serve until a signal.
+
+    A bad setting or data file ends the process with status 2 and one clear log line.
+    """
+    setup_logging(service)
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        log.error("invalid configuration", extra={"error": str(err)})
+        sys.exit(2)
+    setup_logging(service, settings.server.log_level)
+
+    async def main() -> None:
+        serve_metrics(settings.server.metrics_port, settings.server.metrics_host)
+        try:
+            server = await create_server(settings)
+        except ConfigError as err:
+            log.error("invalid configuration", extra={"error": str(err)})
+            sys.exit(2)
+        await server.start()
+        await server.serve_until_signal()
+
     try:
         asyncio.run(main())
     except KeyboardInterrupt:  # pragma: no cover - handled by the signal handler

@@ -113,6 +113,7 @@ class ServerSettings:
     auth_token: str | None
     tls: TlsSettings
     metrics_port: int | None
+    metrics_host: str
     grace_seconds: float
     max_message_bytes: int
     log_level: str
@@ -157,6 +158,7 @@ def server_settings(env: Env, service: str) -> ServerSettings:
         auth_token=env.optional("COACH_AUTH_TOKEN"),
         tls=tls_settings(env),
         metrics_port=metrics_port or None,
+        metrics_host=env.str("COACH_METRICS_HOST", "127.0.0.1"),
         grace_seconds=env.float("COACH_SHUTDOWN_GRACE_SECONDS", 10.0),
         max_message_bytes=env.int("COACH_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024) or 65536,
         log_level=env.str("COACH_LOG_LEVEL", "INFO"),

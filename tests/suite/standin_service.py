@@ -7,11 +7,12 @@ writes the environment the supervisor gave it to $COACH_DATA_DIR/standin-NAME.js
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 
-from services.common.server import CoachServer, run
+from services.common.server import CoachServer
 from services.common.settings import Env, data_dir, server_settings
 
 
@@ -28,4 +29,4 @@ async def serve(name: str) -> None:
 
 
 if __name__ == "__main__":
-    run(lambda: serve(sys.argv[1]))
+    asyncio.run(serve(sys.argv[1]))
