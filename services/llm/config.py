@@ -28,7 +28,7 @@ Other variables (defaults in brackets):
   ``api`` field overrides it.
 - ``COACH_ASSISTANT_ID``: reuse this assistant (Assistants backend) instead of
   finding or creating one; ``COACH_ASSISTANT_NAME`` [coach-suite coach].
-- ``COACH_CHEAP_MODEL`` [gpt-4o-mini], ``COACH_STATEFUL_MODEL`` [gpt-4o]: used
+- ``COACH_CHEAP_MODEL`` [gpt-5.4-mini], ``COACH_STATEFUL_MODEL`` [gpt-5.5]: used
   when a request names no model; ``COACH_SUMMARY_MAX_TOKENS`` [300].
 - ``COACH_LLM_HISTORY_TURNS`` [6]: recent turns the cheap tier sends.
 - ``COACH_UPSTREAM_TIMEOUT_SECONDS`` [20]: cap of one upstream HTTP call;
@@ -141,8 +141,8 @@ class Settings:
         )
         return cls(
             server=server_settings(env, "llm"),
-            cheap=tier("cheap", "gpt-4o-mini"),
-            stateful=tier("stateful", "gpt-4o"),
+            cheap=tier("cheap", "gpt-5.4-mini"),
+            stateful=tier("stateful", "gpt-5.5"),
             stateful_api=env.choice("COACH_STATEFUL_API", "responses", STATEFUL_APIS),
             assistant_id=env.optional("COACH_ASSISTANT_ID"),
             assistant_name=env.str("COACH_ASSISTANT_NAME", "coach-suite coach"),

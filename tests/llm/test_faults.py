@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("healthy_upstream")
 FAST_RETRIES = {"COACH_RETRY_BASE_SECONDS": "0.01", "COACH_RETRY_MAX_SECONDS": "0.05"}
 HELLO = pb.CompleteRequest(
     user_id="u-faults", message="how do I start journaling?",
-    generation=pb.Generation(model="gpt-4o-mini", max_output_tokens=40),
+    generation=pb.Generation(model="gpt-5.4-mini", max_output_tokens=40),
 )
 
 
@@ -90,7 +90,7 @@ async def test_a_hanging_upstream_is_cut_within_the_callers_deadline(offline_ope
         assert took < 3.0
         error, took = await failing(llm.stub.StatefulTurn(
             pb.StatefulTurnRequest(user_id="u-hang", conversation_id=conv.conversation_id,
-                                   message="hey", generation=pb.Generation(model="gpt-4o")),
+                                   message="hey", generation=pb.Generation(model="gpt-5.5")),
             timeout=2,
         ))
         assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -126,7 +126,7 @@ async def test_breaker_opens_fails_fast_and_closes_when_the_upstream_is_back(
         # The stateful tier has its own breaker and keeps answering.
         turn = await llm.stub.StatefulTurn(
             pb.StatefulTurnRequest(user_id="u-breaker", conversation_id=conv.conversation_id,
-                                   message="hey", generation=pb.Generation(model="gpt-4o")),
+                                   message="hey", generation=pb.Generation(model="gpt-5.5")),
             timeout=5,
         )
         assert turn.texts
@@ -146,7 +146,7 @@ async def test_an_assistants_run_cut_at_the_deadline_leaves_the_thread_usable(
         thread = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id="u-run"),
                                                    timeout=5)
         turn = pb.StatefulTurnRequest(user_id="u-run", conversation_id=thread.conversation_id,
-                                      message="hey", generation=pb.Generation(model="gpt-4o"))
+                                      message="hey", generation=pb.Generation(model="gpt-5.5"))
         # The first poll of the run hangs: the turn fails within the caller's deadline ...
         offline_openai.faults.set("hang", count=1,
                                   path_prefix=f"/v1/threads/{thread.conversation_id}/runs/")

@@ -34,7 +34,7 @@ def coach(text: str) -> pb.ChatTurn:
     return pb.ChatTurn(role=pb.TURN_ROLE_COACH, text=text)
 
 
-def gen(kind: str = CHECK_IN, model: str = "gpt-4o", tokens: int = 120) -> pb.Generation:
+def gen(kind: str = CHECK_IN, model: str = "gpt-5.5", tokens: int = 120) -> pb.Generation:
     return pb.Generation(model=model, max_output_tokens=tokens, message_type=kind)
 
 
@@ -65,10 +65,10 @@ async def test_complete_answers_with_the_exact_usage_and_no_tools(llm: Llm, offl
     message = "My goal is to read 20 pages a day"
     reply = await llm.stub.Complete(
         pb.CompleteRequest(user_id=uid(), message=message, audience=SAM,
-                           generation=gen(GOAL, "gpt-4o-mini", 60)),
+                           generation=gen(GOAL, "gpt-5.4-mini", 60)),
         timeout=5,
     )
-    assert reply.text and reply.model == "gpt-4o-mini"
+    assert reply.text and reply.model == "gpt-5.4-mini"
     # Exactly what the upstream billed, in one call.
     assert seen.delta("model_calls") == 1
     assert reply.usage.input_tokens == seen.delta("input_tokens")
@@ -88,7 +88,7 @@ async def test_complete_sends_only_the_recent_window(llm: Llm) -> None:
     history = [t for i in range(10) for t in (user(f"message number {i}"), coach(f"reply number {i}"))]
     reply = await llm.stub.Complete(
         pb.CompleteRequest(user_id=uid(), message="ok", history=history, audience=pb.Audience(),
-                           generation=gen(CHECK_IN, "gpt-4o-mini")),
+                           generation=gen(CHECK_IN, "gpt-5.4-mini")),
         timeout=5,
     )
     window = [Segment("user" if t.role == pb.TURN_ROLE_USER else "assistant", t.text)
@@ -124,10 +124,10 @@ async def test_summarize_folds_only_new_turns_with_usage(llm: Llm, offline_opena
     reply = await llm.stub.Summarize(
         pb.SummarizeRequest(user_id=uid(), previous_summary="User wants to run a 10k by June.",
                             turns=[user("I ran 5k this morning"), coach("Good. Same time tomorrow?")],
-                            model="gpt-4o-mini"),
+                            model="gpt-5.4-mini"),
         timeout=5,
     )
-    assert reply.summary and reply.model == "gpt-4o-mini"
+    assert reply.summary and reply.model == "gpt-5.4-mini"
     assert "I ran 5k this morning" in reply.summary  # the offline model lists user lines
     assert reply.usage.input_tokens == seen.delta("input_tokens") > 0
     assert reply.usage.output_tokens == seen.delta("output_tokens") <= 300
@@ -387,7 +387,7 @@ async def test_one_assistant_is_reused_across_restarts(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        mine = await upstream_client.beta.assistants.create(model="gpt-4o", name="operator's own")
+        mine = await upstream_client.beta.assistants.create(model="gpt-5.5", name="operator's own")
     async with running_llm(offline_openai, {"COACH_STATEFUL_API": "assistants",
                                             "COACH_ASSISTANT_ID": mine.id}) as configured:
         assert await turn(configured) == mine.id
