@@ -4,7 +4,6 @@ affect nobody else), with short deadlines, retries and breaker cool-down."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
