@@ -24,6 +24,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common import tracing
 from services.common.deadlines import deadline_var, set_deadline
 from services.common.errors import (
     CoachError,
@@ -127,8 +128,9 @@ def metadata_safe(value: str, limit: int = 256) -> str:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth_token: str | None) -> None:
+    def __init__(self, auth_token: str | None, service: str = "") -> None:
         self._expected = f"Bearer {auth_token}".encode() if auth_token else None
+        self._service = service
 
     async def intercept_service(
         self,
@@ -145,7 +147,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is None:
             return handler  # streaming (reflection): auth checked above, nothing else to wrap
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(method, handler.unary_unary, metadata),
+            _wrap_unary(method, handler.unary_unary, metadata, self._service),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -190,11 +192,20 @@ def _reject_unauthenticated(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHan
 
 
 def _wrap_unary(
-    method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], metadata: dict[str, Any]
+    method: str,
+    inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    metadata: dict[str, Any],
+    service: str = "",
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     short = method.rsplit("/", 1)[-1]
 
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not tracing.enabled():
+            return await handle(request, context, None)
+        with tracing.server_span(service, method, metadata) as span:
+            return await handle(request, context, span)
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext, span: Any) -> Any:
         rid = metadata.get("x-request-id") or getattr(request, "request_id", "") or uuid.uuid4().hex
         token = request_id_var.set(metadata_safe(str(rid)))
         deadline_token = set_deadline(context.time_remaining())
@@ -239,6 +250,8 @@ def _wrap_unary(
             elapsed = time.perf_counter() - started
             RPC_REQUESTS.labels(short, code).inc()
             RPC_LATENCY.labels(short).observe(elapsed)
+            if span is not None:
+                tracing.set_code(span, code)
             if code == "OK" and log.isEnabledFor(logging.DEBUG):
                 log.debug("rpc", extra={"method": short, "code": code, "latency_ms": round(elapsed * 1e3, 3)})
             request_id_var.reset(token)
@@ -265,11 +278,36 @@ class ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         rid = request_id_var.get()
         if rid:
             metadata.append(("x-request-id", rid))
-        details = grpc.aio.ClientCallDetails(
-            client_call_details.method,
-            client_call_details.timeout,
-            grpc.aio.Metadata(*metadata),
-            client_call_details.credentials,
-            client_call_details.wait_for_ready,
-        )
-        return await continuation(details, request)
+        if tracing.enabled():
+            return await self._traced(continuation, client_call_details, metadata, request)
+        return await continuation(_details(client_call_details, metadata), request)
+
+    async def _traced(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        metadata: list[Any],
+        request: Any,
+    ) -> Any:
+        method = client_call_details.method
+        name = method.decode() if isinstance(method, bytes) else str(method)
+        carrier: dict[str, str] = {}
+        with tracing.client_span(name, carrier) as span:
+            metadata.extend(carrier.items())
+            call = await continuation(_details(client_call_details, metadata), request)
+            try:
+                await call  # the span covers the whole call; the caller awaits it again
+                tracing.set_code(span, "OK")
+            except grpc.aio.AioRpcError as exc:
+                tracing.set_code(span, exc.code().name)
+            return call
+
+
+def _details(details: grpc.aio.ClientCallDetails, metadata: list[Any]) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        details.timeout,
+        grpc.aio.Metadata(*metadata),
+        details.credentials,
+        details.wait_for_ready,
+    )

@@ -36,6 +36,19 @@ BREAKER_STATE = Gauge(
 LEDGER_RECORDS = Counter(
     "coach_ledger_records_total", "Answer records received by the ledger", ["outcome"]
 )
+# Recorded by the ledger, once per answer (duplicates not counted): what the answers cost, by
+# route, and what the same messages would have cost under the baseline policy (the guide's
+# BEFORE: every message on the stateful tier's strong model). Savings = baseline - actual.
+LEDGER_ANSWERS = Counter("coach_ledger_answers_total", "Answers recorded by the ledger, by route",
+                         ["route"])
+ANSWER_COST_NANOS = Counter(
+    "coach_answer_cost_usd_nanos_total", "Cost of recorded answers by route (USD x 1e9)", ["route"]
+)
+BASELINE_COST_NANOS = Counter(
+    "coach_baseline_cost_usd_nanos_total",
+    "What the recorded answers would have cost under the baseline policy, by route (USD x 1e9)",
+    ["route"],
+)
 LEDGER_BACKLOG = Gauge("coach_ledger_backlog", "Answer records not yet acknowledged by the ledger")
 
 

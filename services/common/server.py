@@ -26,6 +26,7 @@ from services.common.interceptors import ServerInterceptor
 from services.common.logs import setup_logging
 from services.common.metrics import serve_metrics
 from services.common.settings import ServerSettings, TlsSettings
+from services.common.tracing import setup_tracing
 
 log = logging.getLogger("coach.server")
 
@@ -75,7 +76,7 @@ class CoachServer:
             ("grpc.max_connection_age_grace_ms", 30_000),
         ]
         self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(settings.auth_token)], options=options
+            interceptors=[ServerInterceptor(settings.auth_token, settings.service)], options=options
         )
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         for reg in registrations:
@@ -153,6 +154,7 @@ def run_service(
         log.error("invalid configuration", extra={"error": str(err)})
         sys.exit(2)
     setup_logging(service, settings.server.log_level)
+    setup_tracing(service)
 
     async def main() -> None:
         serve_metrics(settings.server.metrics_port, settings.server.metrics_host)

@@ -21,12 +21,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.metrics import LEDGER_RECORDS, UNPRICED_CALLS
+from services.common.metrics import (
+    ANSWER_COST_NANOS,
+    BASELINE_COST_NANOS,
+    COST_NANOS,
+    LEDGER_ANSWERS,
+    LEDGER_RECORDS,
+    UNPRICED_CALLS,
+)
 from services.ledger.pricing import PriceBook
 
 log = logging.getLogger(__name__)
 
 ANSWER_PURPOSE = "answer"
+# coach.router.v1.Route numbers -> the route names the router's metrics use.
+ROUTE_NAMES = {1: "PATTERN", 2: "COMPLETIONS", 3: "ASSISTANT", 4: "FALLBACK"}
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,17 @@ def _price_charge(charge: ChargeEntry, book: PriceBook) -> PricedCharge:
     return PricedCharge(entry=charge, cost_usd_nanos=cost.nanos, unpriced=not cost.priced)
 
 
+def _count_cost(stored: Sequence[PricedAnswer]) -> None:
+    """Cost metrics of newly stored answers (a duplicate is not counted again)."""
+    for p in stored:
+        route = ROUTE_NAMES.get(p.entry.route, str(p.entry.route))
+        LEDGER_ANSWERS.labels(route).inc()
+        ANSWER_COST_NANOS.labels(route).inc(p.cost_usd_nanos)
+        BASELINE_COST_NANOS.labels(route).inc(p.baseline_cost_usd_nanos)
+        for c in p.charges:
+            COST_NANOS.labels(c.entry.model).inc(c.cost_usd_nanos)
+
+
 class AnswerRecorder:
     """Prices and stores batches of answers, once per request_id."""
 
@@ -160,7 +180,9 @@ class AnswerRecorder:
         outcome = RecordOutcome(recorded=len(inserted), duplicates=len(entries) - len(inserted))
         LEDGER_RECORDS.labels("recorded").inc(outcome.recorded)
         LEDGER_RECORDS.labels("duplicate").inc(outcome.duplicates)
-        self._flag_unpriced([p for p in priced if p.entry.request_id in inserted])
+        stored = [p for p in priced if p.entry.request_id in inserted]
+        self._flag_unpriced(stored)
+        _count_cost(stored)
         return outcome
 
     def _flag_unpriced(self, priced: Sequence[PricedAnswer]) -> None:
