@@ -1,0 +1,1 @@
+"""The benchmark: `make bench` (scripts/bench.py) and its pieces."""

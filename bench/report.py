@@ -1,0 +1,219 @@
+"""The bench's verdicts (targets) and its markdown report (README-ready)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROUTES = ("PATTERN", "COMPLETIONS", "ASSISTANT", "FALLBACK")
+
+
+def per_1k(cost_nanos: float, messages: int) -> float:
+    """USD per 1,000 messages."""
+    return cost_nanos / 1e9 / messages * 1000 if messages else 0.0
+
+
+def _cost(results: dict[str, Any], policy: str) -> float:
+    c = results["cost"][policy]["summary"]
+    return per_1k(c["cost_nanos"], c["answered"])
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: str, target: str, ok: bool) -> None:
+        out.append({"name": name, "measured": measured, "target": target, "pass": bool(ok)})
+
+    base, opt = _cost(results, "baseline"), _cost(results, "optimized")
+    ratio = opt / base if base else float("inf")
+    add("optimized cost / baseline cost", f"{ratio:.1%}", "<= 10%", ratio <= 0.10)
+    missed = results["quality"]["eval_missed"]
+    add("router quality figures held", "all met" if not missed else "missed: " + ", ".join(missed),
+        "every eval target met", not missed)
+    for policy in ("baseline", "optimized"):
+        c = results["cost"][policy]
+        led = c["ledger"]
+        same = led["total_cost_nanos"] == c["all_cost_nanos"] and led["total_calls"] == (
+            c["all_messages"] - c["all_errors"])
+        add(f"ledger = ChatResponse costs ({policy})",
+            f"{led['total_calls']} calls, ${led['total_cost_nanos'] / 1e9:.4f} vs "
+            f"${c['all_cost_nanos'] / 1e9:.4f}", "equal", same)
+    lat = results.get("latency")
+    if lat:
+        h = lat["single"]["health"]["p50_ms"]
+        canned = lat["single"]["canned"]["p50_ms"]
+        cheap = lat["single"]["cheap"]["p50_ms"]
+        add("canned Chat p50 / bare health p50", f"{canned / h:.2f}x", "<= 2.5x", canned <= 2.5 * h)
+        tp = lat["throughput"]
+        share = tp["canned"]["per_s"] / tp["health"]["per_s"] if tp["health"]["per_s"] else 0.0
+        add("canned Chat throughput / bare health", f"{share:.0%}", ">= 40%", share >= 0.40)
+        add("cheap-tier Chat p50 / bare health p50 (0 ms upstream)", f"{cheap / h:.2f}x", "<= 8x",
+            cheap <= 8 * h)
+        wrong = sum(v for k, v in lat["single"]["canned"]["routes"].items() if k != "PATTERN") + sum(
+            v for k, v in lat["single"]["cheap"]["routes"].items() if k != "COMPLETIONS")
+        out[-1]["measured"] += f" ({wrong} calls that took another route left out)" if wrong else ""
+    cl = results["quality"]["classify"]["median_us"]
+    add("Router.decide median (in-process)", f"{cl:.1f} µs", "<= 100 µs", cl <= 100)
+    for label, long in (("responses", results["cost"]["optimized"]["long"]),
+                        ("assistants", results.get("assistants_long"))):
+        if not long:
+            continue
+        tok = {int(k): v for k, v in long["tokens"].items()}
+        if 30 in tok and 200 in tok:
+            add(f"stateful input tokens turn 200 / turn 30 ({label}, optimized)",
+                f"{tok[200] / tok[30]:.2f}x", "<= 1.2x", tok[200] <= 1.2 * tok[30])
+    sc = results["scale"]["summary"] if "scale" in results else None
+    if sc:
+        add(f"{results['scale']['users']} users at +{results['scale']['latency_ms']} ms upstream",
+            f"{sc['errors']} errors, {sc['timeouts']} timeouts, {sc['fallbacks']} fallbacks",
+            "0 / 0 / 0", sc["errors"] == 0 and sc["fallbacks"] == 0)
+    errors = sum(results["cost"][p]["all_errors"] for p in ("baseline", "optimized"))
+    if lat:
+        errors += sum(v["errors"] for v in lat["single"].values())
+        errors += sum(v["errors"] for v in lat["throughput"].values())
+    errors += sc["errors"] if sc else 0
+    add("errors, every phase", str(errors), "0", errors == 0)
+    return out
+
+
+def _mix(routes: dict[str, int]) -> str:
+    total = sum(routes.values()) or 1
+    return " / ".join(f"{100 * routes.get(r, 0) / total:.0f}%" for r in ROUTES)
+
+
+def _tok(long: dict[str, Any] | None, turn: int) -> str:
+    if not long:
+        return "—"
+    value = {int(k): v for k, v in long["tokens"].items()}.get(turn)
+    return f"{value:,.0f}" if value is not None else "—"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    b, o = r["cost"]["baseline"], r["cost"]["optimized"]
+    bs, os_ = b["summary"], o["summary"]
+    cb, co = per_1k(bs["cost_nanos"], bs["answered"]), per_1k(os_["cost_nanos"], os_["answered"])
+    saved = 1 - co / cb if cb else 0.0
+    w = o["workload"]
+    lines = [
+        "## Benchmark",
+        "",
+        f"`make bench` ({r['mode']} run, seed {r['seed']}): {w['users']} users × {w['days']} days "
+        f"= {w['messages']:,} messages (sequential per user, {r['size']['concurrency']} users at a "
+        f"time), plus one {w['long_turns']}-turn conversation, replayed through `Router.Chat` on the "
+        "whole suite (four services, embedded PostgreSQL, the offline OpenAI-compatible server, all "
+        "real processes), once per policy. Costs are what `ChatResponse.cost_usd_nanos` said, "
+        "cross-checked with the ledger's `GetCostReport`; upstream calls are the offline server's "
+        "count.",
+        "",
+        "| | baseline (guide's BEFORE) | optimized | |",
+        "|---|---:|---:|---|",
+        f"| cost per 1,000 messages | ${cb:.3f} | ${co:.3f} | **{saved:.1%} saved** "
+        f"(optimized = {co / cb if cb else 0:.1%} of baseline) |",
+        f"| ledger total (all messages) | ${b['ledger']['total_cost_nanos'] / 1e9:.4f} "
+        f"({b['ledger']['total_calls']:,} calls) | ${o['ledger']['total_cost_nanos'] / 1e9:.4f} "
+        f"({o['ledger']['total_calls']:,} calls) | sum of ChatResponse costs: "
+        f"${b['all_cost_nanos'] / 1e9:.4f} / ${o['all_cost_nanos'] / 1e9:.4f} |",
+        f"| cost per 1,000 messages if the prompt cache expired between sessions (estimate) | "
+        f"${per_1k(b['cold_cache_cost_nanos'], bs['answered']):.3f} | "
+        f"${per_1k(o['cold_cache_cost_nanos'], os_['answered']):.3f} | optimized = "
+        f"{o['cold_cache_cost_nanos'] / max(1, b['cold_cache_cost_nanos']):.1%} of baseline |",
+        f"| route mix canned / cheap / stateful / fallback | {_mix(bs['routes'])} | "
+        f"{_mix(os_['routes'])} | |",
+        f"| upstream model calls per 1,000 messages | "
+        f"{1000 * b['upstream']['model_calls'] / max(1, b['all_messages']):,.0f} | "
+        f"{1000 * o['upstream']['model_calls'] / max(1, o['all_messages']):,.0f} | HTTP requests: "
+        f"{b['upstream']['total_requests']:,} / {o['upstream']['total_requests']:,} |",
+        f"| upstream input tokens per message | "
+        f"{b['upstream']['input_tokens'] / max(1, b['all_messages']):,.0f} | "
+        f"{o['upstream']['input_tokens'] / max(1, o['all_messages']):,.0f} | |",
+    ]
+    for turn in r["size"]["checkpoints"]:
+        lines.append(
+            f"| stateful input tokens per turn, turn {turn} of a long conversation | "
+            f"{_tok(b['long'], turn)} | {_tok(o['long'], turn)} "
+            f"| assistants backend (optimized): {_tok(r.get('assistants_long'), turn)} |")
+    lines += [
+        f"| Chat latency p50 / p99 (ms, {r['size']['concurrency']} users at a time, 0 ms upstream) | "
+        f"{bs['p50_ms']:.1f} / {bs['p99_ms']:.1f} | {os_['p50_ms']:.1f} / {os_['p99_ms']:.1f} | |",
+        f"| messages per second | {bs['msgs_per_s']:.0f} | {os_['msgs_per_s']:.0f} | |",
+        f"| errors | {bs['errors']} | {os_['errors']} | |",
+        "",
+    ]
+    lat = r.get("latency")
+    if lat:
+        s, tp = lat["single"], lat["throughput"]
+        h = s["health"]["p50_ms"]
+        lines += [
+            "**Speed** (optimized suite, 0 ms upstream; one call at a time, targets interleaved in "
+            f"shuffled rounds; throughput with {lat['workers']} concurrent callers, slices "
+            "interleaved; the same grpc.aio client code for all):",
+            "",
+            "| call | p50 (ms) | p99 (ms) | p50 vs bare health | calls/s | vs bare health |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, label in (("health", "bare grpc.aio health Check (separate process)"),
+                            ("canned", "Router.Chat, canned reply"),
+                            ("cheap", "Router.Chat, cheap tier")):
+            lines.append(
+                f"| {label} | {s[name]['p50_ms']:.2f} | {s[name]['p99_ms']:.2f} | "
+                f"{s[name]['p50_ms'] / h:.2f}x | {tp[name]['per_s']:.0f} | "
+                f"{tp[name]['per_s'] / tp['health']['per_s']:.0%} |")
+        lines.append("")
+    sc = r.get("scale")
+    lines += _scale(sc) if sc else []
+    q = r["quality"]
+    ev = q["eval"]
+    lines += [
+        "",
+        f"**Quality** (`scripts/eval_router.py`, {q['eval_file']}): pattern precision "
+        f"{ev['pattern_precision']:.3f}, canned coverage {ev['canned_coverage']:.3f}, complex recall "
+        f"{ev['complex_recall']:.3f}, safety recall {ev['safety_recall']:.3f}, cheap share "
+        f"{ev['cheap_share']:.3f}. `Router.decide` in-process (bench/classify_bench.py): median "
+        f"{q['classify']['median_us']:.1f} µs, p99 {q['classify']['p99_us']:.1f} µs.",
+        "",
+        "**Targets** (ratios measured in the same run):",
+        "",
+        "| target | measured | goal | |",
+        "|---|---|---|---|",
+    ]
+    for t in r["targets"]:
+        lines.append(f"| {t['name']} | {t['measured']} | {t['target']} | "
+                     f"{'PASS' if t['pass'] else 'FAIL'} |")
+    lines += [
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Python {m['python']}; "
+        f"{m['date']}; the whole run took {r['elapsed_s'] / 60:.1f} min. Reproduce: `make bench` "
+        "(`make bench ARGS=--quick` for a smoke run).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+RPC_ORDER = ("router.Chat", "threads.GetUserState", "threads.RecordExchange",
+             "threads.RunStatefulTurn", "llm.Complete", "llm.StatefulTurn",
+             "llm.CreateConversation", "llm.AppendTurns", "llm.Summarize", "ledger.RecordAnswers")
+
+
+def _scale(sc: dict[str, Any]) -> list[str]:
+    ss = sc["summary"]
+    lines = [
+        f"**Scale**: {sc['users']} concurrent users ({ss['messages']:,} messages) with a "
+        f"{sc['latency_ms']} ms upstream (`--latency-ms {sc['latency_ms']}`): "
+        f"{ss['msgs_per_s']:.0f} messages/s, Chat p50 {ss['p50_ms']:.0f} ms, p99 "
+        f"{ss['p99_ms']:.0f} ms, {ss['errors']} errors, {ss['timeouts']} timeouts, "
+        f"{ss['fallbacks']} fallbacks; route mix canned / cheap / stateful / fallback "
+        f"{_mix(ss['routes'])}; {sc['upstream']['model_calls']:,} upstream model calls.",
+        "",
+        "Where the time goes (server-side `coach_rpc_latency_seconds`, mean per call; "
+        "each includes the calls it makes):",
+        "",
+        "| service.method | calls | mean (ms) | p50 ≤ (ms) | p99 ≤ (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    rpc = sc["rpc"]
+    for key in [*RPC_ORDER, *sorted(k for k in rpc if k not in RPC_ORDER)]:
+        if key in rpc:
+            v = rpc[key]
+            lines.append(f"| {key} | {v['count']:,.0f} | {v['mean_ms']:.1f} | {v['p50_ms']:g} | "
+                         f"{v['p99_ms']:g} |")
+    return lines
