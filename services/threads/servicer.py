@@ -109,6 +109,11 @@ def exchange_from_pb(message: pb.Exchange) -> Exchange:
         u = c.usage
         v.tokens(f"exchange.charges[{i}].usage", u.input_tokens, u.cached_input_tokens,
                  u.output_tokens, u.reasoning_tokens)
+        # The ledger refuses these too: stored here, the record would wait in the outbox forever.
+        v.check(u.cached_input_tokens <= u.input_tokens, f"exchange.charges[{i}].usage",
+                "cached input tokens are part of input tokens: must not exceed them")
+        v.check(u.reasoning_tokens <= u.output_tokens, f"exchange.charges[{i}].usage",
+                "reasoning tokens are part of output tokens: must not exceed them")
         v.text(f"exchange.charges[{i}].model", c.model, max_chars=MAX_NAME_CHARS)
         v.text(f"exchange.charges[{i}].purpose", c.purpose, max_chars=MAX_NAME_CHARS)
     v.raise_if_any()

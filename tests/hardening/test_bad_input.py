@@ -135,6 +135,14 @@ CASES: list[tuple[str, str, Any, str]] = [
      exchange(charges=[threads_pb.UpstreamCharge(model="gpt-4o-mini",
                                                  usage=usage(input_tokens=2**62))]),
      "exchange.charges[0].usage"),
+    ("threads", "RecordExchange",
+     exchange(charges=[threads_pb.UpstreamCharge(
+         model="gpt-4o-mini", usage=usage(input_tokens=5, cached_input_tokens=9))]),
+     "exchange.charges[0].usage"),
+    ("threads", "RecordExchange",
+     exchange(charges=[threads_pb.UpstreamCharge(
+         model="gpt-4o-mini", usage=usage(output_tokens=1, reasoning_tokens=2))]),
+     "exchange.charges[0].usage"),
     ("threads", "RunStatefulTurn", turn(message_type=99), "message_type"),
     ("threads", "RunStatefulTurn", turn(message=""), "message"),
     ("threads", "RunStatefulTurn", turn(message="x" * 4001), "message"),
