@@ -61,6 +61,7 @@ class Settings:
             relay=RelaySettings(
                 batch_size=env.int("COACH_THREADS_RELAY_BATCH", 200, minimum=1) or 200,
                 interval_s=env.float("COACH_THREADS_RELAY_INTERVAL_SECONDS", 0.1, minimum=0.001),
+                linger_s=env.float("COACH_THREADS_RELAY_LINGER_SECONDS", 0.05),
                 max_backoff_s=env.float("COACH_THREADS_RELAY_MAX_BACKOFF_SECONDS", 5.0,
                                         minimum=0.01),
             ),

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 class RelaySettings:
     batch_size: int = 200
     interval_s: float = 0.1
+    # After a wake-up (a record was stored), wait this long so the records stored
+    # meanwhile go in the same batch: one ledger call and one outbox delete per
+    # batch rather than per answer (each is a commit, i.e. a WAL flush).
+    linger_s: float = 0.05
     max_backoff_s: float = 5.0
     backlog_refresh_s: float = 1.0
 
@@ -82,7 +86,7 @@ class LedgerRelay:
             if failures:
                 log.info("ledger relay recovered", extra={"attempts": failures})
                 failures = 0
-            await self._refresh_backlog(force=sent > 0)
+            await self._refresh_backlog()
             if sent >= self.settings.batch_size:
                 continue  # more waiting: no pause
             await self._sleep(self.settings.interval_s, wake_early=True)
@@ -91,8 +95,12 @@ class LedgerRelay:
         if self._stopping:
             return
         if wake_early:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), seconds)
+            except TimeoutError:
+                return
+            if self.settings.linger_s > 0 and not self._stopping:
+                await asyncio.sleep(min(self.settings.linger_s, seconds))
         else:
             await asyncio.sleep(seconds)
 
