@@ -66,7 +66,7 @@ async def user_ledger(suite: Suite, user: str) -> tuple[int, int]:
 async def wait_for_ledger(suite: Suite, user: str, calls: int) -> tuple[int, int]:
     """Waits until the ledger holds ``calls`` answers for ``user`` (records travel by an outbox)."""
     seen = (0, 0)
-    for _ in range(100):
+    for _ in range(300):
         seen = await user_ledger(suite, user)
         if seen[0] >= calls:
             await asyncio.sleep(0.2)  # and no more arrive

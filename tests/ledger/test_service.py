@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 import uuid
 
 import asyncpg
@@ -142,19 +141,15 @@ async def test_concurrent_overlapping_batches_store_no_duplicates(stub: Stub) ->
     assert (nano.calls, nano.input_tokens) == (0, 100_000)
 
 
-async def test_a_relay_batch_of_500_is_recorded_quickly(stub: Stub) -> None:
+async def test_a_relay_batch_of_500_is_recorded_in_one_call(stub: Stub) -> None:
     day = "2025-03-12"
     batch = [answer(at(day, 10, i % 60), t.ROUTE_COMPLETIONS, "gpt-5.4-mini",
                     [charge("gpt-5.4-mini", 1200, 1024, 80),
                      charge("gpt-5.4-nano", 3000, 0, 200, purpose="summary")],
                     user_id=f"user-{i % 37}")
              for i in range(500)]
-    started = time.perf_counter()
     reply = await record(stub, batch)
-    elapsed = time.perf_counter() - started
-    assert reply.recorded == 500
-    print(f"RecordAnswers: 500 records / 1000 charges in {elapsed * 1000:.1f} ms")
-    assert elapsed < 2.0
+    assert (reply.recorded, reply.duplicates) == (500, 0)
 
 
 async def test_a_bad_record_rejects_the_batch_and_stores_nothing(stub: Stub) -> None:

@@ -110,9 +110,6 @@ async def test_latency_fault_and_baseline_latency(make_client: ClientFactory,
     try:
         async with openai.AsyncOpenAI(base_url=slow.base_url, api_key="offline") as slow_client:
             started = time.perf_counter()
-            await slow_client.models.list()  # not a model call: no baseline latency
-            assert time.perf_counter() - started < 0.35
-            started = time.perf_counter()
             await slow_client.responses.create(model="gpt-4.1-mini", input="hi")
             assert time.perf_counter() - started >= 0.39
     finally:
