@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from services.common.errors import FailedPrecondition
+from services.common.errors import CoachError, FailedPrecondition
 from services.threads.records import (
     COACH,
     ROUTE_PATTERN,
@@ -478,7 +478,31 @@ class ThreadsRepository:
             )
             if not rows:
                 return 0
-            await send([AnswerRecord.from_json(json.loads(r["record"])) for r in rows])
+            records = [AnswerRecord.from_json(json.loads(r["record"])) for r in rows]
+            try:
+                await send(records)
+            except CoachError as exc:
+                if exc.code != "INVALID_ARGUMENT":
+                    raise
+                # One record the ledger refuses must not block the others: send them one
+                # by one (the ledger is idempotent) and set the refused ones aside.
+                for row, record in zip(rows, records, strict=True):
+                    try:
+                        await send([record])
+                    except CoachError as one:
+                        if one.code != "INVALID_ARGUMENT":
+                            raise
+                        log.error("ledger refused an answer record; set aside",
+                                  extra={"record_request_id": record.request_id,
+                                         "error": one.message})
+                        await conn.execute(
+                            """INSERT INTO threads.outbox_rejected
+                                   (id, request_id, record, error, created_at)
+                               SELECT id, request_id, record, $2, created_at
+                                 FROM threads.outbox WHERE id = $1
+                               ON CONFLICT (id) DO NOTHING""",
+                            row["id"], one.message,
+                        )
             await conn.execute(
                 "DELETE FROM threads.outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )

@@ -13,7 +13,7 @@ from coach.ledger.v1 import ledger_service_pb2_grpc
 from coach.llm.v1 import llm_service_pb2 as llm_pb
 from coach.llm.v1 import llm_service_pb2_grpc
 
-from services.common.errors import Unavailable
+from services.common.errors import FieldViolation, InvalidArgument, Unavailable
 from services.common.server import CoachServer, Registration
 from services.common.settings import Env, server_settings
 
@@ -137,6 +137,8 @@ class FakeLedger(ledger_service_pb2_grpc.LedgerServiceServicer):
         self.deliveries: Counter[str] = Counter()
         self.calls = 0
         self.batch_sizes: list[int] = []
+        # request_ids the fake refuses as invalid (as the real ledger refuses a bad record)
+        self.refuse: set[str] = set()
 
     async def RecordAnswers(
         self, request: ledger_pb.RecordAnswersRequest, context: grpc.aio.ServicerContext
@@ -145,6 +147,10 @@ class FakeLedger(ledger_service_pb2_grpc.LedgerServiceServicer):
         if self.down:
             raise Unavailable("fake ledger is down", reason="LEDGER_DOWN")
         self.batch_sizes.append(len(request.records))
+        bad = [i for i, r in enumerate(request.records) if r.request_id in self.refuse]
+        if bad:
+            raise InvalidArgument("bad record", violations=[
+                FieldViolation(f"records[{i}].request_id", "refused by the fake") for i in bad])
         recorded = duplicates = 0
         for record in request.records:
             self.deliveries[record.request_id] += 1

@@ -128,3 +128,23 @@ async def test_shutdown_with_the_ledger_down_keeps_the_records() -> None:
     relay.start()
     await relay.stop(flush_seconds=0.5)
     assert len(outbox.rows) == 5
+
+
+async def test_a_record_the_ledger_refuses_is_set_aside_and_blocks_nothing(
+    stubs: list[Stub], ledger: FakeLedger, user_id: str, db: asyncpg.Connection
+) -> None:
+    ids = [rid() for _ in range(10)]
+    ledger.refuse.add(ids[3])
+    try:
+        for i, request_id in enumerate(ids):
+            await stubs[0].RecordExchange(exchange(user_id, f"hey {i}", "Hey!", request_id))
+        good = [r for r in ids if r != ids[3]]
+        await wait_for(lambda: all(r in ledger.records for r in good))
+        await outbox_drained(db, ids)
+        assert ids[3] not in ledger.records
+        assert all(ledger.deliveries[r] >= 1 for r in good) and len(ledger.records) >= 9
+        rejected = await db.fetchval(
+            "SELECT count(*) FROM threads.outbox_rejected WHERE request_id = $1", ids[3])
+        assert rejected == 1  # kept, not lost
+    finally:
+        ledger.refuse.clear()
