@@ -158,6 +158,12 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {label} | {s[name]['p50_ms']:.2f} | {s[name]['p99_ms']:.2f} | "
                 f"{s[name]['p50_ms'] / h:.2f}x | {tp[name]['per_s']:.0f} | "
                 f"{tp[name]['per_s'] / tp['health']['per_s']:.0%} |")
+        rpc = lat.get("rpc", {})
+        if rpc:
+            parts = [f"{k} {rpc[k]['mean_ms']:.2f} ms ×{rpc[k]['count']:,.0f}"
+                     for k in RPC_ORDER if k in rpc]
+            lines += ["", "Server-side means during the single-call rounds (canned and cheap calls "
+                      "together): " + ", ".join(parts) + "."]
         lines.append("")
     sc = r.get("scale")
     lines += _scale(sc) if sc else []
@@ -180,6 +186,14 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {t['name']} | {t['measured']} | {t['target']} | "
                      f"{'PASS' if t['pass'] else 'FAIL'} |")
     lines += [
+        "",
+        "Notes: the replay compresses weeks into minutes, so the offline server's prompt cache "
+        "(like OpenAI's, prefixes of 1,024+ tokens, but with no expiry) still holds every "
+        "conversation's prefix at the user's next message; the baseline's one ever-growing "
+        "conversation profits most. The \"prompt cache expired between sessions\" row re-prices "
+        "cached input as ordinary input unless the user's previous message was in the same "
+        "simulated hour (an estimate from the usage each ChatResponse reported). Route mix and "
+        "per-kind routes are in latest.json (`routes_by_kind`, `types_by_route`).",
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Python {m['python']}; "
         f"{m['date']}; the whole run took {r['elapsed_s'] / 60:.1f} min. Reproduce: `make bench` "

@@ -60,7 +60,7 @@ class Size:
     assistants_long: bool
 
 
-FULL = Size(users=200, days=21, concurrency=48, long_turns=210, checkpoints=(10, 30, 100, 200),
+FULL = Size(users=80, days=21, concurrency=48, long_turns=210, checkpoints=(10, 30, 100, 200),
             lat_rounds=40, lat_per_round=10, tput_slice_s=2.0, tput_rounds=3,
             scale_users=500, scale_days=2, scale_latency_ms=300, classify_rounds=30,
             assistants_long=True)
@@ -154,14 +154,17 @@ async def latency_phase(suite: BenchSuite, size: Size, seed: int) -> dict[str, A
     try:
         targets = await make_targets(suite.address("router"), bare.address, 32, suite.name)
         try:
+            before = await suite.rpc_histograms()
             single = await single_call_latency(targets, size.lat_rounds, size.lat_per_round, seed)
+            rpc = {f"{k[0]}.{k[1]}": {"count": h.count, "mean_ms": h.mean_ms}
+                   for k, h in histo_delta(await suite.rpc_histograms(), before).items() if h.count}
             tput = await throughput(targets, ["health", "canned", "cheap"], workers=16,
                                     slice_s=size.tput_slice_s, rounds=size.tput_rounds)
         finally:
             await targets.close()
     finally:
         await bare.stop()
-    return {"single": single, "throughput": tput, "workers": 16}
+    return {"single": single, "throughput": tput, "workers": 16, "rpc": rpc}
 
 
 async def scale_phase(suite: BenchSuite, size: Size, seed: int, log: logging.Logger) -> dict[str, Any]:
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Cost, quality and speed, side by side.")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (about a minute)")
     parser.add_argument("--seed", type=int, default=20261127)
-    parser.add_argument("--users", type=int, help="users of the cost workload (default 200)")
+    parser.add_argument("--users", type=int, help="users of the cost workload (default 80)")
     parser.add_argument("--days", type=int, help="days per user of the cost workload (default 21)")
     parser.add_argument("--skip", action="append", default=[], choices=("assistants", "scale", "latency"),
                         help="leave a phase out (repeatable; for quick looks, not for the README)")
