@@ -662,6 +662,8 @@ class Classifier:
     negative: WholeMessageMatcher
     long_message_words: int
     short_greeting_words: int
+    # A reply this short to a coach's open question is read as an answer to it.
+    short_reply_words: int = 5
 
     # -- loading --------------------------------------------------------------------
 
@@ -786,6 +788,7 @@ class Classifier:
             negative=negative,
             long_message_words=long_words,
             short_greeting_words=short_greeting,
+            short_reply_words=max_words,
         )
 
     # -- classifying ----------------------------------------------------------------
@@ -825,16 +828,28 @@ class Classifier:
         thread = self._open_thread(coach_norm)
         if thread is None:
             return own
-        if own.message_type is MessageType.GREETING and own.canned_eligible:
-            return own  # a fresh "hey" starts a new exchange
+        if own.canned_eligible and own.message_type is not MessageType.ACKNOWLEDGEMENT:
+            # "hey", "done ✅", "tired": a whole message of its own, not an answer that
+            # needs the coach's question to be understood.
+            return own
         if own.message_type in COMPLEX_TYPES:
             return Classification(own.message_type, own.reason + "; answers the coach's "
                                   "open question", continues_thread=True)
-        return Classification(
-            thread,
-            f"reply to the coach's open {thread.name.lower().replace('_', ' ')} question",
-            continues_thread=True,
-        )
+        if own.message_type is MessageType.ACKNOWLEDGEMENT or (
+            len(norm.tokens) <= self.short_reply_words and not norm.question
+        ) or (
+            # An everyday-sounding story told in answer to a reflective question
+            # ("My manager yelled at me in front of everyone") is the coaching itself.
+            thread in (MessageType.DEEP_COACHING, MessageType.PATTERN_ANALYSIS)
+            and own.message_type is MessageType.CHECK_IN and not norm.question
+        ):
+            # "yes", "ok", "probably the weekends": meaningful only as an answer.
+            return Classification(
+                thread,
+                f"reply to the coach's open {thread.name.lower().replace('_', ' ')} question",
+                continues_thread=True,
+            )
+        return own
 
     def _open_thread(self, coach: NormalizedText) -> MessageType | None:
         for rule in self.threads:
