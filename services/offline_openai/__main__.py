@@ -1,4 +1,5 @@
-"""`python -m services.offline_openai --host 127.0.0.1 --port 50090 [--latency-ms N]`."""
+"""`python -m services.offline_openai --host 127.0.0.1 --port 50090 [--latency-ms N]
+[--cache-ttl-seconds S]`."""
 
 from __future__ import annotations
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from .clock import SimClock
 from .config import OfflineConfig
 from .errors import ApiError, bad_request, not_found
 from .faults import FaultMode, FaultPlan, Faults
@@ -224,8 +226,10 @@ class OfflineApi:
         model: OfflineModel,
         faults: Faults,
         stats: Stats,
+        clock: SimClock | None = None,
     ) -> None:
         self.config = config
+        self.clock = clock if clock is not None else model.cache.clock
         self.store = store
         self.model = model
         self.faults = faults
@@ -274,6 +278,8 @@ class OfflineApi:
         r.add_get("/_control/faults", self.get_faults)
         r.add_get("/_control/stats", self.get_stats)
         r.add_post("/_control/reset", self.reset)
+        r.add_post("/_control/clock", self.set_clock)
+        r.add_get("/_control/clock", self.get_clock)
         r.add_get("/_control/health", self.health)
         return app
 
@@ -1018,8 +1024,29 @@ class OfflineApi:
     async def get_stats(self, request: web.Request) -> web.Response:
         return _json(self.stats.snapshot())
 
+    def _clock_json(self) -> dict[str, Any]:
+        return {**self.clock.to_json(), "cache_ttl_seconds": self.model.cache.ttl_seconds}
+
+    async def set_clock(self, request: web.Request) -> web.Response:
+        """`{"now": <epoch seconds>}`: simulated time from now on; `{"now": null}`: real time."""
+        body = await _body(request)
+        if "now" not in body:
+            raise bad_request("'now' is required (epoch seconds, or null for real time)", "now")
+        value = body["now"]
+        if value is None:
+            self.clock.use_real_time()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            self.clock.set(float(value))
+        else:
+            raise bad_request("'now' must be a number of seconds or null", "now")
+        return _json(self._clock_json())
+
+    async def get_clock(self, request: web.Request) -> web.Response:
+        return _json(self._clock_json())
+
     async def reset(self, request: web.Request) -> web.Response:
-        """Clear faults, stats, the prompt cache and every stored object."""
+        """Clear faults, stats, the prompt cache and every stored object; back to real time."""
+        self.clock.use_real_time()
         self.faults.clear()
         self.stats.reset()
         self.model.cache.clear()

@@ -5,9 +5,14 @@ the prompt, in steps of 128 tokens from 1,024 (1024, 1152, 1280, ...), that an
 earlier request in the same scope already sent. The scope is the model plus the
 `prompt_cache_key` when one is given (else the model alone): caches live per model.
 
+A cached prefix expires after ``ttl_seconds`` of inactivity (OpenAI: 5-10 minutes with
+the default in-memory retention); every request that sends a prefix, hit or not,
+refreshes it. Time is read from a `SimClock` (real, or simulated by a benchmark); when
+the clock switches between real and simulated time the cache starts empty.
+
 Each boundary prefix is remembered as a digest of its tokens; the digests are computed
 incrementally in one pass over the prompt (one hasher, updated chunk by chunk), and
-kept in a bounded LRU.
+kept in a bounded LRU ordered by last use (so expired entries are dropped from its front).
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from .clock import SimClock
+
 MIN_CACHEABLE_TOKENS = 1024
 CACHE_STEP_TOKENS = 128
+DEFAULT_TTL_SECONDS = 600.0
 
 
 def cache_boundaries(prompt_len: int) -> list[int]:
@@ -29,11 +37,20 @@ def cache_boundaries(prompt_len: int) -> list[int]:
 
 
 class PromptCache:
-    """Remembers hashed prompt prefixes and reports how many tokens were cached."""
+    """Remembers hashed prompt prefixes and reports how many tokens were cached.
 
-    def __init__(self, max_entries: int = 500_000) -> None:
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+    ``ttl_seconds`` of 0 means cached prefixes never expire.
+    """
+
+    def __init__(self, max_entries: int = 500_000, ttl_seconds: float = DEFAULT_TTL_SECONDS,
+                 clock: SimClock | None = None) -> None:
+        if ttl_seconds < 0:
+            raise ValueError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # digest -> last used
         self._max = max_entries
+        self.ttl_seconds = float(ttl_seconds)
+        self.clock = clock if clock is not None else SimClock()
+        self._base = self.clock.base
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -56,17 +73,40 @@ class PromptCache:
             start = end
         return keys
 
-    def lookup_and_remember(self, scope: str, tokens: Sequence[int]) -> int:
-        """Cached tokens for this prompt; afterwards its prefixes count as seen."""
-        keys = self._prefix_keys(scope, tokens)
+    def _expire(self, now: float) -> None:
+        """Drop entries idle for longer than the TTL (the LRU front is the least recently used)."""
+        if self._base != self.clock.base:  # real <-> simulated: old stamps mean nothing now
+            self._seen.clear()
+            self._base = self.clock.base
+            return
+        if not self.ttl_seconds:
+            return
         seen = self._seen
+        horizon = now - self.ttl_seconds
+        while seen:
+            key, last_used = next(iter(seen.items()))
+            if last_used >= horizon:
+                break
+            del seen[key]
+
+    def lookup_and_remember(self, scope: str, tokens: Sequence[int]) -> int:
+        """Cached tokens for this prompt; afterwards its prefixes count as seen (now)."""
+        keys = self._prefix_keys(scope, tokens)
+        now = self.clock.now()
+        self._expire(now)
+        if not keys:
+            return 0
+        seen = self._seen
+        horizon = now - self.ttl_seconds if self.ttl_seconds else float("-inf")
         cached = 0
         for index in range(len(keys) - 1, -1, -1):
-            if keys[index] in seen:
+            last_used = seen.get(keys[index])
+            # The front sweep misses entries stamped later than now (simulated time set back).
+            if last_used is not None and last_used >= horizon:
                 cached = MIN_CACHEABLE_TOKENS + CACHE_STEP_TOKENS * index
                 break
         for key in keys:
-            seen[key] = None
+            seen[key] = now
             seen.move_to_end(key)
         while len(seen) > self._max:
             seen.popitem(last=False)

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 LATENCY_ENV = "OFFLINE_OPENAI_LATENCY_MS"
+CACHE_TTL_ENV = "OFFLINE_OPENAI_CACHE_TTL_SECONDS"
+DEFAULT_CACHE_TTL_SECONDS = 600.0
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50090
 
@@ -18,6 +20,8 @@ class OfflineConfig:
     port: int = 0
     latency_ms: int = 0  # baseline delay of every model call (chat, responses, run steps)
     poll_after_ms: int = 25  # `openai-poll-after-ms` hint on run retrievals
+    # Idle seconds after which a cached prompt prefix expires (0 = never).
+    cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -26,6 +30,8 @@ class OfflineConfig:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
         if self.poll_after_ms < 0:
             raise ValueError(f"poll_after_ms must be >= 0, got {self.poll_after_ms}")
+        if self.cache_ttl_seconds < 0:
+            raise ValueError(f"cache_ttl_seconds must be >= 0, got {self.cache_ttl_seconds}")
 
 
 def _env_latency(env: Mapping[str, str]) -> int:
@@ -36,6 +42,16 @@ def _env_latency(env: Mapping[str, str]) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{LATENCY_ENV} must be an integer number of milliseconds, got {raw!r}")
+
+
+def _env_cache_ttl(env: Mapping[str, str]) -> float:
+    raw = env.get(CACHE_TTL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CACHE_TTL_SECONDS
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{CACHE_TTL_ENV} must be a number of seconds, got {raw!r}")
 
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OfflineConfig:
@@ -53,10 +69,18 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         help=f"baseline latency of model calls (default: ${LATENCY_ENV} or 0)",
     )
     parser.add_argument("--poll-after-ms", type=int, default=25)
+    parser.add_argument(
+        "--cache-ttl-seconds",
+        type=float,
+        default=None,
+        help="idle seconds after which a cached prompt prefix expires, 0 = never "
+        f"(default: ${CACHE_TTL_ENV} or {DEFAULT_CACHE_TTL_SECONDS:g})",
+    )
     args = parser.parse_args(argv)
     latency = args.latency_ms if args.latency_ms is not None else _env_latency(env)
+    ttl = args.cache_ttl_seconds if args.cache_ttl_seconds is not None else _env_cache_ttl(env)
     try:
-        return OfflineConfig(args.host, args.port, latency, args.poll_after_ms)
+        return OfflineConfig(args.host, args.port, latency, args.poll_after_ms, ttl)
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from .app import OfflineApi
 from .caching import PromptCache
-from .config import OfflineConfig
+from .clock import SimClock
+from .config import DEFAULT_CACHE_TTL_SECONDS, OfflineConfig
 from .faults import Faults
 from .generation import OfflineModel
 from .stats import Stats
@@ -30,9 +31,10 @@ class OfflineOpenAI:
         self.stats = Stats()
         self.store = StateStore()
         self.tokens = TokenCounter()
-        self.prompt_cache = PromptCache()
+        self.clock = SimClock()  # real time until a benchmark sets it (POST /_control/clock)
+        self.prompt_cache = PromptCache(ttl_seconds=config.cache_ttl_seconds, clock=self.clock)
         self.model = OfflineModel(self.tokens, self.prompt_cache, self.stats)
-        self.api = OfflineApi(config, self.store, self.model, self.faults, self.stats)
+        self.api = OfflineApi(config, self.store, self.model, self.faults, self.stats, self.clock)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -59,7 +61,8 @@ class OfflineOpenAI:
         log.info(
             "offline openai server listening",
             extra={"event": "listening", "base_url": self.base_url,
-                   "latency_ms": self.config.latency_ms},
+                   "latency_ms": self.config.latency_ms,
+                   "cache_ttl_seconds": self.config.cache_ttl_seconds},
         )
 
     async def close(self) -> None:
@@ -85,9 +88,15 @@ class OfflineOpenAI:
 
 
 async def start_offline_openai(
-    host: str = "127.0.0.1", port: int = 0, latency_ms: int = 0
+    host: str = "127.0.0.1",
+    port: int = 0,
+    latency_ms: int = 0,
+    cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS,
 ) -> OfflineOpenAI:
     """Start the server on host:port (0 = a free port) and return it, already listening."""
-    server = OfflineOpenAI(OfflineConfig(host=host, port=port, latency_ms=latency_ms))
+    server = OfflineOpenAI(
+        OfflineConfig(host=host, port=port, latency_ms=latency_ms,
+                      cache_ttl_seconds=cache_ttl_seconds)
+    )
     await server.start()
     return server
