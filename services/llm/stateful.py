@@ -9,7 +9,7 @@ default) and ``services.llm.assistants_backend`` (Assistants API v2).
 Shared rules, so both backends bill the same way:
 - the instructions are the persona, byte for byte the same for every user,
   and the tool definitions (sorted, canonical JSON) come with it: a stable,
-  cacheable prefix under one ``prompt_cache_key`` per prefix (never per user);
+  cacheable prefix under one ``prompt_cache_key`` for the tier (never per user);
 - per-user context (the context line) and crisis guidance travel with the
   turn's input, not in the instructions; the context line is sent only when it
   changed since this conversation last saw it (remembered in a bounded LRU);
@@ -22,7 +22,6 @@ Shared rules, so both backends bill the same way:
 from __future__ import annotations
 
 import enum
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,13 +112,14 @@ class TurnPlanner:
     def plan(self, turn: TurnInput) -> TurnPlan:
         tools = self.catalog.for_turn(turn.generation.message_type, all_tools=turn.all_tools)
         line = turn.audience.context_line()
-        prefix = json.dumps(ToolCatalog.chat_format(tools), sort_keys=True) + "\x1f" + self.persona.coach
         return TurnPlan(
             instructions=self.persona.coach,
             tools=tools,
             context_line=line if self.memo.needs(turn.conversation_id, line) else None,
             safety=self.persona.safety if turn.generation.is_crisis else None,
-            cache_key=prompt_cache_key("stateful", prefix),
+            # One key for the tier's instructions, whatever tools a turn carries: turns
+            # with and without tools then route to the same cache (never per user).
+            cache_key=prompt_cache_key("stateful", self.persona.coach),
         )
 
     def sent(self, turn: TurnInput) -> None:
