@@ -79,12 +79,7 @@ def _check_generation(v: Validator, name: str, gen: pb.Generation) -> None:
 
 
 def _usage(usage: Usage) -> pb.TokenUsage:
-    return pb.TokenUsage(
-        input_tokens=usage.input_tokens,
-        cached_input_tokens=usage.cached_input_tokens,
-        output_tokens=usage.output_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-    )
+    return pb.TokenUsage(**usage.fields())
 
 
 def _audience(audience: pb.Audience) -> Audience:

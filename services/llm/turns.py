@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from dataclasses import dataclass
+
+from services.common.usage import Usage
 
 CRISIS = "MESSAGE_TYPE_CRISIS"
 
@@ -52,31 +53,6 @@ class Generation:
     @property
     def sends_temperature(self) -> bool:
         return self.temperature > 0
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens exactly as the upstream reported them; ``input_tokens`` includes cached ones."""
-
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
-        )
-
-    @staticmethod
-    def total(parts: Iterable[Usage]) -> Usage:
-        result = Usage()
-        for part in parts:
-            result = result + part
-        return result
 
 
 @dataclass(frozen=True)

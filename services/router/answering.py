@@ -29,26 +29,11 @@ from typing import Protocol
 
 from services.common.errors import CoachError, ResourceExhausted
 from services.common.metrics import CRISIS_EVENTS, ROUTES
+from services.common.usage import Usage
 from services.ledger.pricing import PriceBook
 from services.router.decision import Decision, MessageContext, MessageType, PriorTurn, Route, Router
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Usage:
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
-        )
 
 
 @dataclass(frozen=True)

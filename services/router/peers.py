@@ -75,17 +75,11 @@ def storage_error(exc: grpc.aio.AioRpcError, what: str) -> CoachError:
 # -- proto <-> domain ---------------------------------------------------------------
 
 def usage_to_proto(usage: Usage) -> types_pb2.Usage:
-    return types_pb2.Usage(
-        input_tokens=usage.input_tokens,
-        cached_input_tokens=usage.cached_input_tokens,
-        output_tokens=usage.output_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-    )
+    return types_pb2.Usage(**usage.fields())
 
 
 def usage_from_proto(usage: types_pb2.Usage | llm_service_pb2.TokenUsage) -> Usage:
-    return Usage(usage.input_tokens, usage.cached_input_tokens, usage.output_tokens,
-                 usage.reasoning_tokens)
+    return Usage.of(usage)
 
 
 def route_to_proto(route: Route) -> types_pb2.Route.ValueType:

@@ -26,12 +26,7 @@ def answer_record_pb(record: AnswerRecord) -> ledger_pb.AnswerRecord:
             ledger_pb.Charge(
                 model=c.model,
                 purpose=c.purpose,
-                usage=types_pb2.Usage(
-                    input_tokens=c.usage.input_tokens,
-                    cached_input_tokens=c.usage.cached_input_tokens,
-                    output_tokens=c.usage.output_tokens,
-                    reasoning_tokens=c.usage.reasoning_tokens,
-                ),
+                usage=types_pb2.Usage(**c.usage.fields()),
             )
             for c in record.charges
         ],

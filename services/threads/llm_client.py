@@ -23,12 +23,7 @@ def _turns(turns: Sequence[Turn]) -> list[llm_pb.ChatTurn]:
 
 
 def _usage(usage: llm_pb.TokenUsage) -> Usage:
-    return Usage(
-        input_tokens=usage.input_tokens,
-        cached_input_tokens=usage.cached_input_tokens,
-        output_tokens=usage.output_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-    )
+    return Usage.of(usage)
 
 
 def _failed(exc: grpc.aio.AioRpcError) -> PeerCallFailed:

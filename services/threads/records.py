@@ -10,19 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from services.common.usage import Usage
+
 ROUTE_ASSISTANT = "ROUTE_ASSISTANT"
 ROUTE_PATTERN = "ROUTE_PATTERN"
 
 USER = "user"
 COACH = "coach"
-
-
-@dataclass(frozen=True)
-class Usage:
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,7 @@ def exchange_pb(exchange: Exchange) -> pb.Exchange:
             pb.UpstreamCharge(
                 model=c.model,
                 purpose=c.purpose,
-                usage=types_pb2.Usage(
-                    input_tokens=c.usage.input_tokens,
-                    cached_input_tokens=c.usage.cached_input_tokens,
-                    output_tokens=c.usage.output_tokens,
-                    reasoning_tokens=c.usage.reasoning_tokens,
-                ),
+                usage=types_pb2.Usage(**c.usage.fields()),
             )
             for c in exchange.charges
         ],
@@ -130,8 +125,7 @@ def exchange_from_pb(message: pb.Exchange) -> Exchange:
             Charge(
                 model=c.model,
                 purpose=c.purpose or "answer",
-                usage=Usage(c.usage.input_tokens, c.usage.cached_input_tokens,
-                            c.usage.output_tokens, c.usage.reasoning_tokens),
+                usage=Usage.of(c.usage),
             )
             for c in message.charges
         ),
