@@ -12,6 +12,7 @@ import importlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +41,30 @@ def pg_admin_url() -> str:
     return os.environ.get("DATABASE_URL") or _embedded_pg_url()
 
 
-@pytest.fixture(scope="session")
-async def pg_url(pg_admin_url: str) -> AsyncIterator[str]:
-    """A fresh database for this test session, dropped at the end."""
-    name = f"coach_test_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(pg_admin_url)
+@asynccontextmanager
+async def fresh_database(admin_url: str, prefix: str = "coach_test") -> AsyncIterator[str]:
+    """A new, empty database on the server, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    yield _with_database(pg_admin_url, name)
-    conn = await asyncpg.connect(pg_admin_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield _with_database(admin_url, name)
     finally:
-        await conn.close()
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    async with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 def _with_database(url: str, database: str) -> str:

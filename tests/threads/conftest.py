@@ -12,8 +12,17 @@ import pytest
 from coach.threads.v1 import threads_service_pb2_grpc
 
 from services.common.server import CoachServer
-from tests.conftest import RunningService, start_service, stop_service
+from tests.conftest import RunningService, fresh_database, start_service, stop_service
 from tests.threads.fakes import FakeLedger, FakeLlm, serve_fake
+
+
+@pytest.fixture(scope="session")
+async def pg_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """The threads tests' own database. Their two replicas run for the whole session and
+    relay the outbox to a fake ledger: in a shared database they would take the records
+    of other folders' suites."""
+    async with fresh_database(pg_admin_url, "coach_threads") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
