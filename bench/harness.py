@@ -71,6 +71,7 @@ class BenchSuite:
     metrics_ports: dict[str, int] = field(default_factory=dict)
     offline_addr: str = ""
     started_s: float = 0.0
+    _http: aiohttp.ClientSession | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -108,8 +109,20 @@ class BenchSuite:
         self.started_s = time.perf_counter() - t0
 
     async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self.suite is not None:
             await self.suite.stop()
+
+    async def offline_set_clock(self, now: float) -> None:
+        """Simulated time on the offline server (its prompt cache expires on this clock)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        async with self._http.post(f"http://{self.offline_addr}/_control/clock",
+                                   json={"now": now}) as resp:
+            resp.raise_for_status()
+            await resp.read()
 
     # -- reading what the suite says about itself ---------------------------------------------
 

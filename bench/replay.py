@@ -1,4 +1,12 @@
-"""Replaying users through Router.Chat: sequential per user, concurrent across users."""
+"""Replaying users through Router.Chat: sequential per user, concurrent across users.
+
+`replay` sends every user's messages as fast as it can (the scale phase). `replay_in_windows`
+replays in simulated time: the messages of every user (and of several suites at once) are
+cut into lockstep windows of simulated time, ordered globally; before each window every
+suite's offline server clock is set to the window's start, then the window's messages go
+(sequential per user, concurrent across users and suites). So the offline server's prompt
+cache expires between a user's sessions as a real provider's would.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +14,14 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 from coach.router.v1 import types_pb2
 
 from bench.harness import RouterClient
-from bench.workload import User
-from services.ledger.pricing import PriceBook
+from bench.workload import Message, User
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,27 @@ class Sample:
     error: str = ""
     model: str = ""
     message_type: str = ""
-    # Simulated time of the message (day, local hour): for the cache-expiry estimate.
-    slot: tuple[int, int] = (0, 0)
+
+
+async def send(client: RouterClient, user: User, i: int, m: Message, *, timeout: float,
+               tag: str) -> Sample:
+    """One message through Router.Chat, as a Sample (an error is a Sample too)."""
+    t0 = time.perf_counter()
+    try:
+        reply = await client.chat(
+            user.user_id, m.text, request_id=f"{tag}-{user.user_id}-{i}",
+            local_hour=m.local_hour, streak=m.streak, display_name=m.display_name,
+            timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        return Sample(user.user_id, i, m.kind, "ERROR", time.perf_counter() - t0, 0, 0, 0,
+                      exc.code().name)
+    return Sample(
+        user.user_id, i, m.kind,
+        types_pb2.Route.Name(reply.route).removeprefix("ROUTE_"),
+        time.perf_counter() - t0, reply.cost_usd_nanos,
+        reply.usage.input_tokens, reply.usage.cached_input_tokens,
+        model=reply.model,
+        message_type=types_pb2.MessageType.Name(reply.message_type).removeprefix("MESSAGE_TYPE_"))
 
 
 async def replay(client: RouterClient, users: Sequence[User], *, concurrency: int,
@@ -43,30 +69,63 @@ async def replay(client: RouterClient, users: Sequence[User], *, concurrency: in
     async def one_user(user: User) -> None:
         async with gate:
             for i, m in enumerate(user.messages):
-                t0 = time.perf_counter()
-                try:
-                    reply = await client.chat(
-                        user.user_id, m.text, request_id=f"{tag}-{user.user_id}-{i}",
-                        local_hour=m.local_hour, streak=m.streak, display_name=m.display_name,
-                        timeout=timeout)
-                except grpc.aio.AioRpcError as exc:
-                    samples.append(Sample(user.user_id, i, m.kind, "ERROR",
-                                          time.perf_counter() - t0, 0, 0, 0, exc.code().name,
-                                          slot=(m.day, m.local_hour)))
-                    continue
-                samples.append(Sample(
-                    user.user_id, i, m.kind,
-                    types_pb2.Route.Name(reply.route).removeprefix("ROUTE_"),
-                    time.perf_counter() - t0, reply.cost_usd_nanos,
-                    reply.usage.input_tokens, reply.usage.cached_input_tokens,
-                    model=reply.model,
-                    message_type=types_pb2.MessageType.Name(reply.message_type).removeprefix(
-                        "MESSAGE_TYPE_"),
-                    slot=(m.day, m.local_hour)))
+                samples.append(await send(client, user, i, m, timeout=timeout, tag=tag))
 
     started = time.perf_counter()
     await asyncio.gather(*(one_user(u) for u in users))
     return samples, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class WindowedRun:
+    """One suite's part of a lockstep replay: its router client, tag and clock setter."""
+
+    client: RouterClient
+    tag: str
+    set_clock: Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    windows: int
+    window_s: int
+    deepest: int  # most messages one user sent in one window
+    wall_s: float
+
+
+async def replay_in_windows(runs: Sequence[WindowedRun], users: Sequence[User], *,
+                            window_s: int, origin: float, concurrency: int, timeout: float,
+                            ) -> tuple[list[list[Sample]], WindowStats]:
+    """Every run replays the same users in lockstep windows of ``window_s`` simulated seconds.
+
+    Windows are ordered globally (all users, all runs); empty ones are skipped. Before a
+    window, every run's clock is set to ``origin`` + the window's start; inside it, each
+    user's messages go in order and users (and runs) go concurrently, at most
+    ``concurrency`` users per run in flight. Returns each run's samples.
+    """
+    windows: dict[int, list[tuple[User, list[tuple[int, Message]]]]] = {}
+    for user in users:
+        per_window: dict[int, list[tuple[int, Message]]] = {}
+        for i, m in enumerate(user.messages):
+            per_window.setdefault(m.at_s // window_s, []).append((i, m))
+        for w, msgs in per_window.items():
+            windows.setdefault(w, []).append((user, msgs))
+    out: list[list[Sample]] = [[] for _ in runs]
+    gates = [asyncio.Semaphore(concurrency) for _ in runs]
+
+    async def chain(k: int, user: User, msgs: list[tuple[int, Message]]) -> None:
+        run = runs[k]
+        async with gates[k]:
+            for i, m in msgs:
+                out[k].append(await send(run.client, user, i, m, timeout=timeout, tag=run.tag))
+
+    started = time.perf_counter()
+    for w in sorted(windows):
+        await asyncio.gather(*(run.set_clock(origin + w * window_s) for run in runs))
+        await asyncio.gather(*(chain(k, user, msgs) for k in range(len(runs))
+                               for user, msgs in windows[w]))
+    deepest = max((len(msgs) for chains in windows.values() for _, msgs in chains), default=0)
+    return out, WindowStats(len(windows), window_s, deepest, time.perf_counter() - started)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -118,25 +177,8 @@ def routes_by_kind(samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in sorted(out.items())}
 
 
-def cold_cache_cost(samples: Sequence[Sample], prices: PriceBook) -> int:
-    """Cost (nano-USD) had the provider's prompt cache expired between a user's sessions.
-
-    The replay compresses weeks into minutes, so a user's conversation prefix is
-    always still cached at the next message; a real provider keeps a cached prefix
-    for minutes, not hours. Here an answer keeps its cached tokens only when the
-    user's previous message was in the same simulated hour; otherwise they are
-    priced as ordinary input. Upkeep charges are left as they were.
-    """
-    last_slot: dict[str, tuple[int, int]] = {}
-    total = 0
-    for s in sorted(samples, key=lambda s: (s.user_id, s.turn)):
-        if s.error:
-            continue
-        total += s.cost_nanos
-        warm = last_slot.get(s.user_id) == s.slot
-        last_slot[s.user_id] = s.slot
-        if s.cached_input_tokens and s.model and not warm:
-            cached = prices.cost_usd_nanos(s.model, s.input_tokens, s.cached_input_tokens, 0).nanos
-            cold = prices.cost_usd_nanos(s.model, s.input_tokens, 0, 0).nanos
-            total += cold - cached
-    return total
+def cache_hit_share(samples: Sequence[Sample]) -> float:
+    """Cached input tokens / input tokens, as the ChatResponses reported them."""
+    ok = [s for s in samples if not s.error]
+    total = sum(s.input_tokens for s in ok)
+    return sum(s.cached_input_tokens for s in ok) / total if total else 0.0

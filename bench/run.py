@@ -5,9 +5,11 @@ OpenAI server and the four services as processes, on ports of its own):
 
 1. quality: scripts/eval_router.py figures and bench/classify_bench.py (in-process);
 2. cost: the same seeded workload (many users, weeks of messages each) and one long
-   conversation replayed through Router.Chat under COACH_POLICY=baseline, then
-   optimized; costs from ChatResponse.cost_usd_nanos, cross-checked with the ledger's
-   GetCostReport; upstream calls from the offline server's /_control/stats;
+   conversation replayed through Router.Chat under COACH_POLICY=baseline and optimized,
+   side by side, in lockstep windows of simulated time (each suite's offline server clock
+   set to the window's start, so cached prompts expire after 10 idle minutes as they do at
+   OpenAI); costs from ChatResponse.cost_usd_nanos, cross-checked with the ledger's
+   GetCostReport; upstream calls and cached tokens from the offline server's /_control/stats;
 3. latency: on the optimized suite, Router.Chat (canned, cheap tier) next to a bare
    grpc.aio health server, interleaved;
 4. a long conversation on the other stateful backend (assistants);
@@ -33,13 +35,22 @@ from typing import Any
 from bench import report
 from bench.harness import BareHealth, BenchSuite, RouterClient, histo_delta
 from bench.latency import make_targets, single_call_latency, throughput
-from bench.replay import cold_cache_cost, replay, routes_by_kind, summarize, tokens_at_turns
+from bench.replay import (
+    WindowedRun,
+    cache_hit_share,
+    replay,
+    replay_in_windows,
+    routes_by_kind,
+    summarize,
+    tokens_at_turns,
+)
 from bench.workload import build_workload, long_conversation, mix
 from services.common.settings import REPO_ROOT
-from services.ledger.pricing import PriceBook
 
 RESULTS = REPO_ROOT / "bench" / "results"
 LONG_USER = "long-lived"
+# Simulated time of day 0, 00:00 (a Monday) for the offline servers' clocks.
+SIM_ORIGIN = datetime(2026, 11, 2, tzinfo=UTC).timestamp()
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ class Size:
     scale_latency_ms: int
     classify_rounds: int
     assistants_long: bool
+    window_s: int = 900  # lockstep window of simulated time in the cost replay
 
 
 FULL = Size(users=80, days=21, concurrency=48, long_turns=210, checkpoints=(10, 30, 100, 200),
@@ -96,47 +108,62 @@ def quality(size: Size) -> dict[str, Any]:
             "eval_file": str(DEFAULT_FILE.relative_to(REPO_ROOT)), "classify": classify}
 
 
-async def cost_phase(suite: BenchSuite, size: Size, seed: int, log: logging.Logger) -> dict[str, Any]:
+async def cost_phases(suites: list[BenchSuite], size: Size, seed: int,
+                      log: logging.Logger) -> dict[str, dict[str, Any]]:
+    """Both policies replay the same workload side by side, in lockstep simulated time."""
     users = build_workload(size.users, size.days, seed)
     long_user = long_conversation(LONG_USER, size.long_turns, seed)
-    client = RouterClient(suite.address("router"))
+    clients = [RouterClient(suite.address("router")) for suite in suites]
     day0 = utc_day()
-    await suite.offline_reset()
-    before = await suite.rpc_histograms()
-    log.info(f"[{suite.name}] replaying {sum(len(u.messages) for u in users)} messages of "
-             f"{len(users)} users + a {size.long_turns}-turn conversation")
-    (samples, wall), (long_samples, _) = await asyncio.gather(
-        replay(client, users, concurrency=size.concurrency, timeout=30, tag=suite.name),
-        replay(client, [long_user], concurrency=1, timeout=30, tag=suite.name))
-    await client.close()
-    stats = await suite.offline_stats()
-    after = await suite.rpc_histograms()
-    every = samples + long_samples
-    answered = sum(1 for s in every if not s.error)
-    ledger = await suite.wait_ledger(answered, day0, utc_day())
-    summary = summarize(samples, wall)
-    return {
-        "workload": {"users": len(users), "days": size.days, "messages": len(samples),
-                     "expect_mix": mix(users), "long_turns": size.long_turns},
-        "summary": summary,
-        "all_messages": len(every),
-        "all_cost_nanos": sum(s.cost_nanos for s in every if not s.error),
-        "all_errors": sum(1 for s in every if s.error),
-        "all_routes": summarize(every, wall)["routes"],
-        "routes_by_kind": routes_by_kind(samples),
-        "types_by_route": routes_by_type(samples),
-        "cold_cache_cost_nanos": cold_cache_cost(samples, PriceBook.load()),
-        "long": {"tokens": tokens_at_turns(long_samples, LONG_USER, size.checkpoints),
-                 "summary": summarize(long_samples, 1.0)},
-        "ledger": {"total_calls": ledger.total_calls,
-                   "total_cost_nanos": ledger.total_cost_usd_nanos,
-                   "rows": [{"route": r.route, "model": r.model, "calls": r.calls,
-                             "cost_nanos": r.cost_usd_nanos} for r in ledger.rows]},
-        "upstream": stats,
-        "rpc": {f"{k[0]}.{k[1]}": {"count": h.count, "mean_ms": h.mean_ms}
-                for k, h in histo_delta(after, before).items() if h.count},
-        "suite_start_s": suite.started_s,
-    }
+    await asyncio.gather(*(suite.offline_reset() for suite in suites))
+    before = [await suite.rpc_histograms() for suite in suites]
+    log.info(f"[{' + '.join(s.name for s in suites)}] replaying "
+             f"{sum(len(u.messages) for u in users)} messages of {len(users)} users + a "
+             f"{size.long_turns}-turn conversation in {size.window_s // 60}-minute windows of "
+             "simulated time")
+    runs = [WindowedRun(client, suite.name, suite.offline_set_clock)
+            for client, suite in zip(clients, suites, strict=True)]
+    per_run, windows = await replay_in_windows(
+        runs, [*users, long_user], window_s=size.window_s, origin=SIM_ORIGIN,
+        concurrency=size.concurrency, timeout=30)
+    for client in clients:
+        await client.close()
+    out: dict[str, dict[str, Any]] = {}
+    for suite, every, hist in zip(suites, per_run, before, strict=True):
+        samples = [s for s in every if s.user_id != LONG_USER]
+        long_samples = [s for s in every if s.user_id == LONG_USER]
+        stats = await suite.offline_stats()
+        after = await suite.rpc_histograms()
+        answered = sum(1 for s in every if not s.error)
+        ledger = await suite.wait_ledger(answered, day0, utc_day())
+        summary = summarize(samples, windows.wall_s)
+        out[suite.name] = {
+            "workload": {"users": len(users), "days": size.days, "messages": len(samples),
+                         "expect_mix": mix(users), "long_turns": size.long_turns},
+            "summary": summary,
+            "simulated_time": {"window_s": windows.window_s, "windows": windows.windows,
+                               "deepest_user_window": windows.deepest,
+                               "origin": SIM_ORIGIN, "cache_ttl_s": 600},
+            "cache_hit_share": stats["cached_tokens"] / max(1, stats["input_tokens"]),
+            "cache_hit_share_chat": cache_hit_share(samples),
+            "all_messages": len(every),
+            "all_cost_nanos": sum(s.cost_nanos for s in every if not s.error),
+            "all_errors": sum(1 for s in every if s.error),
+            "all_routes": summarize(every, windows.wall_s)["routes"],
+            "routes_by_kind": routes_by_kind(samples),
+            "types_by_route": routes_by_type(samples),
+            "long": {"tokens": tokens_at_turns(long_samples, LONG_USER, size.checkpoints),
+                     "summary": summarize(long_samples, 1.0)},
+            "ledger": {"total_calls": ledger.total_calls,
+                       "total_cost_nanos": ledger.total_cost_usd_nanos,
+                       "rows": [{"route": r.route, "model": r.model, "calls": r.calls,
+                                 "cost_nanos": r.cost_usd_nanos} for r in ledger.rows]},
+            "upstream": stats,
+            "rpc": {f"{k[0]}.{k[1]}": {"count": h.count, "mean_ms": h.mean_ms}
+                    for k, h in histo_delta(after, hist).items() if h.count},
+            "suite_start_s": suite.started_s,
+        }
+    return out
 
 
 async def long_only(suite: BenchSuite, size: Size, seed: int) -> dict[str, Any]:
@@ -220,16 +247,23 @@ async def run(size: Size, quick: bool, seed: int, out_dir: Path, skip: set[str])
         except BaseException:
             await asyncio.gather(*(s.stop() for s in suites.values()), return_exceptions=True)
             raise
-    results["cost"] = {}
     try:
+        pair = [suites["baseline"], suites["optimized"]]
+        if any(s.suite is None for s in pair):
+            log.info("starting the baseline and optimized suites side by side")
+            await asyncio.gather(*(s.start() for s in pair if s.suite is None))
+        try:
+            results["cost"] = await cost_phases(pair, size, seed, log)
+        finally:
+            await suites["baseline"].stop()
         for name, suite in suites.items():
+            if name == "baseline":
+                continue
             if suite.suite is None:
                 log.info(f"starting the {name} suite (policy {suite.policy}, {suite.stateful_api}, "
                          f"upstream +{suite.latency_ms} ms)")
                 await suite.start()
             try:
-                if name in ("baseline", "optimized"):
-                    results["cost"][name] = await cost_phase(suite, size, seed, log)
                 if name == "optimized" and "latency" not in skip:
                     log.info("latency: Router.Chat vs a bare grpc.aio health check, interleaved")
                     results["latency"] = await latency_phase(suite, size, seed)

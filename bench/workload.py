@@ -7,6 +7,12 @@ the evening, now and then goal setting, accountability, pattern questions or dee
 coaching, acknowledgements after the coach answers, and (rarely) a crisis message.
 Everything is drawn from one seeded ``random.Random``: the same seed gives the same
 workload, so two policies replay exactly the same messages.
+
+Every message has a time (``at_s``, seconds from the start of day 0, the user's local
+time): minutes within its hour come from a second seeded generator (so the texts are the
+same as without times), an acknowledgement follows the message it answers by 1-3 minutes
+(one session), and a user's messages are in time order. The replay uses these times as
+the offline server's simulated clock, so the prompt cache expires as it would in real life.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Message:
     streak: int
     display_name: str
     day: int
+    at_s: int = 0  # seconds from the start of day 0 (the user's local time)
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ def _greeting(hour: int) -> str:
 
 
 def build_user(index: int, days: int, rng: random.Random, templates: Templates,
-               prefix: str, crisis_user: bool) -> User:
+               prefix: str, crisis_user: bool, clock_rng: random.Random | None = None) -> User:
     user_id = f"{prefix}-u{index:04d}"
     name = rng.choice(NAMES)
     streak = rng.randint(0, 20)
@@ -86,10 +93,15 @@ def build_user(index: int, days: int, rng: random.Random, templates: Templates,
     chatty = rng.random()           # how many messages a day this user tends to send
     crisis_day = rng.randrange(days) if crisis_user else -1
     out: list[Message] = []
+    clock = clock_rng if clock_rng is not None else random.Random(f"{prefix}/{index}/clock")
 
     def add(kind: str, hour: int, day: int) -> None:
         expect, text = templates.render(kind, rng, streak)
-        out.append(Message(user_id, kind, expect, text, hour % 24, streak, name, day))
+        if kind == "acknowledgement" and out:  # answers the coach: same session, minutes later
+            at = out[-1].at_s + 60 * clock.randint(1, 3)
+        else:
+            at = day * 86_400 + hour * 3_600 + 60 * clock.randint(0, 50) + clock.randint(0, 59)
+        out.append(Message(user_id, kind, expect, text, (at // 3_600) % 24, streak, name, day, at))
 
     for day in range(days):
         did_it = rng.random() < 0.72
@@ -120,6 +132,7 @@ def build_user(index: int, days: int, rng: random.Random, templates: Templates,
         else:
             streak = 0
             add(rng.choice(("struggle", "struggle", "accountability", "greeting_evening")), evening, day)
+    out.sort(key=lambda m: m.at_s)  # stable: a session keeps its order
     return User(user_id, name, tuple(out))
 
 
@@ -130,18 +143,22 @@ def build_workload(users: int, days: int, seed: int, prefix: str = "bench",
     templates = Templates()
     crisis_users = max(1, round(users * crisis_share)) if crisis_share > 0 else 0
     chosen = set(rng.sample(range(users), min(crisis_users, users)))
-    return [build_user(i, days, rng, templates, prefix, i in chosen) for i in range(users)]
+    return [build_user(i, days, rng, templates, prefix, i in chosen,
+                       random.Random(f"{seed}/{prefix}/{i}/clock")) for i in range(users)]
 
 
 def long_conversation(user_id: str, turns: int, seed: int, kind: str = "deep_coaching") -> User:
     """One long-lived user sending ``turns`` messages of the same kind (all on the stateful
-    tier), to see how the stateful input tokens per turn grow with the conversation."""
+    tier), to see how the stateful input tokens per turn grow with the conversation: four
+    turns each evening at 20:00, two minutes apart (one session a day)."""
     rng = random.Random(seed)
     templates = Templates()
     msgs = []
     for turn in range(turns):
         expect, text = templates.render(kind, rng, 5)
-        msgs.append(Message(user_id, kind, expect, text, 20, 5, "Sam", turn // 4))
+        day = turn // 4
+        msgs.append(Message(user_id, kind, expect, text, 20, 5, "Sam", day,
+                            day * 86_400 + 20 * 3_600 + 120 * (turn % 4)))
     return User(user_id, "Sam", tuple(msgs))
 
 
