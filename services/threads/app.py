@@ -32,13 +32,10 @@ async def create_server(settings: Settings) -> CoachServer:
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
     try:
         await apply_migrations(pool, "threads", MIGRATIONS)
-        turn_pool = await create_pool(
-            settings.database_url, min_size=1, max_size=settings.turn_connections
-        )
     except BaseException:
         await pool.close()
         raise
-    repository = ThreadsRepository(pool, turn_pool)
+    repository = ThreadsRepository(pool)
     llm_channel = open_channel(settings.llm)
     ledger_channel = open_channel(settings.ledger)
     relay = LedgerRelay(
@@ -53,6 +50,7 @@ async def create_server(settings: Settings) -> CoachServer:
         api=settings.stateful_api,
         prune=settings.prune,
         summary_model=settings.summary_model,
+        turn_budget_s=settings.turn_budget_s,
     )
     relay.start()
     log.info("threads ready", extra={
@@ -67,7 +65,6 @@ async def create_server(settings: Settings) -> CoachServer:
     async def close() -> None:
         await llm_channel.close()
         await ledger_channel.close()
-        await turn_pool.close()
         await pool.close()
 
     name = threads_service_pb2.DESCRIPTOR.services_by_name["ThreadsService"].full_name

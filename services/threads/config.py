@@ -35,9 +35,15 @@ class Settings:
     flush_seconds: float
     llm_timeout_s: float
     ledger_timeout_s: float
+    # The one pool: every query is a short statement (a stateful turn holds no
+    # connection across its upstream calls; a lease row serializes a user's turns).
+    # COACH_THREADS_TURN_CONNECTIONS (the former pool of connections held for whole
+    # turns) is deprecated and ignored.
     db_pool_size: int
-    # Connections for stateful turns (each holds one for its whole turn).
-    turn_connections: int
+    # A stateful turn's time budget when the caller set no deadline (else the deadline,
+    # capped by this). The user's turn lease lasts this long plus a margin, so a crashed
+    # replica's lease expires by itself.
+    turn_budget_s: float
     # Persona + every function definition, in tokens, for baseline estimates;
     # None: counted from the llm service's data files (or a default).
     baseline_prefix_tokens: int | None
@@ -68,7 +74,7 @@ class Settings:
             flush_seconds=env.float("COACH_THREADS_FLUSH_SECONDS", 5.0),
             llm_timeout_s=env.float("COACH_THREADS_LLM_TIMEOUT_SECONDS", 60.0, minimum=0.1),
             ledger_timeout_s=env.float("COACH_THREADS_LEDGER_TIMEOUT_SECONDS", 5.0, minimum=0.1),
-            db_pool_size=env.int("COACH_THREADS_DB_POOL_SIZE", 10, minimum=2) or 10,
-            turn_connections=env.int("COACH_THREADS_TURN_CONNECTIONS", 20, minimum=1) or 20,
+            db_pool_size=env.int("COACH_THREADS_DB_POOL_SIZE", 20, minimum=2) or 20,
+            turn_budget_s=env.float("COACH_THREADS_TURN_BUDGET_SECONDS", 120.0, minimum=1.0),
             baseline_prefix_tokens=env.int("COACH_BASELINE_PREFIX_TOKENS", None, minimum=0),
         )

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
 
-from services.common.errors import CoachError, FailedPrecondition
+from services.common.errors import CoachError, FailedPrecondition, Unavailable
 from services.threads.records import (
     COACH,
     ROUTE_PATTERN,
@@ -32,10 +31,6 @@ from services.threads.records import (
 
 log = logging.getLogger(__name__)
 
-# Namespace of the per-user session advisory lock (two-key form: no clash with
-# single-key locks such as the migrations lock).
-TURN_LOCK_CLASS = 0x7468  # "th"
-
 _ROLE_OF_DIRECTION = {"in": USER, "out": COACH}
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -47,6 +42,30 @@ class _AlreadyStored(Exception):
 
 class ConversationConflict(Exception):
     """The active conversation changed under us (another writer); nothing was written."""
+
+
+@dataclass(frozen=True)
+class TurnLease:
+    """A user's turn lease (threads.turn_leases), owned while ``holder`` is ours and unexpired."""
+
+    user_id: str
+    holder: str
+
+
+_LEASE_HELD_SQL = """SELECT 1 FROM threads.turn_leases
+                      WHERE user_id = $1 AND holder = $2 AND expires_at > now() FOR UPDATE"""
+
+
+async def _check_lease(conn: asyncpg.Connection, lease: TurnLease | None) -> None:
+    """Fencing, inside the caller's transaction: the lease is still ours (and stays so
+    until commit: the row is locked), else nothing is written."""
+    if lease is None:
+        return
+    if await conn.fetchval(_LEASE_HELD_SQL, lease.user_id, lease.holder) is None:
+        raise Unavailable(
+            "the user's turn lease expired or was taken over; nothing was stored",
+            reason="TURN_LEASE_LOST",
+        )
 
 
 @dataclass(frozen=True)
@@ -124,11 +143,9 @@ _EXCHANGE_COLUMNS = """request_id, user_id, user_text, coach_texts, route, messa
 
 
 class ThreadsRepository:
-    def __init__(self, pool: asyncpg.Pool, turn_pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        # Short statements only: no connection is held across an upstream call.
         self.pool = pool
-        # Connections held for a whole stateful turn (they carry the advisory
-        # lock); a pool of their own so long turns never starve short queries.
-        self.turn_pool = turn_pool
 
     # --- the router's hot path ------------------------------------------------------------
 
@@ -155,20 +172,25 @@ class ThreadsRepository:
         return _exchange_from_row(row) if row else None
 
     async def store_exchange(
-        self, new: NewExchange, conn: asyncpg.Connection | None = None
+        self, new: NewExchange, lease: TurnLease | None = None
     ) -> StoredExchange:
         """Stores the exchange, its messages, stats, pending upkeep charges, outbox row and goals
-        in one transaction; a request_id already stored returns the first exchange instead."""
-        if conn is None:
-            async with self.pool.acquire() as own:
-                return await self._store_exchange(new, own)
-        return await self._store_exchange(new, conn)
+        in one transaction; a request_id already stored returns the first exchange instead.
 
-    async def _store_exchange(self, new: NewExchange, conn: asyncpg.Connection) -> StoredExchange:
+        With a ``lease`` (a stateful turn), the transaction first checks the lease is still
+        ours and raises UNAVAILABLE (TURN_LEASE_LOST), storing nothing, when it is not.
+        """
+        async with self.pool.acquire() as conn:
+            return await self._store_exchange(new, conn, lease)
+
+    async def _store_exchange(
+        self, new: NewExchange, conn: asyncpg.Connection, lease: TurnLease | None
+    ) -> StoredExchange:
         ex = new.exchange
         coach_text = "\n\n".join(ex.coach_texts)
         try:
             async with conn.transaction():
+                await _check_lease(conn, lease)
                 return await self._insert_exchange(new, coach_text, conn)
         except _AlreadyStored:
             pass  # rolled back: stats and owed upkeep are as they were
@@ -309,42 +331,38 @@ class ThreadsRepository:
         active = _conversation_from_row(rows[0]) if rows and rows[0]["status"] == "active" else None
         return ConversationView(active, generation=len(rows))
 
-    # --- a stateful turn, on the connection that holds the user's lock -------------------
+    # --- a stateful turn: short statements under the user's turn lease -------------------
 
-    @asynccontextmanager
-    async def user_turn_lock(self, user_id: str) -> AsyncIterator[asyncpg.Connection]:
-        """A connection holding the user's session advisory lock, for the whole turn.
+    async def try_acquire_turn_lease(self, lease: TurnLease, ttl_s: float) -> bool:
+        """One statement: takes the user's lease if it is free or expired (a dead holder's)."""
+        row = await self.pool.fetchrow(
+            """INSERT INTO threads.turn_leases AS l (user_id, holder, expires_at)
+               VALUES ($1, $2, now() + $3::interval)
+               ON CONFLICT (user_id) DO UPDATE
+                   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                 WHERE l.expires_at < now()
+               RETURNING holder""",
+            lease.user_id, lease.holder, timedelta(seconds=ttl_s),
+        )
+        return row is not None
 
-        Serializes a user's turns across every replica of the service. The lock
-        is released in ``finally``; should that fail, the connection is dropped
-        (PostgreSQL then releases the lock itself).
-        """
-        async with self.turn_pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", TURN_LOCK_CLASS, user_id)
-            try:
-                yield conn
-            finally:
-                try:
-                    await conn.execute(
-                        "SELECT pg_advisory_unlock($1, hashtext($2))", TURN_LOCK_CLASS, user_id
-                    )
-                except BaseException:
-                    log.warning("advisory unlock failed; dropping the connection",
-                                extra={"user_id": user_id})
-                    conn.terminate()
-                    raise
+    async def release_turn_lease(self, lease: TurnLease) -> None:
+        await self.pool.execute(
+            "DELETE FROM threads.turn_leases WHERE user_id = $1 AND holder = $2",
+            lease.user_id, lease.holder,
+        )
 
-    async def active_conversation(self, conn: asyncpg.Connection, user_id: str) -> Conversation | None:
-        row = await conn.fetchrow(
+    async def active_conversation(self, user_id: str) -> Conversation | None:
+        row = await self.pool.fetchrow(
             "SELECT * FROM threads.conversations WHERE user_id = $1 AND status = 'active'", user_id
         )
         return _conversation_from_row(row) if row else None
 
     async def unseen_messages(
-        self, conn: asyncpg.Connection, conversation: Conversation, limit: int
+        self, conversation: Conversation, limit: int
     ) -> list[HistoryMessage]:
         """The newest ``limit`` messages the conversation has not seen, oldest first."""
-        rows = await conn.fetch(
+        rows = await self.pool.fetch(
             """SELECT id, direction, text FROM threads.messages
                 WHERE user_id = $1 AND id > $2 AND conversation_id IS DISTINCT FROM $3
                 ORDER BY id DESC LIMIT $4""",
@@ -353,9 +371,9 @@ class ThreadsRepository:
         return list(reversed(_history(rows)))
 
     async def recent_messages(
-        self, conn: asyncpg.Connection, user_id: str, limit: int
+        self, user_id: str, limit: int
     ) -> list[HistoryMessage]:
-        rows = await conn.fetch(
+        rows = await self.pool.fetch(
             """SELECT id, direction, text FROM threads.messages
                 WHERE user_id = $1 ORDER BY id DESC LIMIT $2""",
             user_id, limit,
@@ -363,9 +381,9 @@ class ThreadsRepository:
         return list(reversed(_history(rows)))
 
     async def messages_between(
-        self, conn: asyncpg.Connection, user_id: str, after_id: int, through_id: int
+        self, user_id: str, after_id: int, through_id: int
     ) -> list[HistoryMessage]:
-        rows = await conn.fetch(
+        rows = await self.pool.fetch(
             """SELECT id, direction, text FROM threads.messages
                 WHERE user_id = $1 AND id > $2 AND id <= $3 ORDER BY id""",
             user_id, after_id, through_id,
@@ -383,9 +401,8 @@ class ThreadsRepository:
 
     async def save_summary(
         self,
-        conn: asyncpg.Connection,
         *,
-        user_id: str,
+        lease: TurnLease,
         request_id: str,
         conversation_pk: int | None,
         summary: str,
@@ -394,21 +411,28 @@ class ThreadsRepository:
     ) -> None:
         """Records a summary step: its charge (owed by the next stored answer) and, when
         the user has an active conversation, the running summary, so that a rotation
-        interrupted later never summarizes the same messages twice."""
-        async with conn.transaction():
-            await self.add_pending_charge(conn, user_id, request_id, charge)
+        interrupted later never summarizes the same messages twice.
+
+        The charge is recorded whatever happens (it was paid); the running summary only
+        while ``lease`` is still ours, so a turn that lost its lease changes nothing else.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.add_pending_charge(conn, lease.user_id, request_id, charge)
             if conversation_pk is not None:
                 await conn.execute(
                     """UPDATE threads.conversations
                           SET summary = $2, summarized_through = $3, updated_at = now()
-                        WHERE id = $1 AND status = 'active'""",
-                    conversation_pk, summary, summarized_through,
+                        WHERE id = $1 AND status = 'active'
+                          AND EXISTS (SELECT 1 FROM threads.turn_leases
+                                       WHERE user_id = $4 AND holder = $5
+                                         AND expires_at > now() FOR UPDATE)""",
+                    conversation_pk, summary, summarized_through, lease.user_id, lease.holder,
                 )
 
     async def mark_appended(
-        self, conn: asyncpg.Connection, conversation_pk: int, seen_through: int, appended: int
+        self, conversation_pk: int, seen_through: int, appended: int
     ) -> None:
-        await conn.execute(
+        await self.pool.execute(
             """UPDATE threads.conversations
                   SET seen_through = greatest(seen_through, $2),
                       turns_in_window = turns_in_window + $3, updated_at = now()
@@ -418,10 +442,9 @@ class ThreadsRepository:
 
     async def replace_conversation(
         self,
-        conn: asyncpg.Connection,
         *,
+        lease: TurnLease,
         old: Conversation | None,
-        user_id: str,
         provider_conversation_id: str,
         api: str,
         summary: str,
@@ -432,10 +455,13 @@ class ThreadsRepository:
         """In one transaction: archive ``old`` (if any) and insert the new active mapping.
 
         Raises ConversationConflict (and writes nothing) when ``old`` is no longer
-        the user's active conversation.
+        the user's active conversation; raises UNAVAILABLE (TURN_LEASE_LOST), writing
+        nothing, when ``lease`` is no longer ours.
         """
+        user_id = lease.user_id
         try:
-            async with conn.transaction():
+            async with self.pool.acquire() as conn, conn.transaction():
+                await _check_lease(conn, lease)
                 if old is not None:
                     status = await conn.execute(
                         """UPDATE threads.conversations

@@ -200,6 +200,7 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
                     all_tools=request.baseline,
                 ),
                 baseline=request.baseline,
+                time_remaining_s=context.time_remaining(),
             )
         )
         exchange, created = _stored(stored)

@@ -1,9 +1,17 @@
 """One stateful turn for a user: serialized, continuity back-filled, pruned, stored.
 
-Per user, turns never overlap: an in-process asyncio lock, then a PostgreSQL
-session advisory lock held on the turn's own connection, so several replicas
-serialize too. Inside the lock the request id is checked again: a retry gets
-the stored exchange back and the upstream is not called twice.
+Per user, turns never overlap: an in-process asyncio lock (same-replica turns
+queue there and never poll), then a lease row in ``threads.turn_leases`` so
+several replicas serialize too. The lease is taken in one short statement and
+released in ``finally``; no database connection is held across an upstream
+call, so concurrent users are limited by the upstream, not by a pool. The
+lease expires by itself (the turn's time budget plus a margin), so a crashed
+holder never blocks a user for long. Fencing: the transactions that store the
+turn's results (the exchange, a conversation rotation) check in the same
+transaction that the lease is still ours, and otherwise store nothing
+(UNAVAILABLE, TURN_LEASE_LOST): two replicas never both write a turn.
+Inside the lease the request id is checked again: a retry gets the stored
+exchange back and the upstream is not called twice.
 
 If an llm call fails, its error goes back to the caller as is and no exchange
 is stored; the router answers with a fallback and records that instead. Upkeep
@@ -13,14 +21,17 @@ exchange stored for the user (the fallback for this very request).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
+import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import asyncpg
-
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, Unavailable
 from services.threads.history import History
 from services.threads.ports import ConversationProvider, TurnSettings
 from services.threads.pruning import (
@@ -40,7 +51,7 @@ from services.threads.records import (
     StoredExchange,
     ToolCall,
 )
-from services.threads.repository import ConversationConflict, ThreadsRepository
+from services.threads.repository import ConversationConflict, ThreadsRepository, TurnLease
 from services.threads.user_locks import UserLocks
 
 log = logging.getLogger(__name__)
@@ -54,6 +65,14 @@ APPEND_BATCH = MAX_TURNS_PER_CALL
 
 SAVE_GOAL_TOOL = "save_goal"
 
+# A lease outlives the turn's time budget by this much (then a dead holder's expires).
+LEASE_MARGIN_S = 5.0
+# Waiting for another replica's lease: backoff from 10 ms doubling to 200 ms, with jitter.
+LEASE_POLL_FIRST_S = 0.01
+LEASE_POLL_MAX_S = 0.2
+# Give up waiting this long before the caller's deadline, so the caller gets our reason.
+LEASE_WAIT_SLACK_S = 0.1
+
 
 @dataclass(frozen=True)
 class StatefulTurnRequest:
@@ -63,6 +82,8 @@ class StatefulTurnRequest:
     message_type: str
     settings: TurnSettings
     baseline: bool
+    # Seconds until the caller's deadline; None: no deadline (the default budget applies).
+    time_remaining_s: float | None = None
 
 
 def goals_from_tool_calls(calls: tuple[ToolCall, ...]) -> tuple[GoalSaved, ...]:
@@ -97,6 +118,7 @@ class StatefulTurns:
         api: str,
         prune: PruneSettings,
         summary_model: str,
+        turn_budget_s: float = 120.0,
     ) -> None:
         self.repository = repository
         self.history = history
@@ -104,6 +126,7 @@ class StatefulTurns:
         self.api = api
         self.prune = prune
         self.summary_model = summary_model
+        self.turn_budget_s = turn_budget_s
         self.locks = UserLocks()
 
     async def run(self, request: StatefulTurnRequest) -> StoredExchange:
@@ -111,14 +134,18 @@ class StatefulTurns:
         stored = await self._already_answered(request)
         if stored is not None:
             return stored
+        budget = request.time_remaining_s
+        if budget is None or budget > self.turn_budget_s:
+            budget = self.turn_budget_s
+        deadline = started + budget
         async with (
             self.locks.hold(request.user_id),
-            self.repository.user_turn_lock(request.user_id) as conn,
+            self._lease(request.user_id, deadline) as lease,
         ):
-            stored = await self._already_answered(request, conn)
+            stored = await self._already_answered(request)
             if stored is not None:
                 return stored
-            conversation = await self._prepare_conversation(conn, request)
+            conversation = await self._prepare_conversation(lease, request)
             reply = await self.provider.stateful_turn(
                 request_id=request.request_id,
                 user_id=request.user_id,
@@ -144,7 +171,7 @@ class StatefulTurns:
                 goals=goals_from_tool_calls(reply.tool_calls),
                 conversation_pk=conversation.id,
             )
-            stored = await self.repository.store_exchange(new, conn)
+            stored = await self.repository.store_exchange(new, lease)
         if stored.created:
             self.history.on_stored()
         log.info(
@@ -162,10 +189,40 @@ class StatefulTurns:
         )
         return stored
 
-    async def _already_answered(
-        self, request: StatefulTurnRequest, conn: asyncpg.Connection | None = None
-    ) -> StoredExchange | None:
-        existing = await self.repository.get_exchange(request.request_id, conn)
+    @asynccontextmanager
+    async def _lease(self, user_id: str, deadline: float) -> AsyncIterator[TurnLease]:
+        """The user's turn lease, waited for (short polls) until ``deadline`` (monotonic)."""
+        lease = TurnLease(user_id, secrets.token_hex(16))
+        delay = LEASE_POLL_FIRST_S
+        waited_from = time.monotonic()
+        while True:
+            now = time.monotonic()
+            ttl = max(deadline - now, 0.0) + LEASE_MARGIN_S
+            if await self.repository.try_acquire_turn_lease(lease, ttl):
+                break
+            sleep = delay * random.uniform(0.5, 1.0)
+            if time.monotonic() + sleep > deadline - LEASE_WAIT_SLACK_S:
+                log.warning("user turn busy: lease held elsewhere until the deadline",
+                            extra={"user_id": user_id,
+                                   "waited_ms": int((time.monotonic() - waited_from) * 1000)})
+                raise Unavailable(
+                    "another turn of this user is running (on another replica); try again",
+                    reason="USER_TURN_BUSY",
+                )
+            await asyncio.sleep(sleep)
+            delay = min(delay * 2, LEASE_POLL_MAX_S)
+        try:
+            yield lease
+        finally:
+            try:
+                await self.repository.release_turn_lease(lease)
+            except Exception:
+                # It expires by itself; the user's next turn waits at most until then.
+                log.warning("turn lease release failed", exc_info=True,
+                            extra={"user_id": user_id})
+
+    async def _already_answered(self, request: StatefulTurnRequest) -> StoredExchange | None:
+        existing = await self.repository.get_exchange(request.request_id)
         if existing is None:
             return None
         if existing.user_id != request.user_id:
@@ -175,19 +232,19 @@ class StatefulTurns:
         return StoredExchange(existing, created=False)
 
     async def _prepare_conversation(
-        self, conn: asyncpg.Connection, request: StatefulTurnRequest
+        self, lease: TurnLease, request: StatefulTurnRequest
     ) -> Conversation:
         """The active conversation, with every unseen message in it, rotated when due."""
-        conversation = await self.repository.active_conversation(conn, request.user_id)
+        conversation = await self.repository.active_conversation(request.user_id)
         unseen: list[HistoryMessage] = []
         if conversation is not None:
             limit = BASELINE_BACKFILL_LIMIT if request.baseline else self.prune.keep_messages + 1
-            unseen = await self.repository.unseen_messages(conn, conversation, limit)
+            unseen = await self.repository.unseen_messages(conversation, limit)
         plan = plan_continuity(
             conversation, unseen, api=self.api, settings=self.prune, baseline=request.baseline
         )
         if plan.rotate:
-            return await self._rotate(conn, conversation, request, plan.reason)
+            return await self._rotate(lease, conversation, request, plan.reason)
         assert conversation is not None
         appended = 0
         for start in range(0, len(plan.append), APPEND_BATCH):
@@ -198,20 +255,20 @@ class StatefulTurns:
                 api=conversation.api,
                 turns=[m.turn() for m in batch],
             )
-            await self.repository.mark_appended(conn, conversation.id, batch[-1].id, len(batch))
+            await self.repository.mark_appended(conversation.id, batch[-1].id, len(batch))
             appended += len(batch)
         if appended:
             log.info("continuity back-filled", extra={
                 "user_id": request.user_id, "appended": appended,
                 "conversation_id": conversation.provider_conversation_id})
-            refreshed = await self.repository.active_conversation(conn, request.user_id)
+            refreshed = await self.repository.active_conversation(request.user_id)
             assert refreshed is not None
             return refreshed
         return conversation
 
     async def _rotate(
         self,
-        conn: asyncpg.Connection,
+        lease: TurnLease,
         old: Conversation | None,
         request: StatefulTurnRequest,
         reason: str,
@@ -226,7 +283,7 @@ class StatefulTurns:
         only folds in what is new.
         """
         keep = BASELINE_SEED_LIMIT if request.baseline else self.prune.keep_messages
-        recent = await self.repository.recent_messages(conn, request.user_id, keep)
+        recent = await self.repository.recent_messages(request.user_id, keep)
         plan = plan_rotation(
             recent,
             summarized_through=old.summarized_through if old else 0,
@@ -235,7 +292,7 @@ class StatefulTurns:
         summary = old.summary if old else ""
         if plan.needs_summary:
             older = await self.repository.messages_between(
-                conn, request.user_id, plan.summarize_after, plan.summarize_through
+                request.user_id, plan.summarize_after, plan.summarize_through
             )
             for batch in summary_batches(older, self.prune.summary_batch):
                 reply = await self.provider.summarize(
@@ -247,8 +304,7 @@ class StatefulTurns:
                 )
                 summary = reply.summary
                 await self.repository.save_summary(
-                    conn,
-                    user_id=request.user_id,
+                    lease=lease,
                     request_id=request.request_id,
                     conversation_pk=old.id if old else None,
                     summary=summary,
@@ -264,9 +320,8 @@ class StatefulTurns:
         )
         try:
             new = await self.repository.replace_conversation(
-                conn,
+                lease=lease,
                 old=old,
-                user_id=request.user_id,
                 provider_conversation_id=provider_id,
                 api=self.api,
                 summary=summary,
@@ -277,7 +332,7 @@ class StatefulTurns:
         except ConversationConflict:
             log.warning("provider conversation orphaned: the mapping changed meanwhile",
                         extra={"user_id": request.user_id, "conversation_id": provider_id})
-            current = await self.repository.active_conversation(conn, request.user_id)
+            current = await self.repository.active_conversation(request.user_id)
             if current is None:
                 raise
             return current
