@@ -45,6 +45,9 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.max_concurrency: Counter[str] = Counter()
         self.active_per_user: Counter[str] = Counter()
         self.max_per_user: Counter[str] = Counter()
+        # StatefulTurn calls in flight right now, all users together, and the most seen.
+        self.in_flight = 0
+        self.max_in_flight = 0
         # method name -> how many next calls fail with UNAVAILABLE
         self.failures: Counter[str] = Counter()
         # When set, CreateConversation waits on it (to cancel a rotation midway).
@@ -87,6 +90,8 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.active_per_user[user] += 1
         self.max_concurrency[conv_id] = max(self.max_concurrency[conv_id], self.active_turns[conv_id])
         self.max_per_user[user] = max(self.max_per_user[user], self.active_per_user[user])
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.turn_delay_s:
                 await asyncio.sleep(self.turn_delay_s)
@@ -111,6 +116,7 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
                 response_id=f"resp_{len(self.turn_calls)}",
             )
         finally:
+            self.in_flight -= 1
             self.active_turns[conv_id] -= 1
             self.active_per_user[user] -= 1
 

@@ -237,3 +237,82 @@ async def test_rotation_cancelled_midway_leaves_one_active_conversation(
                           user_id)
     assert [r["status"] for r in rows] == ["archived", "active"]
     assert [len(c.turns) for c in per_user(llm.summarize_calls, user_id)] == [20]
+
+
+# --- the turn lease (serializes a user's turns across replicas, holds no connection) ----
+
+
+async def test_a_dead_holders_expired_lease_does_not_block(
+    stub: Stub, user_id: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        """INSERT INTO threads.turn_leases (user_id, holder, expires_at)
+           VALUES ($1, 'crashed-replica', now() - interval '1 second')""",
+        user_id,
+    )
+    done = await stub.RunStatefulTurn(turn_request(user_id, "after a crash"), timeout=5)
+    assert done.created
+    # Released once the turn is done.
+    assert await db.fetchval(
+        "SELECT count(*) FROM threads.turn_leases WHERE user_id = $1", user_id) == 0
+
+
+async def test_a_live_lease_elsewhere_makes_the_turn_fail_within_its_deadline(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        """INSERT INTO threads.turn_leases (user_id, holder, expires_at)
+           VALUES ($1, 'another-replica', now() + interval '1 hour')""",
+        user_id,
+    )
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RunStatefulTurn(turn_request(user_id, "blocked"), timeout=1.0)
+        waited = asyncio.get_running_loop().time() - started
+        code, reason, _ = error_from_rpc(err.value)
+        assert (code, reason) == ("UNAVAILABLE", "USER_TURN_BUSY")
+        assert 0.5 < waited < 1.0  # it waited for the lease, then answered before the deadline
+        assert per_user(llm.turn_calls, user_id) == [] and per_user(llm.create_calls, user_id) == []
+        assert (await stub.CountMessages(pb.CountMessagesRequest(user_id=user_id))).count == 0
+        assert await db.fetchval(
+            "SELECT holder FROM threads.turn_leases WHERE user_id = $1", user_id
+        ) == "another-replica"
+    finally:
+        await db.execute("DELETE FROM threads.turn_leases WHERE user_id = $1", user_id)
+    assert (await stub.RunStatefulTurn(turn_request(user_id, "free again"), timeout=5)).created
+
+
+async def test_a_turn_that_lost_its_lease_stores_nothing(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    await stub.RunStatefulTurn(turn_request(user_id, "hello"))
+    llm.turn_delay_s = 0.3
+    call = asyncio.ensure_future(stub.RunStatefulTurn(turn_request(user_id, "slow one")))
+    await wait_for(lambda: llm.active_per_user[user_id] == 1)
+    # Another replica took over (as if ours had expired) while the upstream answered.
+    assert await db.execute(
+        "UPDATE threads.turn_leases SET holder = 'usurper' WHERE user_id = $1", user_id
+    ) == "UPDATE 1"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    code, reason, _ = error_from_rpc(err.value)
+    assert (code, reason) == ("UNAVAILABLE", "TURN_LEASE_LOST")
+    assert (await stub.CountMessages(pb.CountMessagesRequest(user_id=user_id))).count == 1
+    # Not ours: left to its holder.
+    assert await db.fetchval(
+        "SELECT holder FROM threads.turn_leases WHERE user_id = $1", user_id) == "usurper"
+    await db.execute("DELETE FROM threads.turn_leases WHERE user_id = $1", user_id)
+
+
+async def test_many_users_turns_are_not_limited_by_a_connection_pool(
+    stub: Stub, llm: FakeLlm
+) -> None:
+    llm.turn_delay_s = 0.3
+    llm.max_in_flight = 0
+    users = [f"many-{i}-{rid()[-8:]}" for i in range(60)]
+    # All on one replica: its database pool (20) must not cap the turns in flight.
+    results = await asyncio.gather(
+        *(stub.RunStatefulTurn(turn_request(u, "first turn"), timeout=30) for u in users))
+    assert all(r.created for r in results)
+    assert llm.max_in_flight > 20
