@@ -142,10 +142,12 @@ class StatefulTurns:
             self.locks.hold(request.user_id),
             self._lease(request.user_id, deadline) as lease,
         ):
+            leased = time.monotonic()
             stored = await self._already_answered(request)
             if stored is not None:
                 return stored
             conversation = await self._prepare_conversation(lease, request)
+            prepared = time.monotonic()
             reply = await self.provider.stateful_turn(
                 request_id=request.request_id,
                 user_id=request.user_id,
@@ -166,6 +168,7 @@ class StatefulTurns:
                 conversation_id=conversation.provider_conversation_id,
                 latency_ms=int((time.monotonic() - started) * 1000),
             )
+            answered = time.monotonic()
             new = self.history.prepare(
                 exchange,
                 goals=goals_from_tool_calls(reply.tool_calls),
@@ -185,6 +188,12 @@ class StatefulTurns:
                 "output_tokens": reply.usage.output_tokens,
                 "held_messages": conversation.held_messages + 2,
                 "latency_ms": stored.exchange.latency_ms,
+                # Where the time went: waiting for the user's turn (lock + lease),
+                # continuity/rotation, the upstream turn, storing.
+                "wait_ms": int((leased - started) * 1000),
+                "prepare_ms": int((prepared - leased) * 1000),
+                "upstream_ms": int((answered - prepared) * 1000),
+                "store_ms": int((time.monotonic() - answered) * 1000),
             },
         )
         return stored
