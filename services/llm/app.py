@@ -29,6 +29,7 @@ def _upstream(settings: Settings, tier: UpstreamSettings, clock: Clock) -> Upstr
         classify=classify,
         call_timeout_s=r.call_timeout_s,
         clock=clock,
+        max_in_flight=r.max_in_flight,
     )
 
 

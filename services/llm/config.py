@@ -39,6 +39,8 @@ Other variables (defaults in brackets):
   ``COACH_RETRY_MAX_SECONDS`` [5]: our retry loop (the SDK's own is off).
 - ``COACH_BREAKER_FAILURES`` [5], ``COACH_BREAKER_COOLDOWN_SECONDS`` [10]:
   circuit breaker per tier.
+- ``COACH_UPSTREAM_MAX_IN_FLIGHT`` [64]: upstream calls in flight per tier; more
+  wait their turn (within their deadline) instead of overloading this process.
 - ``COACH_UPSTREAM_MAX_CONNECTIONS`` [500], ``COACH_UPSTREAM_KEEPALIVE`` [100]:
   HTTP pool per tier.
 - ``COACH_RUN_POLL_SECONDS`` [0.05] → ``COACH_RUN_POLL_MAX_SECONDS`` [1.0]:
@@ -81,6 +83,7 @@ class ResilienceSettings:
     retry_max_s: float
     breaker_failures: int
     breaker_cooldown_s: float
+    max_in_flight: int
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class Settings:
             retry_max_s=env.float("COACH_RETRY_MAX_SECONDS", 5.0),
             breaker_failures=env.int("COACH_BREAKER_FAILURES", 5, minimum=1) or 5,
             breaker_cooldown_s=env.float("COACH_BREAKER_COOLDOWN_SECONDS", 10.0),
+            max_in_flight=env.int("COACH_UPSTREAM_MAX_IN_FLIGHT", 64, minimum=1) or 64,
         )
         return cls(
             server=server_settings(env, "llm"),

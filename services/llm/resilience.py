@@ -285,6 +285,7 @@ class Upstream:
         classify: Classifier,
         call_timeout_s: float,
         clock: Clock,
+        max_in_flight: int = 64,
     ) -> None:
         self.name = name
         self.breaker = breaker
@@ -292,6 +293,9 @@ class Upstream:
         self.classify = classify
         self.call_timeout_s = call_timeout_s
         self.clock = clock
+        # A bulkhead: at most this many calls in flight; the rest wait (within their
+        # deadline) rather than all contending for the CPU and the connection pool.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     def _failure(self, exc: BaseException) -> UpstreamFailure | None:
         if isinstance(exc, TimeoutError):
@@ -327,10 +331,23 @@ class Upstream:
                     metadata={"upstream": self.name},
                     retry_after_s=retry_in,
                 )
-            timeout = min(self.call_timeout_s, remaining)
             try:
-                async with asyncio.timeout(timeout):
-                    result = await op(timeout)
+                async with asyncio.timeout(remaining):
+                    await self._in_flight.acquire()
+            except TimeoutError:
+                self.breaker.release()
+                raise Unavailable(
+                    f"the {self.name} upstream has too many calls in flight; none freed up in time",
+                    reason="UPSTREAM_BUSY",
+                    metadata={"upstream": self.name},
+                ) from None
+            timeout = min(self.call_timeout_s, deadline.remaining())
+            try:
+                try:
+                    async with asyncio.timeout(timeout):
+                        result = await op(timeout)
+                finally:
+                    self._in_flight.release()
             except asyncio.CancelledError:
                 self.breaker.release()
                 raise

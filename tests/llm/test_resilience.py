@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from services.common.errors import (
+    CoachError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -265,3 +266,37 @@ def test_retry_after_header_forms() -> None:
     assert retry_after_seconds(httpx2.Headers({"retry-after-ms": "250"})) == 0.25
     assert retry_after_seconds(httpx2.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
     assert retry_after_seconds(httpx2.Headers({})) is None
+
+
+async def test_a_bulkhead_bounds_calls_in_flight_and_a_busy_caller_gets_a_clear_status() -> None:
+    clock = SystemClock()
+    upstream = Upstream(
+        "cheap",
+        breaker=CircuitBreaker("cheap", failure_threshold=5, cooldown_s=10.0, clock=clock),
+        policy=RetryPolicy(max_attempts=1, base_s=0.2, max_s=5.0),
+        classify=classify,
+        call_timeout_s=5.0,
+        clock=clock,
+        max_in_flight=2,
+    )
+    in_flight = peak = 0
+    release = asyncio.Event()
+
+    async def op(timeout: float) -> str:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+        return "ok"
+
+    calls = [asyncio.create_task(upstream.call("chat", op, Deadline.after(clock, 5.0)))
+             for _ in range(5)]
+    await asyncio.sleep(0.05)
+    assert peak == 2  # the other three wait for a slot
+    with pytest.raises(CoachError) as busy:
+        await upstream.call("chat", op, Deadline.after(clock, 0.2))
+    assert (busy.value.code, busy.value.reason) == ("UNAVAILABLE", "UPSTREAM_BUSY")
+    release.set()
+    assert await asyncio.gather(*calls) == ["ok"] * 5
+    assert peak == 2
