@@ -605,7 +605,8 @@ class Classification:
     still applies onboarding, streak and hour rules). ``continues_thread`` means
     the message answers the coach's open coaching question and belongs on the
     stateful tier. ``did_you_answer`` is "yes" / "no" for a reply to a "did u do
-    it?" check-in, else "".
+    it?" check-in, else "". ``generic`` means no rule recognized anything in the
+    message (the "everyday update" default): on its own it says little.
     """
 
     message_type: MessageType
@@ -613,6 +614,7 @@ class Classification:
     canned_eligible: bool = False
     continues_thread: bool = False
     did_you_answer: str = ""
+    generic: bool = False
 
 
 @dataclass(frozen=True)
@@ -835,15 +837,13 @@ class Classifier:
         if own.message_type in COMPLEX_TYPES:
             return Classification(own.message_type, own.reason + "; answers the coach's "
                                   "open question", continues_thread=True)
-        if own.message_type is MessageType.ACKNOWLEDGEMENT or (
-            len(norm.tokens) <= self.short_reply_words and not norm.question
-        ) or (
-            # An everyday-sounding story told in answer to a reflective question
-            # ("My manager yelled at me in front of everyone") is the coaching itself.
-            thread in (MessageType.DEEP_COACHING, MessageType.PATTERN_ANALYSIS)
-            and own.message_type is MessageType.CHECK_IN and not norm.question
-        ):
-            # "yes", "ok", "probably the weekends": meaningful only as an answer.
+        if own.message_type is MessageType.ACKNOWLEDGEMENT or (own.generic and not norm.question and (
+            # "yes", "probably the weekends": meaningful only as an answer.
+            len(norm.tokens) <= self.short_reply_words
+            # A story no rule recognizes, told in answer to a reflective question
+            # ("My manager yelled at me in front of everyone"), is the coaching itself.
+            or thread in (MessageType.DEEP_COACHING, MessageType.PATTERN_ANALYSIS)
+        )):
             return Classification(
                 thread,
                 f"reply to the coach's open {thread.name.lower().replace('_', ' ')} question",
@@ -877,4 +877,4 @@ class Classifier:
                                   f"a long message ({n} words) deserves the coach's memory")
         if n == 0:
             return Classification(MessageType.CHECK_IN, "no words (only symbols)")
-        return Classification(MessageType.CHECK_IN, "an everyday update")
+        return Classification(MessageType.CHECK_IN, "an everyday update", generic=True)
