@@ -75,7 +75,7 @@ proto-check: venv
 	@PYTHON=$(PY) scripts/check_protos.sh
 
 ruff: venv
-	$(PY) -m ruff check services tests
+	$(PY) -m ruff check services tests bench scripts
 	@echo "ruff: ok"
 
 typecheck: venv

@@ -98,7 +98,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "## Benchmark",
         "",
-        f"`make bench` ({r['mode']} run, seed {r['seed']}): {w['users']} users × {w['days']} days "
+        (f"`make bench` ({r['mode']} run, seed {r['seed']}): {w['users']} users × {w['days']} days "
         f"= {w['messages']:,} messages, plus one {w['long_turns']}-turn conversation, replayed "
         "through `Router.Chat` on the whole suite (four services, embedded PostgreSQL, the offline "
         "OpenAI-compatible server, all real processes), once per policy, both policies side by "
@@ -110,28 +110,28 @@ def markdown(r: dict[str, Any]) -> str:
         "clock, so a user's conversation prefix is cold again at their next session, as it would "
         "be at OpenAI (5-10 minutes with the default in-memory retention). Costs are what "
         "`ChatResponse.cost_usd_nanos` said, cross-checked with the ledger's `GetCostReport`; "
-        "upstream calls and cached tokens are the offline server's count.",
+        "upstream calls and cached tokens are the offline server's count."),
         "",
         "| | baseline (guide's BEFORE) | optimized | |",
         "|---|---:|---:|---|",
-        f"| cost per 1,000 messages | ${cb:.3f} | ${co:.3f} | **{saved:.1%} saved** "
-        f"(optimized = {co / cb if cb else 0:.1%} of baseline) |",
-        f"| ledger total (all messages) | ${b['ledger']['total_cost_nanos'] / 1e9:.4f} "
+        (f"| cost per 1,000 messages | ${cb:.3f} | ${co:.3f} | **{saved:.1%} saved** "
+        f"(optimized = {co / cb if cb else 0:.1%} of baseline) |"),
+        (f"| ledger total (all messages) | ${b['ledger']['total_cost_nanos'] / 1e9:.4f} "
         f"({b['ledger']['total_calls']:,} calls) | ${o['ledger']['total_cost_nanos'] / 1e9:.4f} "
         f"({o['ledger']['total_calls']:,} calls) | sum of ChatResponse costs: "
-        f"${b['all_cost_nanos'] / 1e9:.4f} / ${o['all_cost_nanos'] / 1e9:.4f} |",
-        f"| prompt cache hit share (cached / input tokens, upstream) | "
+        f"${b['all_cost_nanos'] / 1e9:.4f} / ${o['all_cost_nanos'] / 1e9:.4f} |"),
+        (f"| prompt cache hit share (cached / input tokens, upstream) | "
         f"{b['cache_hit_share']:.1%} | {o['cache_hit_share']:.1%} | as ChatResponse usage "
-        f"reported it: {b['cache_hit_share_chat']:.1%} / {o['cache_hit_share_chat']:.1%} |",
-        f"| route mix canned / cheap / stateful / fallback | {_mix(bs['routes'])} | "
-        f"{_mix(os_['routes'])} | |",
-        f"| upstream model calls per 1,000 messages | "
+        f"reported it: {b['cache_hit_share_chat']:.1%} / {o['cache_hit_share_chat']:.1%} |"),
+        (f"| route mix canned / cheap / stateful / fallback | {_mix(bs['routes'])} | "
+        f"{_mix(os_['routes'])} | |"),
+        (f"| upstream model calls per 1,000 messages | "
         f"{1000 * b['upstream']['model_calls'] / max(1, b['all_messages']):,.0f} | "
         f"{1000 * o['upstream']['model_calls'] / max(1, o['all_messages']):,.0f} | HTTP requests: "
-        f"{b['upstream']['total_requests']:,} / {o['upstream']['total_requests']:,} |",
-        f"| upstream input tokens per message | "
+        f"{b['upstream']['total_requests']:,} / {o['upstream']['total_requests']:,} |"),
+        (f"| upstream input tokens per message | "
         f"{b['upstream']['input_tokens'] / max(1, b['all_messages']):,.0f} | "
-        f"{o['upstream']['input_tokens'] / max(1, o['all_messages']):,.0f} | |",
+        f"{o['upstream']['input_tokens'] / max(1, o['all_messages']):,.0f} | |"),
     ]
     for turn in r["size"]["checkpoints"]:
         lines.append(
@@ -139,11 +139,11 @@ def markdown(r: dict[str, Any]) -> str:
             f"{_tok(b['long'], turn)} | {_tok(o['long'], turn)} "
             f"| assistants backend (optimized): {_tok(r.get('assistants_long'), turn)} |")
     lines += [
-        "| Chat latency p50 / p99 (ms, users of a window at once, both policies side by side, "
+        ("| Chat latency p50 / p99 (ms, users of a window at once, both policies side by side, "
         "0 ms upstream) | "
-        f"{bs['p50_ms']:.1f} / {bs['p99_ms']:.1f} | {os_['p50_ms']:.1f} / {os_['p99_ms']:.1f} | |",
-        f"| messages per second (lockstep windows: bounded by each window's longest session) | "
-        f"{bs['msgs_per_s']:.0f} | {os_['msgs_per_s']:.0f} | |",
+        f"{bs['p50_ms']:.1f} / {bs['p99_ms']:.1f} | {os_['p50_ms']:.1f} / {os_['p99_ms']:.1f} | |"),
+        (f"| messages per second (lockstep windows: bounded by each window's longest session) | "
+        f"{bs['msgs_per_s']:.0f} | {os_['msgs_per_s']:.0f} | |"),
         f"| errors | {bs['errors']} | {os_['errors']} | |",
         "",
     ]
@@ -152,9 +152,9 @@ def markdown(r: dict[str, Any]) -> str:
         s, tp = lat["single"], lat["throughput"]
         h = s["health"]["p50_ms"]
         lines += [
-            "**Speed** (optimized suite, 0 ms upstream; one call at a time, targets interleaved in "
+            ("**Speed** (optimized suite, 0 ms upstream; one call at a time, targets interleaved in "
             f"shuffled rounds; throughput with {lat['workers']} concurrent callers, slices "
-            "interleaved; the same grpc.aio client code for all):",
+            "interleaved; the same grpc.aio client code for all):"),
             "",
             "| call | p50 (ms) | p99 (ms) | p50 vs bare health | calls/s | vs bare health |",
             "|---|---:|---:|---:|---:|---:|",
@@ -179,11 +179,11 @@ def markdown(r: dict[str, Any]) -> str:
     ev = q["eval"]
     lines += [
         "",
-        f"**Quality** (`scripts/eval_router.py`, {q['eval_file']}): pattern precision "
+        (f"**Quality** (`scripts/eval_router.py`, {q['eval_file']}): pattern precision "
         f"{ev['pattern_precision']:.3f}, canned coverage {ev['canned_coverage']:.3f}, complex recall "
         f"{ev['complex_recall']:.3f}, safety recall {ev['safety_recall']:.3f}, cheap share "
         f"{ev['cheap_share']:.3f}. `Router.decide` in-process (bench/classify_bench.py): median "
-        f"{q['classify']['median_us']:.1f} µs, p99 {q['classify']['p99_us']:.1f} µs.",
+        f"{q['classify']['median_us']:.1f} µs, p99 {q['classify']['p99_us']:.1f} µs."),
         "",
         "**Targets** (ratios measured in the same run):",
         "",
@@ -195,15 +195,15 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{'PASS' if t['pass'] else 'FAIL'} |")
     lines += [
         "",
-        "Notes: message times are the workload's (bench/workload.py: a user's 2-5 messages a "
+        ("Notes: message times are the workload's (bench/workload.py: a user's 2-5 messages a "
         "day at their own times of day; an acknowledgement 1-3 minutes after the message it "
         "answers); every message of a window sees the window's start on the clock, so the cache "
         f"expiry is exact to within one window ({st['window_s'] // 60} min). Route mix and "
-        "per-kind routes are in latest.json (`routes_by_kind`, `types_by_route`).",
+        "per-kind routes are in latest.json (`routes_by_kind`, `types_by_route`)."),
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Python {m['python']}; "
+        (f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Python {m['python']}; "
         f"{m['date']}; the whole run took {r['elapsed_s'] / 60:.1f} min. Reproduce: `make bench` "
-        "(`make bench ARGS=--quick` for a smoke run).",
+        "(`make bench ARGS=--quick` for a smoke run)."),
         "",
     ]
     return "\n".join(lines)
@@ -217,15 +217,15 @@ RPC_ORDER = ("router.Chat", "threads.GetUserState", "threads.RecordExchange",
 def _scale(sc: dict[str, Any]) -> list[str]:
     ss = sc["summary"]
     lines = [
-        f"**Scale**: {sc['users']} concurrent users ({ss['messages']:,} messages) with a "
+        (f"**Scale**: {sc['users']} concurrent users ({ss['messages']:,} messages) with a "
         f"{sc['latency_ms']} ms upstream (`--latency-ms {sc['latency_ms']}`): "
         f"{ss['msgs_per_s']:.0f} messages/s, Chat p50 {ss['p50_ms']:.0f} ms, p99 "
         f"{ss['p99_ms']:.0f} ms, {ss['errors']} errors, {ss['timeouts']} timeouts, "
         f"{ss['fallbacks']} fallbacks; route mix canned / cheap / stateful / fallback "
-        f"{_mix(ss['routes'])}; {sc['upstream']['model_calls']:,} upstream model calls.",
+        f"{_mix(ss['routes'])}; {sc['upstream']['model_calls']:,} upstream model calls."),
         "",
-        "Where the time goes (server-side `coach_rpc_latency_seconds`, mean per call; "
-        "each includes the calls it makes):",
+        ("Where the time goes (server-side `coach_rpc_latency_seconds`, mean per call; "
+        "each includes the calls it makes):"),
         "",
         "| service.method | calls | mean (ms) | p50 ≤ (ms) | p99 ≤ (ms) |",
         "|---|---:|---:|---:|---:|",
