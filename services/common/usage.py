@@ -47,3 +47,37 @@ class Usage:
         """From any message with the four fields (types_pb2.Usage, llm TokenUsage)."""
         return cls(message.input_tokens, message.cached_input_tokens, message.output_tokens,
                    message.reasoning_tokens)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Tokens of one upstream call: the answer's own ("answer") or upkeep ("summary")."""
+
+    model: str
+    usage: Usage
+    purpose: str = "answer"
+
+    def fields(self) -> dict[str, Any]:
+        """Keyword arguments for the charge protos (threads UpstreamCharge, ledger Charge)."""
+        return {"model": self.model, "purpose": self.purpose, "usage": self.usage.fields()}
+
+    @classmethod
+    def of(cls, message: Any) -> Charge:
+        """From a charge proto; an empty purpose reads as "answer"."""
+        return cls(message.model, Usage.of(message.usage), message.purpose or "answer")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "purpose": self.purpose, **self.usage.fields()}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Charge:
+        return cls(
+            model=str(raw.get("model", "")),
+            purpose=str(raw.get("purpose", "answer")),
+            usage=Usage(
+                input_tokens=int(raw.get("input_tokens", 0)),
+                cached_input_tokens=int(raw.get("cached_input_tokens", 0)),
+                output_tokens=int(raw.get("output_tokens", 0)),
+                reasoning_tokens=int(raw.get("reasoning_tokens", 0)),
+            ),
+        )

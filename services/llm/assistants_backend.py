@@ -35,10 +35,11 @@ import openai
 from openai.types.beta.threads import Run
 
 from services.common.errors import Unavailable
+from services.common.usage import Usage
 from services.llm.resilience import MIN_ATTEMPT_S, Clock, Deadline, SystemClock, Upstream
 from services.llm.stateful import MAX_TOOL_ROUNDS, RECAP_LABEL, StatefulApi, TurnInput, TurnPlanner
 from services.llm.tools import ToolCatalog
-from services.llm.turns import Reply, Role, ToolCallRecord, Turn, Usage
+from services.llm.turns import Reply, Role, ToolCallRecord, Turn
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion
 
+from services.common.usage import Usage
 from services.llm.persona import Persona
 from services.llm.resilience import Deadline, Upstream
-from services.llm.turns import Audience, Generation, Reply, Turn, Usage
+from services.llm.turns import Audience, Generation, Reply, Turn
 
 log = logging.getLogger(__name__)
 

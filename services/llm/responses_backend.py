@@ -20,6 +20,7 @@ from typing import Any
 import openai
 from openai.types.responses import Response, ResponseFunctionToolCall
 
+from services.common.usage import Usage
 from services.llm.resilience import Deadline, SystemClock, Upstream
 from services.llm.stateful import (
     MAX_TOOL_ROUNDS,
@@ -29,7 +30,7 @@ from services.llm.stateful import (
     TurnPlanner,
 )
 from services.llm.tools import ToolCatalog
-from services.llm.turns import Reply, Role, ToolCallRecord, Turn, Usage
+from services.llm.turns import Reply, Role, ToolCallRecord, Turn
 
 log = logging.getLogger(__name__)
 

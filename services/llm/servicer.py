@@ -12,11 +12,12 @@ from coach.llm.v1 import llm_service_pb2_grpc as pb_grpc
 
 from services.common.errors import Validator
 from services.common.metrics import TOKENS
+from services.common.usage import Usage
 from services.llm.cheap_tier import CheapTier
 from services.llm.idempotency import IdempotencyCache
 from services.llm.resilience import Clock, Deadline
 from services.llm.stateful import StatefulApi, StatefulTier, TurnInput
-from services.llm.turns import Audience, Generation, Reply, Role, Turn, Usage
+from services.llm.turns import Audience, Generation, Reply, Role, Turn
 
 log = logging.getLogger(__name__)
 

@@ -29,20 +29,11 @@ from typing import Protocol
 
 from services.common.errors import CoachError, ResourceExhausted
 from services.common.metrics import CRISIS_EVENTS, ROUTES
-from services.common.usage import Usage
+from services.common.usage import Charge, Usage
 from services.ledger.pricing import PriceBook
 from services.router.decision import Decision, MessageContext, MessageType, PriorTurn, Route, Router
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Charge:
-    """One upstream call: the answer's own ("answer") or upkeep ("summary")."""
-
-    model: str
-    usage: Usage
-    purpose: str = "answer"
 
 
 @dataclass(frozen=True)

@@ -78,10 +78,6 @@ def usage_to_proto(usage: Usage) -> types_pb2.Usage:
     return types_pb2.Usage(**usage.fields())
 
 
-def usage_from_proto(usage: types_pb2.Usage | llm_service_pb2.TokenUsage) -> Usage:
-    return Usage.of(usage)
-
-
 def route_to_proto(route: Route) -> types_pb2.Route.ValueType:
     return types_pb2.Route.Value(f"ROUTE_{route.name}")
 
@@ -125,12 +121,7 @@ def answer_to_proto(answer: Answer) -> threads_service_pb2.Exchange:
         message_type=type_to_proto(answer.message_type),
         pattern=answer.pattern,
         model=answer.model,
-        charges=[
-            threads_service_pb2.UpstreamCharge(
-                model=c.model, usage=usage_to_proto(c.usage), purpose=c.purpose
-            )
-            for c in answer.charges
-        ],
+        charges=[threads_service_pb2.UpstreamCharge(**c.fields()) for c in answer.charges],
         conversation_id=answer.conversation_id,
         latency_ms=answer.latency_ms,
         create_time=timestamp_pb2.Timestamp(),
@@ -148,7 +139,7 @@ def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Answer:
         pattern=exchange.pattern,
         model=exchange.model,
         charges=tuple(
-            Charge(c.model, usage_from_proto(c.usage), c.purpose or "answer") for c in exchange.charges
+            Charge.of(c) for c in exchange.charges
         ),
         conversation_id=exchange.conversation_id,
         latency_ms=exchange.latency_ms,
@@ -246,7 +237,7 @@ class GrpcLlm:
         except grpc.aio.AioRpcError as exc:
             _, reason, _ = error_from_rpc(exc)
             raise UpstreamFailure(reason or exc.code().name, exc.details() or "") from exc
-        return Completion(reply.text, reply.model or decision.model, usage_from_proto(reply.usage))
+        return Completion(reply.text, reply.model or decision.model, Usage.of(reply.usage))
 
 
 class GrpcLedger:

@@ -22,14 +22,7 @@ def answer_record_pb(record: AnswerRecord) -> ledger_pb.AnswerRecord:
         route=types_pb2.Route.Value(record.route),
         message_type=types_pb2.MessageType.Value(record.message_type),
         model=record.model,
-        charges=[
-            ledger_pb.Charge(
-                model=c.model,
-                purpose=c.purpose,
-                usage=types_pb2.Usage(**c.usage.fields()),
-            )
-            for c in record.charges
-        ],
+        charges=[ledger_pb.Charge(**c.fields()) for c in record.charges],
         latency_ms=record.latency_ms,
         baseline_input_tokens=record.baseline_input_tokens,
     )

@@ -10,9 +10,10 @@ from coach.llm.v1 import llm_service_pb2_grpc
 
 from services.common.deadlines import time_left
 from services.common.interceptors import error_from_rpc
+from services.common.usage import Usage
 from services.threads.peer_errors import PeerCallFailed
 from services.threads.ports import SummaryReply, TurnReply, TurnSettings
-from services.threads.records import COACH, ToolCall, Turn, Usage
+from services.threads.records import COACH, ToolCall, Turn
 
 _API = {"responses": llm_pb.STATEFUL_API_RESPONSES, "assistants": llm_pb.STATEFUL_API_ASSISTANTS}
 _ROLE = {COACH: llm_pb.TURN_ROLE_COACH}

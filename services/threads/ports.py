@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.threads.records import AnswerRecord, ToolCall, Turn, Usage
+from services.common.usage import Usage
+from services.threads.records import AnswerRecord, ToolCall, Turn
 
 
 @dataclass(frozen=True)

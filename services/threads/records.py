@@ -10,45 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.common.usage import Usage
+from services.common.usage import Charge
 
 ROUTE_ASSISTANT = "ROUTE_ASSISTANT"
 ROUTE_PATTERN = "ROUTE_PATTERN"
 
 USER = "user"
 COACH = "coach"
-
-
-@dataclass(frozen=True)
-class Charge:
-    """Tokens of one upstream call, as reported; ``purpose`` is "answer", "summary", ..."""
-
-    model: str
-    usage: Usage
-    purpose: str = "answer"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "purpose": self.purpose,
-            "input_tokens": self.usage.input_tokens,
-            "cached_input_tokens": self.usage.cached_input_tokens,
-            "output_tokens": self.usage.output_tokens,
-            "reasoning_tokens": self.usage.reasoning_tokens,
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Charge:
-        return cls(
-            model=str(raw.get("model", "")),
-            purpose=str(raw.get("purpose", "answer")),
-            usage=Usage(
-                input_tokens=int(raw.get("input_tokens", 0)),
-                cached_input_tokens=int(raw.get("cached_input_tokens", 0)),
-                output_tokens=int(raw.get("output_tokens", 0)),
-                reasoning_tokens=int(raw.get("reasoning_tokens", 0)),
-            ),
-        )
 
 
 @dataclass(frozen=True)

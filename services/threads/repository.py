@@ -12,12 +12,12 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from services.common.errors import CoachError, FailedPrecondition, Unavailable
+from services.common.usage import Charge
 from services.threads.records import (
     COACH,
     ROUTE_PATTERN,
     USER,
     AnswerRecord,
-    Charge,
     Conversation,
     ConversationView,
     Exchange,

@@ -10,9 +10,10 @@ from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc
 
 from services.common.errors import Validator
+from services.common.usage import Charge
 from services.threads.history import History
 from services.threads.ports import TurnSettings
-from services.threads.records import COACH, Charge, Exchange, StoredExchange, Turn, Usage
+from services.threads.records import COACH, Exchange, StoredExchange, Turn
 from services.threads.stateful_turn import StatefulTurnRequest, StatefulTurns
 
 MAX_USER_ID = 128
@@ -40,14 +41,7 @@ def exchange_pb(exchange: Exchange) -> pb.Exchange:
         message_type=types_pb2.MessageType.Value(exchange.message_type),
         pattern=exchange.pattern,
         model=exchange.model,
-        charges=[
-            pb.UpstreamCharge(
-                model=c.model,
-                purpose=c.purpose,
-                usage=types_pb2.Usage(**c.usage.fields()),
-            )
-            for c in exchange.charges
-        ],
+        charges=[pb.UpstreamCharge(**c.fields()) for c in exchange.charges],
         conversation_id=exchange.conversation_id,
         latency_ms=exchange.latency_ms,
     )
@@ -121,14 +115,7 @@ def exchange_from_pb(message: pb.Exchange) -> Exchange:
         message_type=types_pb2.MessageType.Name(message.message_type),
         pattern=message.pattern,
         model=message.model,
-        charges=tuple(
-            Charge(
-                model=c.model,
-                purpose=c.purpose or "answer",
-                usage=Usage.of(c.usage),
-            )
-            for c in message.charges
-        ),
+        charges=tuple(Charge.of(c) for c in message.charges),
         conversation_id=message.conversation_id,
         latency_ms=message.latency_ms,
     )

@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from services.common.errors import FailedPrecondition, Unavailable
+from services.common.usage import Charge
 from services.threads.history import History
 from services.threads.ports import ConversationProvider, TurnSettings
 from services.threads.pruning import (
@@ -43,7 +44,6 @@ from services.threads.pruning import (
 )
 from services.threads.records import (
     ROUTE_ASSISTANT,
-    Charge,
     Conversation,
     Exchange,
     GoalSaved,
