@@ -14,7 +14,7 @@ from services.llm.responses_backend import ResponsesBackend
 from services.llm.servicer import LlmServicer
 from services.llm.stateful import StatefulApi, StatefulBackend, StatefulTier, TurnPlanner
 from services.llm.tools import load_tools
-from services.llm.upstream import classify, create_client
+from services.llm.upstream import classify, create_client, prepare
 
 FULL_NAME = llm_service_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
 
@@ -40,6 +40,8 @@ async def create_server(settings: Settings) -> CoachServer:
     timeout = settings.resilience.call_timeout_s
     cheap_client = create_client(settings.cheap, timeout)
     stateful_client = create_client(settings.stateful, timeout)
+    for client in (cheap_client, stateful_client):
+        prepare(client)
     cheap = CheapTier(
         cheap_client,
         _upstream(settings, settings.cheap, clock),

@@ -23,6 +23,7 @@ from services.common.usage import Usage
 from services.llm.persona import Persona
 from services.llm.resilience import Deadline, Upstream
 from services.llm.turns import Audience, Generation, Reply, Turn
+from services.llm.upstream import create_chat_completion
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class CheapTier:
         self, api: str, deadline: Deadline, **params: Any
     ) -> ChatCompletion:
         async def attempt(timeout: float) -> ChatCompletion:
-            return await self.client.chat.completions.create(timeout=timeout, **params)
+            return await create_chat_completion(self.client, params, timeout)
 
         return await self.upstream.call(api, attempt, deadline)
 

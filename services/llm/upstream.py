@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import email.utils
 import time
+from typing import Any
 
 import httpx2
 import openai
+from openai.types.chat import ChatCompletion
 
 from services.llm.config import UpstreamSettings
 from services.llm.resilience import FailureKind, UpstreamFailure
@@ -36,6 +38,29 @@ def create_client(settings: UpstreamSettings, call_timeout_s: float) -> openai.A
         max_retries=0,
         timeout=httpx2.Timeout(call_timeout_s, connect=min(CONNECT_TIMEOUT_S, call_timeout_s)),
         http_client=http_client,
+    )
+
+
+def prepare(client: openai.AsyncOpenAI) -> None:
+    """Import now what the SDK would import on a tier's first call (its resources load lazily),
+    so the first answer after start-up is not slower than the rest."""
+    _ = (client.chat.completions, client.responses, client.conversations, client.beta.assistants,
+         client.beta.threads)
+
+
+async def create_chat_completion(
+    client: openai.AsyncOpenAI, params: dict[str, Any], timeout: float
+) -> ChatCompletion:
+    """``POST /chat/completions`` (non-streaming) with ``params`` as the JSON body, as
+    ``client.chat.completions.create(**params, timeout=timeout)`` would send it: same
+    path, headers, auth, timeout and error classes, same ``ChatCompletion`` back.
+
+    ``params`` must be plain JSON values (no ``Omit``, dates, files or SDK models)."""
+    return await client.post(
+        "/chat/completions",
+        cast_to=ChatCompletion,
+        body=params,
+        options={"timeout": timeout, "security": {"bearer_auth": True}},
     )
 
 
