@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from services.common.usage import Usage
 from services.llm.persona import Persona
@@ -33,21 +32,43 @@ def prompt_cache_key(tier: str, prefix: str) -> str:
     return f"coach-{tier}-{hashlib.sha256(prefix.encode('utf-8')).hexdigest()[:16]}"
 
 
-def chat_usage(completion: ChatCompletion) -> Usage:
-    """Chat Completions usage: prompt_tokens already include the cached ones."""
-    usage = completion.usage
-    if usage is None:
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def chat_usage(completion: Mapping[str, Any]) -> Usage:
+    """Chat Completions usage (the answer's JSON): prompt_tokens already include the cached ones."""
+    usage = completion.get("usage")
+    if not isinstance(usage, dict):
         return Usage()
-    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
-    reasoning = (
-        usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else None
-    )
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
     return Usage(
-        input_tokens=usage.prompt_tokens,
-        cached_input_tokens=cached or 0,
-        output_tokens=usage.completion_tokens,
-        reasoning_tokens=reasoning or 0,
+        input_tokens=_count(usage.get("prompt_tokens")),
+        cached_input_tokens=(
+            _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+        ),
+        output_tokens=_count(usage.get("completion_tokens")),
+        reasoning_tokens=(
+            _count(completion_details.get("reasoning_tokens"))
+            if isinstance(completion_details, dict) else 0
+        ),
     )
+
+
+def chat_text(completion: Mapping[str, Any]) -> str:
+    """The first choice's text ('' when there is none)."""
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content.strip() if isinstance(content, str) else ""
+
+
+def chat_model(completion: Mapping[str, Any], requested: str) -> str:
+    model = completion.get("model")
+    return model if isinstance(model, str) and model else requested
 
 
 SUMMARY_REQUEST = (
@@ -90,10 +111,8 @@ class CheapTier:
         messages.append({"role": "user", "content": message})
         return messages
 
-    async def _create(
-        self, api: str, deadline: Deadline, **params: Any
-    ) -> ChatCompletion:
-        async def attempt(timeout: float) -> ChatCompletion:
+    async def _create(self, api: str, deadline: Deadline, **params: Any) -> dict[str, Any]:
+        async def attempt(timeout: float) -> dict[str, Any]:
             return await create_chat_completion(self.client, params, timeout)
 
         return await self.upstream.call(api, attempt, deadline)
@@ -116,8 +135,8 @@ class CheapTier:
         if generation.sends_temperature:
             params["temperature"] = generation.temperature
         completion = await self._create("chat.completions", deadline, **params)
-        text = (completion.choices[0].message.content or "").strip() if completion.choices else ""
-        return Reply(texts=(text,), model=completion.model or model, usage=chat_usage(completion))
+        return Reply(texts=(chat_text(completion),), model=chat_model(completion, model),
+                     usage=chat_usage(completion))
 
     async def summarize(
         self, previous_summary: str, turns: Sequence[Turn], model: str, deadline: Deadline
@@ -137,6 +156,5 @@ class CheapTier:
             max_completion_tokens=self.summary_max_tokens,
             prompt_cache_key=prompt_cache_key("summary", self.persona.summary),
         )
-        text = (completion.choices[0].message.content or "").strip() if completion.choices else ""
-        return Reply(texts=(text or previous_summary,), model=completion.model or model,
-                     usage=chat_usage(completion))
+        return Reply(texts=(chat_text(completion) or previous_summary,),
+                     model=chat_model(completion, model), usage=chat_usage(completion))

@@ -1,4 +1,4 @@
-"""The cheap tier's direct Chat Completions call sends what the SDK's ``create`` sends."""
+"""The cheap tier's direct Chat Completions call: what the SDK's ``create`` sends, read lightly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import httpx2
 import openai
 import pytest
 
+from services.common.usage import Usage
+from services.llm.cheap_tier import chat_model, chat_text, chat_usage
 from services.llm.config import UpstreamSettings
+from services.llm.resilience import FailureKind
 from services.llm.upstream import classify, create_chat_completion, create_client
 
 PARAMS: dict[str, Any] = {
@@ -55,9 +58,14 @@ async def test_same_request_and_answer_as_the_sdk_create(offline_openai: Any) ->
         k: v for k, v in sdk_request.headers.items() if k not in volatile
     }
     assert direct_request.headers["authorization"] == "Bearer test-key"
-    assert type(direct) is type(by_sdk)
-    assert direct.choices[0].message.content == by_sdk.choices[0].message.content
-    assert direct.usage == by_sdk.usage
+    assert chat_text(direct) == (by_sdk.choices[0].message.content or "").strip() != ""
+    assert chat_model(direct, "requested") == by_sdk.model
+    assert by_sdk.usage is not None and by_sdk.usage.prompt_tokens_details is not None
+    assert chat_usage(direct) == Usage(
+        input_tokens=by_sdk.usage.prompt_tokens,
+        cached_input_tokens=by_sdk.usage.prompt_tokens_details.cached_tokens or 0,
+        output_tokens=by_sdk.usage.completion_tokens,
+    )
 
 
 async def test_errors_are_the_sdk_errors(offline_openai: Any) -> None:
@@ -72,3 +80,27 @@ async def test_errors_are_the_sdk_errors(offline_openai: Any) -> None:
         await client.close()
     failure = classify(caught.value)
     assert failure is not None and failure.retryable and failure.status == 429
+
+
+@pytest.mark.parametrize("body", [b"<html>bad gateway</html>", b"[1, 2]", b""])
+async def test_an_answer_that_is_not_a_json_object_is_a_server_error(body: bytes) -> None:
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
+
+    client = openai.AsyncOpenAI(api_key="k", base_url="http://upstream.test/v1", max_retries=0,
+                                http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)))
+    try:
+        with pytest.raises(openai.APIResponseValidationError) as caught:
+            await create_chat_completion(client, dict(PARAMS), 5.0)
+    finally:
+        await client.close()
+    failure = classify(caught.value)
+    assert failure is not None and failure.kind is FailureKind.SERVER_ERROR
+
+
+def test_missing_fields_read_as_empty() -> None:
+    assert chat_text({"choices": []}) == chat_text({"choices": [{"message": {"content": None}}]}) == ""
+    assert chat_usage({"usage": None}) == chat_usage({}) == Usage()
+    assert chat_usage({"usage": {"prompt_tokens": 7, "completion_tokens": 2,
+                                 "prompt_tokens_details": None}}) == Usage(7, 0, 2, 0)
+    assert chat_model({"model": ""}, "gpt-5.4-mini") == "gpt-5.4-mini"
