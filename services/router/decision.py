@@ -3,10 +3,11 @@
 Given a message and what we know about the user, decide how to answer it:
 
 1. **Crisis** (self-harm, suicidal ideation, disordered eating) → the stateful
-   tier with ``crisis=True``. Nothing overrides this: not the policy, not the
+   tier with ``crisis=True``, on the tier's own model (never a per-type one). Nothing overrides this: not the policy, not the
    message count, not a canned set.
 2. **Baseline policy** (the guide's BEFORE, for cost comparison) → every
-   message on the stateful tier with the strong model.
+   message on the stateful tier with the strong model (the tier's own model,
+   whatever per-type model ``tiers.yaml`` gives the optimized policy).
 3. **Onboarding**: a user's first ``onboarding_messages`` messages (the guide's
    first 3) → the stateful tier, to build the relationship.
 4. **Open coaching thread**: a reply to the coach's reflective or plan question
@@ -188,11 +189,11 @@ class Router:
 
         if mtype is MessageType.CRISIS:
             return self._upstream(Route.ASSISTANT, mtype, f"{verdict.reason}: stateful tier, "
-                                  "never canned or cheap", crisis=True)
+                                  "never canned or cheap", crisis=True, strong=True)
         if self._policy is Policy.BASELINE:
             return self._upstream(Route.ASSISTANT, mtype,
                                   f"baseline policy: every message on the stateful tier "
-                                  f"({verdict.reason})")
+                                  f"({verdict.reason})", strong=True)
         if ctx.message_count < self._onboarding:
             return self._upstream(Route.ASSISTANT, mtype,
                                   f"message {ctx.message_count + 1} of the first "
@@ -221,8 +222,9 @@ class Router:
         return self._upstream(route, mtype, f"{reason}: {mtype.name} goes to the {tier}")
 
     def _upstream(self, route: Route, mtype: MessageType, reason: str,
-                  *, crisis: bool = False) -> Decision:
-        s: CallSettings = self._tiers.settings(route, mtype)
+                  *, crisis: bool = False, strong: bool = False) -> Decision:
+        s: CallSettings = (self._tiers.strong_settings(route, mtype) if strong
+                           else self._tiers.settings(route, mtype))
         return Decision(route=route, message_type=mtype, pattern="", canned_reply="",
                         model=s.model, max_output_tokens=s.max_output_tokens,
                         temperature=s.temperature, reason=reason, crisis=crisis)

@@ -2,7 +2,8 @@
 
 ``data/tiers.yaml`` holds, per tier, the model and the default
 ``max_output_tokens`` / ``temperature``, with optional per-message-type
-overrides (a type may even name its own model). ``stateful_types`` lists the
+overrides (a type may even name its own model; crisis turns and the
+baseline policy always get the tier's own model: ``strong_settings``). ``stateful_types`` lists the
 types that need the stateful tier (memory of the relationship); every other
 type goes to the cheap Chat Completions tier when it is not answered canned.
 CRISIS must be a stateful type; the file is rejected otherwise.
@@ -66,16 +67,21 @@ class Tiers:
     """Loaded once from tiers.yaml; answers "which tier, which model, which settings"."""
 
     def __init__(self, table: Mapping[Route, Mapping[MessageType, CallSettings]],
-                 stateful_types: frozenset[MessageType]) -> None:
+                 stateful_types: frozenset[MessageType],
+                 default_models: Mapping[Route, str] | None = None) -> None:
         self._table = {route: dict(per_type) for route, per_type in table.items()}
         self.stateful_types = stateful_types
+        # The tier's own model (before per-type overrides): the baseline policy's model.
+        self._default_models = dict(default_models or {})
 
     @classmethod
     def from_data(cls, data: DataFile) -> Tiers:
         table: dict[Route, dict[MessageType, CallSettings]] = {}
+        defaults: dict[Route, str] = {}
         for route, key in _TIER_KEYS.items():
             node = data.mapping(data.root, key)
             base = _settings(data, node, key, None)
+            defaults[route] = base.model
             per_type_node = data.mapping(node, "per_type", key, required=False)
             per_type = {t: base for t in MessageType}
             for name, override in per_type_node.items():
@@ -100,7 +106,7 @@ class Tiers:
         if MessageType.CRISIS not in stateful:
             raise data.error("stateful_types", "must include CRISIS: a crisis is never "
                              "answered by the cheap tier")
-        return cls(table, frozenset(stateful))
+        return cls(table, frozenset(stateful), defaults)
 
     def home_route(self, message_type: MessageType) -> Route:
         """The tier a message of this type goes to when it is not answered canned."""
@@ -111,6 +117,13 @@ class Tiers:
         if route not in self._table:
             raise ValueError(f"{route.name} has no upstream call settings")
         return self._table[route][message_type]
+
+    def strong_settings(self, route: Route, message_type: MessageType) -> CallSettings:
+        """The type's settings on this tier, but always with the tier's own model (the
+        baseline policy: the guide's BEFORE sent everything to the strong model)."""
+        chosen = self.settings(route, message_type)
+        model = self._default_models.get(route, chosen.model)
+        return CallSettings(model, chosen.max_output_tokens, chosen.temperature)
 
     def models(self) -> frozenset[str]:
         return frozenset(s.model for per_type in self._table.values() for s in per_type.values())

@@ -170,7 +170,29 @@ def test_reply_to_a_plan_question_stays_on_the_stateful_tier(router: Router) -> 
 
 
 def test_models_lists_what_decisions_may_name(router: Router) -> None:
-    assert router.models() == {"gpt-5.4-mini", "gpt-5.5"}
+    assert router.models() == {"gpt-5.4-mini", "gpt-5.4", "gpt-5.5"}
+
+
+def test_structured_follow_ups_on_the_half_price_model_judgement_on_the_strong_one(
+    router: Router,
+) -> None:
+    accountability = router.decide("I said I'd run 3 times this week and only went once", ctx())
+    assert accountability.route is Route.ASSISTANT
+    assert accountability.message_type is MessageType.ACCOUNTABILITY
+    assert accountability.model == "gpt-5.4"
+    deep = router.decide("I keep sabotaging myself every time things start going well, "
+                         "I think I'm scared of what happens if I actually succeed", ctx())
+    assert deep.route is Route.ASSISTANT and deep.model == "gpt-5.5"
+
+
+def test_crisis_and_baseline_always_get_the_strong_model() -> None:
+    for policy in ("optimized", "baseline"):
+        router = Router.from_files(policy=policy)
+        d = router.decide("I don't want to be alive anymore", ctx())
+        assert d.crisis and d.model == "gpt-5.5"
+    baseline = Router.from_files(policy="baseline")
+    d = baseline.decide("I said I'd run 3 times this week and only went once", ctx())
+    assert d.message_type is MessageType.ACCOUNTABILITY and d.model == "gpt-5.5"
 
 
 # -- configuration -----------------------------------------------------------------
