@@ -11,7 +11,8 @@
 - append: ``threads.messages.create`` per turn.
 - turn: ``messages.create`` (the context line, when it changed, leads the user
   message) + ``runs.create`` (model, tools, ``additional_instructions`` with the
-  crisis guidance on crisis turns, ``max_completion_tokens``), polled with
+  tool guidance on turns with tools and the crisis guidance on crisis turns,
+  ``max_completion_tokens``), polled with
   ``runs.retrieve`` and short growing sleeps within the deadline;
   ``requires_action`` is answered with ``runs.submit_tool_outputs``. A run still
   going at the deadline is cancelled (best effort) so the thread is not left
@@ -218,8 +219,8 @@ class AssistantsBackend:
             "tools": ToolCatalog.chat_format(plan.tools),  # explicit: [] means none
             "max_completion_tokens": turn.generation.max_output_tokens,
         }
-        if plan.safety:
-            params["additional_instructions"] = plan.safety
+        if plan.additional_instructions:
+            params["additional_instructions"] = plan.additional_instructions
         if turn.generation.sends_temperature:
             params["temperature"] = turn.generation.temperature
 

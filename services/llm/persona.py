@@ -14,12 +14,13 @@ import yaml
 
 from services.common.errors import ConfigError
 
-SECTIONS = ("coach", "safety", "summary")
+SECTIONS = ("coach", "tools", "safety", "summary")
 
 
 @dataclass(frozen=True)
 class Persona:
     coach: str  # system prompt (cheap tier) and instructions (stateful tier)
+    tools: str  # how to use function tools: only on turns that carry them
     safety: str  # added to crisis turns only
     summary: str  # instructions of the running summary
 

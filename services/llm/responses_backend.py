@@ -4,7 +4,8 @@
   and the seed turns (user / assistant messages), 20 items per request.
 - append: ``conversations.items.create`` for turns answered elsewhere.
 - turn: ``responses.create(conversation=..., input=[context?, safety?, user
-  message], instructions=persona, tools only when needed, prompt_cache_key,
+  message], instructions=persona (+ the tool guidance when the turn carries
+  tools), tools only when needed, prompt_cache_key,
   max_output_tokens, store=True)``; each function call the model makes is run
   and answered with a follow-up ``responses.create`` whose input is the
   ``function_call_output`` items, in the same conversation.

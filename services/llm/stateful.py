@@ -10,6 +10,8 @@ Shared rules, so both backends bill the same way:
 - the instructions are the persona, byte for byte the same for every user,
   and the tool definitions (sorted, canonical JSON) come with it: a stable,
   cacheable prefix under one ``prompt_cache_key`` for the tier (never per user);
+  a turn that carries tools also carries the persona's ``tools`` guidance
+  (after the persona; turns without tools are not billed for it);
 - per-user context (the context line) and crisis guidance travel with the
   turn's input, not in the instructions; the context line is sent only when it
   changed since this conversation last saw it (remembered in a bounded LRU);
@@ -94,11 +96,25 @@ class ContextMemo:
 class TurnPlan:
     """What one stateful turn sends besides the conversation itself."""
 
-    instructions: str
+    persona: str  # the shared instructions
     tools: tuple[ToolSpec, ...]
+    tool_guidance: str | None  # how to use them, turns with tools only
     context_line: str | None  # None: the conversation already has it
     safety: str | None  # crisis guidance, crisis turns only
     cache_key: str
+
+    @property
+    def instructions(self) -> str:
+        """The persona, then the tool guidance when the turn carries tools."""
+        if self.tool_guidance:
+            return f"{self.persona}\n\n{self.tool_guidance}"
+        return self.persona
+
+    @property
+    def additional_instructions(self) -> str | None:
+        """What a run adds to an assistant's instructions (the persona): tools, crisis."""
+        extra = [text for text in (self.tool_guidance, self.safety) if text]
+        return "\n\n".join(extra) if extra else None
 
 
 class TurnPlanner:
@@ -113,8 +129,9 @@ class TurnPlanner:
         tools = self.catalog.for_turn(turn.generation.message_type, all_tools=turn.all_tools)
         line = turn.audience.context_line()
         return TurnPlan(
-            instructions=self.persona.coach,
+            persona=self.persona.coach,
             tools=tools,
+            tool_guidance=self.persona.tools if tools else None,
             context_line=line if self.memo.needs(turn.conversation_id, line) else None,
             safety=self.persona.safety if turn.generation.is_crisis else None,
             # One key for the tier's instructions, whatever tools a turn carries: turns

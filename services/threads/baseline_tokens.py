@@ -53,6 +53,8 @@ def prefix_tokens_from_llm_data(data_dir: Path) -> int | None:
         persona = yaml.safe_load((data_dir / "persona.yaml").read_text(encoding="utf-8"))
         tools = yaml.safe_load((data_dir / "tools.yaml").read_text(encoding="utf-8"))
         instructions = str(persona["coach"])
+        if persona.get("tools"):  # BEFORE carried every tool, so their guidance too
+            instructions = f"{instructions}\n\n{persona['tools']}"
         definitions = [
             {"type": "function",
              "function": {"name": t["name"], "description": t.get("description", ""),

@@ -187,7 +187,7 @@ async def test_goal_turn_calls_save_goal_and_answers(
     assert reply.usage.output_tokens == seen.delta("output_tokens")
     final = await upstream_client.responses.retrieve(reply.response_id)
     assert [t.name for t in final.tools] == ["save_goal"]  # type: ignore[union-attr]
-    assert final.instructions == PERSONA.coach
+    assert final.instructions == f"{PERSONA.coach}\n\n{PERSONA.tools}"  # tool guidance: tool turns only
     assert final.prompt_cache_key and user_id not in final.prompt_cache_key
     items = await upstream_client.conversations.items.list(conv.conversation_id, order="asc")
     kinds = [item.type for item in items.data]
@@ -211,6 +211,7 @@ async def test_other_turns_carry_no_tools_and_share_a_cache_key(
         assert not reply.tool_calls
         stored = await upstream_client.responses.retrieve(reply.response_id)
         assert stored.tools == []
+        assert stored.instructions == PERSONA.coach  # no tool guidance without tools
         keys.add(stored.prompt_cache_key)
     assert len(keys) == 1  # one key per prefix, not per user
 

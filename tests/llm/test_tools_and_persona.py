@@ -55,9 +55,11 @@ def test_running_tools_validates_arguments(catalog: ToolCatalog) -> None:
     assert json.loads(catalog.run("delete_everything", "{}", sam))["ok"] is False
 
 
-def test_persona_has_the_three_sections_and_crisis_lines() -> None:
+def test_persona_has_its_sections_and_crisis_lines() -> None:
     persona = load_persona(DATA_DIR / "persona.yaml")
     assert "accountability coach" in persona.coach
+    # Tool guidance travels only with turns that carry tools, never in the shared text.
+    assert "function" in persona.tools and "function" not in persona.coach.lower()
     assert "988" in persona.safety and "emergency services" in persona.safety
     assert "summary" in persona.summary.lower()
     # Per-user text never goes into the shared prefix.
@@ -82,7 +84,7 @@ def test_bad_tools_files_fail_start_up_clearly(tmp_path: Path, text: str, messag
 
 def test_bad_persona_fails_start_up_clearly(tmp_path: Path) -> None:
     path = tmp_path / "persona.yaml"
-    path.write_text("coach: hi\nsafety: ''\nsummary: x\n")
+    path.write_text("coach: hi\ntools: x\nsafety: ''\nsummary: x\n")
     with pytest.raises(ConfigError, match="safety"):
         load_persona(path)
 
