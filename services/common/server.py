@@ -59,10 +59,13 @@ class CoachServer:
         registrations: Sequence[Registration],
         *,
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        on_drain: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.settings = settings
         self.health = HealthServicer()
         self._on_stop = list(on_stop)
+        # Run as the drain begins: ends long-lived streams, which would otherwise hold it.
+        self._on_drain = list(on_drain)
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
@@ -112,7 +115,13 @@ class CoachServer:
         await self.health.enter_graceful_shutdown()
         grace = self.settings.grace_seconds if grace is None else grace
         log.info("stopping", extra={"grace_s": grace})
-        await self.server.stop(grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        for hook in self._on_drain:
+            try:
+                await hook()
+            except Exception:
+                log.exception("drain hook failed")
+        await stopping
         for hook in self._on_stop:
             try:
                 await hook()

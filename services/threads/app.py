@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import asyncpg
 from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
 
 from services.common.clients import open_channel
@@ -20,6 +21,7 @@ from services.threads.llm_client import LlmClient
 from services.threads.repository import ThreadsRepository
 from services.threads.servicer import ThreadsServicer
 from services.threads.stateful_turn import StatefulTurns
+from services.threads.user_changes import UserChanges
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,17 @@ async def create_server(settings: Settings) -> CoachServer:
         summary_model=settings.summary_model,
         turn_budget_s=settings.turn_budget_s,
     )
+    changes = UserChanges(lambda: asyncpg.connect(settings.database_url))
+    changes.start()
     relay.start()
     log.info("threads ready", extra={
         "stateful_api": settings.stateful_api, "llm": settings.llm.address,
         "ledger": settings.ledger.address, "prune_keep_messages": settings.prune.keep_messages,
         "prune_at_messages": settings.prune.prune_at_messages,
         "summary_model": settings.summary_model, "baseline_prefix_tokens": prefix_tokens})
+
+    async def end_watches() -> None:
+        await changes.stop()
 
     async def flush_ledger() -> None:
         await relay.stop(settings.flush_seconds)
@@ -71,6 +78,7 @@ async def create_server(settings: Settings) -> CoachServer:
     return CoachServer(
         settings.server,
         [Registration(threads_service_pb2_grpc.add_ThreadsServiceServicer_to_server,
-                      ThreadsServicer(history, turns), name)],
+                      ThreadsServicer(history, turns, changes), name)],
+        on_drain=[end_watches],
         on_stop=[flush_ledger, close],
     )

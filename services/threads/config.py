@@ -1,7 +1,12 @@
-"""Settings of the threads service, parsed once from the environment."""
+"""Settings of the threads service, parsed once from the environment.
+
+`COACH_THREADS_MAX_MESSAGE_BYTES`: the largest request accepted (RecordExchanges
+batches from the routers' journals), 8 MiB by default.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +22,9 @@ from services.threads.ledger_relay import RelaySettings
 from services.threads.pruning import PruneSettings
 
 STATEFUL_APIS = ("responses", "assistants")
+# A router's RecordExchanges batch (up to 2 MiB by the router's own cut) is well above
+# the suite's 64 KiB default for small requests.
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_SUMMARY_MODEL = "gpt-5.4-mini"
 
 
@@ -52,8 +60,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
         keep = env.int("COACH_PRUNE_KEEP_MESSAGES", 20, minimum=2) or 20
+        server = server_settings(env, "threads")
+        max_bytes = env.int("COACH_THREADS_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES,
+                            minimum=64 * 1024) or DEFAULT_MAX_MESSAGE_BYTES
         return cls(
-            server=server_settings(env, "threads"),
+            server=dataclasses.replace(
+                server, max_message_bytes=max(server.max_message_bytes, max_bytes)),
             database_url=database_url(env),
             llm=peer_settings(env, "llm"),
             ledger=peer_settings(env, "ledger"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from services.threads.baseline_tokens import exchange_tokens
 from services.threads.paging import decode_page_token, encode_page_token, page_size
@@ -14,7 +14,7 @@ from services.threads.records import (
     StoredExchange,
     UserState,
 )
-from services.threads.repository import NewExchange, ThreadsRepository
+from services.threads.repository import BatchResult, NewExchange, ThreadsRepository
 
 DEFAULT_RECENT_TURNS = 6
 MAX_RECENT_TURNS = 100
@@ -43,6 +43,7 @@ class History:
         *,
         goals: tuple[GoalSaved, ...] = (),
         conversation_pk: int | None = None,
+        origin: str = "",
     ) -> NewExchange:
         message_tokens, added = exchange_tokens(exchange.user_text, exchange.coach_texts)
         return NewExchange(
@@ -52,14 +53,28 @@ class History:
             prefix_tokens=self.prefix_tokens,
             goals=goals,
             conversation_pk=conversation_pk,
+            origin=origin,
         )
 
-    async def record_exchange(self, exchange: Exchange) -> StoredExchange:
+    async def record_exchange(self, exchange: Exchange, origin: str = "") -> StoredExchange:
         """Stores an exchange answered outside the stateful tier; idempotent on request_id."""
-        stored = await self.repository.store_exchange(self.prepare(exchange))
+        stored = await self.repository.store_exchange(self.prepare(exchange, origin=origin))
         if stored.created:
             self.on_stored()
         return stored
+
+    async def record_exchanges(
+        self, exchanges: Sequence[Exchange], origin: str = ""
+    ) -> list[BatchResult]:
+        """Stores a batch in order, one commit for all; each idempotent on request_id."""
+        if not exchanges:
+            return []
+        results = await self.repository.store_exchanges(
+            [self.prepare(e, origin=origin) for e in exchanges]
+        )
+        if any(r.created for r in results):
+            self.on_stored()
+        return results
 
     async def list_messages(self, user_id: str, requested_size: int, page_token: str) -> MessagePage:
         size = page_size(requested_size)

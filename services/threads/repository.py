@@ -79,6 +79,26 @@ class NewExchange:
     goals: tuple[GoalSaved, ...] = ()
     # Set for stateful turns: the conversation row the exchange was answered in.
     conversation_pk: int | None = None
+    # Who asked to store it (a router instance); echoed to WatchUserChanges watchers.
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What became of one exchange of a batch: stored (created or already there) or rejected."""
+
+    request_id: str
+    created: bool
+    rejected_reason: str = ""
+    rejected_message: str = ""
+
+
+# NOTIFY channel of stored exchanges; payload {"u": user_id, "o": origin} (see user_changes.py).
+USER_CHANGES_CHANNEL = "coach_user_changes"
+
+
+def user_change_payload(user_id: str, origin: str) -> str:
+    return json.dumps({"u": user_id, "o": origin}, separators=(",", ":"))
 
 
 def _exchange_from_row(row: asyncpg.Record | dict[str, Any]) -> Exchange:
@@ -133,7 +153,7 @@ SELECT s.message_count,
           FROM (SELECT id, direction, text FROM threads.messages
                  WHERE user_id = $1 ORDER BY id DESC LIMIT $2) r)::text AS recent,
        (SELECT to_jsonb(e) FROM threads.exchanges e
-         WHERE $3 <> '' AND e.request_id = $3 AND e.user_id = $1)::text AS existing
+         WHERE $3 <> '' AND e.request_id = $3)::text AS existing
   FROM (SELECT 1) AS one
   LEFT JOIN threads.user_stats s ON s.user_id = $1
 """
@@ -155,6 +175,12 @@ class ThreadsRepository:
         assert row is not None
         recent = [Turn(_ROLE_OF_DIRECTION[d], t) for d, t in json.loads(row["recent"])]
         existing = _exchange_from_row(json.loads(row["existing"])) if row["existing"] else None
+        if existing is not None and existing.user_id != user_id:
+            # Said now, while the caller waits: answered first, the clash would only
+            # surface when the router's journal stores the answer.
+            raise FailedPrecondition(
+                "request_id was already used for another user", reason="REQUEST_ID_REUSED"
+            )
         return UserState(
             message_count=row["message_count"] or 0,
             recent_turns=tuple(recent),
@@ -182,6 +208,22 @@ class ThreadsRepository:
         """
         async with self.pool.acquire() as conn:
             return await self._store_exchange(new, conn, lease)
+
+    async def store_exchanges(self, batch: Sequence[NewExchange]) -> list[BatchResult]:
+        """Stores a batch in order in ONE transaction (one commit for all), each exchange in a
+        savepoint of its own: one already stored, or whose request_id belongs to another user,
+        does not undo the others. Idempotent on each request_id."""
+        results: list[BatchResult] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for new in batch:
+                try:
+                    stored = await self._store_exchange(new, conn, None)
+                except FailedPrecondition as err:
+                    results.append(BatchResult(new.exchange.request_id, False,
+                                               err.reason or "FAILED_PRECONDITION", err.message))
+                    continue
+                results.append(BatchResult(new.exchange.request_id, stored.created))
+        return results
 
     async def _store_exchange(
         self, new: NewExchange, conn: asyncpg.Connection, lease: TurnLease | None
@@ -292,6 +334,9 @@ class ThreadsRepository:
                     WHERE c.id = $1""",
                 new.conversation_pk, ids["in"], len(ids), ids.get("out", ids["in"]),
             )
+        await conn.execute(
+            "SELECT pg_notify($1, $2)", USER_CHANGES_CHANNEL, user_change_payload(ex.user_id, new.origin)
+        )
         stored = replace(ex, charges=charges, created_at=created_at)
         return StoredExchange(stored, created=True)
 

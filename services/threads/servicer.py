@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
@@ -9,12 +10,13 @@ from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc
 
-from services.common.errors import Validator
+from services.common.errors import CoachError, InvalidArgument, Validator
 from services.common.usage import Charge
 from services.threads.history import History
 from services.threads.ports import TurnSettings
 from services.threads.records import COACH, Exchange, StoredExchange, Turn
 from services.threads.stateful_turn import StatefulTurnRequest, StatefulTurns
+from services.threads.user_changes import UserChanges
 
 MAX_USER_ID = 128
 MAX_REQUEST_ID = 128
@@ -125,10 +127,14 @@ def _stored(stored: StoredExchange) -> tuple[pb.Exchange, bool]:
     return exchange_pb(stored.exchange), stored.created
 
 
+MAX_BATCH = 1000
+
+
 class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
-    def __init__(self, history: History, turns: StatefulTurns) -> None:
+    def __init__(self, history: History, turns: StatefulTurns, changes: UserChanges) -> None:
         self.history = history
         self.turns = turns
+        self.changes = changes
 
     async def GetUserState(
         self, request: pb.GetUserStateRequest, context: grpc.aio.ServicerContext
@@ -153,9 +159,49 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
     async def RecordExchange(
         self, request: pb.RecordExchangeRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordExchangeResponse:
-        stored = await self.history.record_exchange(exchange_from_pb(request.exchange))
+        v = Validator()
+        v.text("origin", request.origin, max_chars=MAX_NAME_CHARS)
+        v.raise_if_any()
+        stored = await self.history.record_exchange(exchange_from_pb(request.exchange),
+                                                    request.origin)
         exchange, created = _stored(stored)
         return pb.RecordExchangeResponse(exchange=exchange, created=created)
+
+    async def RecordExchanges(
+        self, request: pb.RecordExchangesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordExchangesResponse:
+        v = Validator()
+        v.check(len(request.exchanges) <= MAX_BATCH, "exchanges", f"at most {MAX_BATCH} per call")
+        v.text("origin", request.origin, max_chars=MAX_NAME_CHARS)
+        v.raise_if_any()
+        # An invalid exchange is reported on its own: it must not hold the others back.
+        slots: list[pb.RecordedExchange] = []
+        valid: list[tuple[int, Exchange]] = []
+        for i, message in enumerate(request.exchanges):
+            slots.append(pb.RecordedExchange(request_id=message.request_id))
+            try:
+                valid.append((i, exchange_from_pb(message)))
+            except InvalidArgument as err:
+                slots[i].rejected_reason = err.reason
+                slots[i].rejected_message = "; ".join(
+                    f"{f.field}: {f.description}" for f in err.violations) or err.message
+        results = await self.history.record_exchanges([e for _, e in valid], request.origin)
+        for (i, _), result in zip(valid, results, strict=True):
+            slots[i].created = result.created
+            slots[i].rejected_reason = result.rejected_reason
+            slots[i].rejected_message = result.rejected_message
+        return pb.RecordExchangesResponse(results=slots)
+
+    async def WatchUserChanges(
+        self, request: pb.WatchUserChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchUserChangesResponse]:
+        try:
+            async with self.changes.watch() as watcher:
+                yield pb.WatchUserChangesResponse()  # live: the watcher may trust its cache
+                async for change in watcher:
+                    yield pb.WatchUserChangesResponse(user_id=change.user_id, origin=change.origin)
+        except CoachError as err:  # streams are not wrapped by the error interceptor
+            await context.abort(grpc.StatusCode[err.code], err.message)
 
     async def RunStatefulTurn(
         self, request: pb.RunStatefulTurnRequest, context: grpc.aio.ServicerContext
@@ -168,6 +214,7 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         v.check(request.max_output_tokens >= 0, "max_output_tokens", "must not be negative")
         v.check(0.0 <= request.temperature <= 2.0, "temperature", "between 0 and 2")
         v.text("model", request.model, max_chars=MAX_NAME_CHARS)
+        v.text("origin", request.origin, max_chars=MAX_NAME_CHARS)
         _check_context(v, request.context)
         v.raise_if_any()
         message_type = types_pb2.MessageType.Name(request.message_type)
@@ -188,6 +235,7 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
                 ),
                 baseline=request.baseline,
                 time_remaining_s=context.time_remaining(),
+                origin=request.origin,
             )
         )
         exchange, created = _stored(stored)

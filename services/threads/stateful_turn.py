@@ -84,6 +84,8 @@ class StatefulTurnRequest:
     baseline: bool
     # Seconds until the caller's deadline; None: no deadline (the default budget applies).
     time_remaining_s: float | None = None
+    # Who asks (a router instance); echoed to WatchUserChanges watchers.
+    origin: str = ""
 
 
 def goals_from_tool_calls(calls: tuple[ToolCall, ...]) -> tuple[GoalSaved, ...]:
@@ -128,6 +130,8 @@ class StatefulTurns:
         self.summary_model = summary_model
         self.turn_budget_s = turn_budget_s
         self.locks = UserLocks()
+        # Releases that failed (database restarting), retried in the background.
+        self._late_releases: set[asyncio.Task[None]] = set()
 
     async def run(self, request: StatefulTurnRequest) -> StoredExchange:
         started = time.monotonic()
@@ -173,6 +177,7 @@ class StatefulTurns:
                 exchange,
                 goals=goals_from_tool_calls(reply.tool_calls),
                 conversation_pk=conversation.id,
+                origin=request.origin,
             )
             stored = await self.repository.store_exchange(new, lease)
         if stored.created:
@@ -220,15 +225,31 @@ class StatefulTurns:
                 )
             await asyncio.sleep(sleep)
             delay = min(delay * 2, LEASE_POLL_MAX_S)
+        expires = time.monotonic() + ttl
         try:
             yield lease
         finally:
             try:
                 await self.repository.release_turn_lease(lease)
-            except Exception:
-                # It expires by itself; the user's next turn waits at most until then.
-                log.warning("turn lease release failed", exc_info=True,
-                            extra={"user_id": user_id})
+            except Exception as exc:  # noqa: BLE001 - any failure: the lease must still go
+                # It expires by itself, but the user's next turn would wait until then:
+                # keep trying while the database comes back.
+                log.warning("turn lease release failed; retrying in the background",
+                            extra={"user_id": user_id, "error": repr(exc)})
+                task = asyncio.create_task(self._release_later(lease, expires))
+                self._late_releases.add(task)
+                task.add_done_callback(self._late_releases.discard)
+
+    async def _release_later(self, lease: TurnLease, expires: float) -> None:
+        delay = 0.1
+        while time.monotonic() < expires:
+            await asyncio.sleep(delay)
+            try:
+                await self.repository.release_turn_lease(lease)
+                log.info("turn lease released late", extra={"user_id": lease.user_id})
+                return
+            except Exception:  # noqa: BLE001 - still down: try again until the lease expires
+                delay = min(delay * 2, 1.0)
 
     async def _already_answered(self, request: StatefulTurnRequest) -> StoredExchange | None:
         existing = await self.repository.get_exchange(request.request_id)

@@ -143,6 +143,11 @@ CASES: list[tuple[str, str, Any, str]] = [
      exchange(charges=[threads_pb.UpstreamCharge(
          model="gpt-4o-mini", usage=usage(output_tokens=1, reasoning_tokens=2))]),
      "exchange.charges[0].usage"),
+    ("threads", "RecordExchanges",
+     threads_pb.RecordExchangesRequest(exchanges=[exchange().exchange] * 1001), "exchanges"),
+    ("threads", "RecordExchanges", threads_pb.RecordExchangesRequest(origin="o" * 300), "origin"),
+    ("threads", "RecordExchanges", threads_pb.RecordExchangesRequest(origin="a\x00b"), "origin"),
+    ("threads", "RunStatefulTurn", turn(origin="o" * 300), "origin"),
     ("threads", "RunStatefulTurn", turn(message_type=99), "message_type"),
     ("threads", "RunStatefulTurn", turn(message=""), "message"),
     ("threads", "RunStatefulTurn", turn(message="x" * 4001), "message"),
@@ -236,7 +241,9 @@ def test_every_rpc_of_every_service_has_a_bad_input_case() -> None:
     from coach.llm.v1 import llm_service_pb2
     from coach.threads.v1 import threads_service_pb2
 
-    covered = {(s, m) for s, m, _, _ in CASES}
+    # Requests with no fields at all: nothing a caller can get wrong.
+    no_input = {("threads", "WatchUserChanges")}
+    covered = {(s, m) for s, m, _, _ in CASES} | no_input
     for service, module, name in (
         ("router", router_pb, "RouterService"), ("threads", threads_service_pb2, "ThreadsService"),
         ("llm", llm_service_pb2, "LlmService"), ("ledger", ledger_service_pb2, "LedgerService"),
@@ -263,7 +270,9 @@ async def test_oversize_request_is_resource_exhausted_and_stores_nothing(hardene
     for method, request in (
         (stubs.router.Chat, chat(user_id=user, message=big)),
         (stubs.router.Classify, classify(user_id=user, message=big)),
-        (stubs.threads.RecordExchange, exchange(user_id=user, user_text=big)),
+        # threads takes the routers' journal batches of up to COACH_THREADS_MAX_MESSAGE_BYTES.
+        (stubs.threads.RecordExchange,
+         exchange(user_id=user, user_text="m" * (8 * 1024 * 1024 + 1))),
         (stubs.llm.Complete, complete(user_id=user, message=big)),
         # The ledger takes relay batches of up to COACH_LEDGER_MAX_MESSAGE_BYTES (8 MiB).
         (stubs.ledger.RecordAnswers, record(user_id=user, model="m" * (8 * 1024 * 1024 + 1))),

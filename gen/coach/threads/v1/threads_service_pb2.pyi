@@ -179,16 +179,20 @@ class RecordExchangeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXCHANGE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """Who writes; echoed in WatchUserChangesResponse.origin."""
     @_builtins.property
     def exchange(self) -> Global___Exchange: ...
     def __init__(
         self,
         *,
         exchange: Global___Exchange | None = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "origin", b"origin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,6 +224,125 @@ class RecordExchangeResponse(_message.Message):
 Global___RecordExchangeResponse: _TypeAlias = RecordExchangeResponse  # noqa: Y015
 
 @_typing.final
+class RecordExchangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGES_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """Who writes (a router instance); echoed in WatchUserChangesResponse.origin."""
+    @_builtins.property
+    def exchanges(self) -> _containers.RepeatedCompositeFieldContainer[Global___Exchange]: ...
+    def __init__(
+        self,
+        *,
+        exchanges: _abc.Iterable[Global___Exchange] | None = ...,
+        origin: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchanges", b"exchanges", "origin", b"origin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordExchangesRequest: _TypeAlias = RecordExchangesRequest  # noqa: Y015
+
+@_typing.final
+class RecordExchangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordedExchange]:
+        """One per exchange, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RecordedExchange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordExchangesResponse: _TypeAlias = RecordExchangesResponse  # noqa: Y015
+
+@_typing.final
+class RecordedExchange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    REJECTED_REASON_FIELD_NUMBER: _builtins.int
+    REJECTED_MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    created: _builtins.bool
+    """False when request_id was already stored (the first one stands)."""
+    rejected_reason: _builtins.str
+    """Set when this exchange can never be stored (invalid, or its request_id
+    belongs to another user's message): retrying cannot help.
+    """
+    rejected_message: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        created: _builtins.bool = ...,
+        rejected_reason: _builtins.str = ...,
+        rejected_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "rejected_message", b"rejected_message", "rejected_reason", b"rejected_reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordedExchange: _TypeAlias = RecordedExchange  # noqa: Y015
+
+@_typing.final
+class WatchUserChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchUserChangesRequest: _TypeAlias = WatchUserChangesRequest  # noqa: Y015
+
+@_typing.final
+class WatchUserChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Empty in the stream's first message."""
+    origin: _builtins.str
+    """The writer's origin (RecordExchangesRequest.origin, RunStatefulTurnRequest.origin); empty
+    for other writers.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        origin: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchUserChangesResponse: _TypeAlias = WatchUserChangesResponse  # noqa: Y015
+
+@_typing.final
 class RunStatefulTurnRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -232,6 +355,7 @@ class RunStatefulTurnRequest(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     BASELINE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     user_id: _builtins.str
     message: _builtins.str
@@ -241,6 +365,8 @@ class RunStatefulTurnRequest(_message.Message):
     temperature: _builtins.float
     baseline: _builtins.bool
     """Baseline policy: no pruning, every function definition on every call."""
+    origin: _builtins.str
+    """Who asks (a router instance); echoed in WatchUserChangesResponse.origin."""
     @_builtins.property
     def context(self) -> _types_pb2.UserContext: ...
     def __init__(
@@ -255,10 +381,11 @@ class RunStatefulTurnRequest(_message.Message):
         max_output_tokens: _builtins.int = ...,
         temperature: _builtins.float = ...,
         baseline: _builtins.bool = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "context", b"context", "max_output_tokens", b"max_output_tokens", "message", b"message", "message_type", b"message_type", "model", b"model", "request_id", b"request_id", "temperature", b"temperature", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "context", b"context", "max_output_tokens", b"max_output_tokens", "message", b"message", "message_type", b"message_type", "model", b"model", "origin", b"origin", "request_id", b"request_id", "temperature", b"temperature", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,16 @@ class ThreadsServiceStub:
                 request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeRequest.SerializeToString,
                 response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeResponse.FromString,
                 _registered_method=True)
+        self.RecordExchanges = channel.unary_unary(
+                '/coach.threads.v1.ThreadsService/RecordExchanges',
+                request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangesRequest.SerializeToString,
+                response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangesResponse.FromString,
+                _registered_method=True)
+        self.WatchUserChanges = channel.unary_stream(
+                '/coach.threads.v1.ThreadsService/WatchUserChanges',
+                request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.WatchUserChangesRequest.SerializeToString,
+                response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.WatchUserChangesResponse.FromString,
+                _registered_method=True)
         self.RunStatefulTurn = channel.unary_unary(
                 '/coach.threads.v1.ThreadsService/RunStatefulTurn',
                 request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RunStatefulTurnRequest.SerializeToString,
@@ -84,6 +94,26 @@ class ThreadsServiceServicer:
     def RecordExchange(self, request, context):
         """Stores an exchange answered outside the stateful tier (canned, cheap,
         fallback). Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordExchanges(self, request, context):
+        """Stores a batch of such exchanges, in order, in one transaction (the
+        router's write-behind journal). Each is idempotent on request_id; one that
+        can never be stored is reported, not retried, and does not fail the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchUserChanges(self, request, context):
+        """Streams the users whose stored state changed, so a router can keep a
+        cache of user state: on every change written by another origin the
+        router drops that user's entry. The first message has no user_id (the
+        stream is live); a router trusts its cache only while
+        its stream is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +161,16 @@ def add_ThreadsServiceServicer_to_server(servicer, server):
                     servicer.RecordExchange,
                     request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeRequest.FromString,
                     response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeResponse.SerializeToString,
+            ),
+            'RecordExchanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordExchanges,
+                    request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangesRequest.FromString,
+                    response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangesResponse.SerializeToString,
+            ),
+            'WatchUserChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchUserChanges,
+                    request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.WatchUserChangesRequest.FromString,
+                    response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.WatchUserChangesResponse.SerializeToString,
             ),
             'RunStatefulTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.RunStatefulTurn,
@@ -209,6 +249,60 @@ class ThreadsService:
             '/coach.threads.v1.ThreadsService/RecordExchange',
             coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeRequest.SerializeToString,
             coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordExchanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coach.threads.v1.ThreadsService/RecordExchanges',
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangesRequest.SerializeToString,
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchUserChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coach.threads.v1.ThreadsService/WatchUserChanges',
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.WatchUserChangesRequest.SerializeToString,
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.WatchUserChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

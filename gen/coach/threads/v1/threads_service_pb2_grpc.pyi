@@ -43,6 +43,18 @@ class ThreadsServiceStub:
     """Stores an exchange answered outside the stateful tier (canned, cheap,
     fallback). Idempotent on request_id.
     """
+    RecordExchanges: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.RecordExchangesRequest, _threads_service_pb2.RecordExchangesResponse]
+    """Stores a batch of such exchanges, in order, in one transaction (the
+    router's write-behind journal). Each is idempotent on request_id; one that
+    can never be stored is reported, not retried, and does not fail the rest.
+    """
+    WatchUserChanges: _grpc.UnaryStreamMultiCallable[_threads_service_pb2.WatchUserChangesRequest, _threads_service_pb2.WatchUserChangesResponse]
+    """Streams the users whose stored state changed, so a router can keep a
+    cache of user state: on every change written by another origin the
+    router drops that user's entry. The first message has no user_id (the
+    stream is live); a router trusts its cache only while
+    its stream is.
+    """
     RunStatefulTurn: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.RunStatefulTurnRequest, _threads_service_pb2.RunStatefulTurnResponse]
     """Runs a stateful turn for the user: one provider conversation per user,
     turns serialized, continuity back-filled, pruning applied; stores the
@@ -69,6 +81,18 @@ class ThreadsServiceAsyncStub(ThreadsServiceStub):
     RecordExchange: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.RecordExchangeRequest, _threads_service_pb2.RecordExchangeResponse]  # type: ignore[assignment]
     """Stores an exchange answered outside the stateful tier (canned, cheap,
     fallback). Idempotent on request_id.
+    """
+    RecordExchanges: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.RecordExchangesRequest, _threads_service_pb2.RecordExchangesResponse]  # type: ignore[assignment]
+    """Stores a batch of such exchanges, in order, in one transaction (the
+    router's write-behind journal). Each is idempotent on request_id; one that
+    can never be stored is reported, not retried, and does not fail the rest.
+    """
+    WatchUserChanges: _aio.UnaryStreamMultiCallable[_threads_service_pb2.WatchUserChangesRequest, _threads_service_pb2.WatchUserChangesResponse]  # type: ignore[assignment]
+    """Streams the users whose stored state changed, so a router can keep a
+    cache of user state: on every change written by another origin the
+    router drops that user's entry. The first message has no user_id (the
+    stream is live); a router trusts its cache only while
+    its stream is.
     """
     RunStatefulTurn: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.RunStatefulTurnRequest, _threads_service_pb2.RunStatefulTurnResponse]  # type: ignore[assignment]
     """Runs a stateful turn for the user: one provider conversation per user,
@@ -105,6 +129,30 @@ class ThreadsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_threads_service_pb2.RecordExchangeResponse, _abc.Awaitable[_threads_service_pb2.RecordExchangeResponse]]:
         """Stores an exchange answered outside the stateful tier (canned, cheap,
         fallback). Idempotent on request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordExchanges(
+        self,
+        request: _threads_service_pb2.RecordExchangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_threads_service_pb2.RecordExchangesResponse, _abc.Awaitable[_threads_service_pb2.RecordExchangesResponse]]:
+        """Stores a batch of such exchanges, in order, in one transaction (the
+        router's write-behind journal). Each is idempotent on request_id; one that
+        can never be stored is reported, not retried, and does not fail the rest.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchUserChanges(
+        self,
+        request: _threads_service_pb2.WatchUserChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_threads_service_pb2.WatchUserChangesResponse], _abc.AsyncIterator[_threads_service_pb2.WatchUserChangesResponse]]:
+        """Streams the users whose stored state changed, so a router can keep a
+        cache of user state: on every change written by another origin the
+        router drops that user's entry. The first message has no user_id (the
+        stream is live); a router trusts its cache only while
+        its stream is.
         """
 
     @_abc_1.abstractmethod
