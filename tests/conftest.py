@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -96,7 +97,9 @@ async def start_service(name: str, env: Mapping[str, str]) -> RunningService:
     config = importlib.import_module(f"services.{name}.config")
     app = importlib.import_module(f"services.{name}.app")
     full_env = {f"COACH_{name.upper()}_LISTEN": "127.0.0.1:0",
-                f"COACH_{name.upper()}_METRICS_PORT": "0", **env}
+                f"COACH_{name.upper()}_METRICS_PORT": "0",
+                # Each router journals into a folder of its own (one router per folder).
+                "COACH_ROUTER_JOURNAL_DIR": tempfile.mkdtemp(prefix="coach-journal-"), **env}
     settings = config.Settings.from_env(full_env)
     server = await app.create_server(settings)
     await server.start()

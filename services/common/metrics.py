@@ -50,6 +50,12 @@ BASELINE_COST_NANOS = Counter(
     ["route"],
 )
 LEDGER_BACKLOG = Gauge("coach_ledger_backlog", "Answer records not yet acknowledged by the ledger")
+JOURNAL_PENDING = Gauge("coach_router_journal_pending",
+                        "Answers journaled by the router, not yet stored in threads")
+JOURNAL_STORED = Counter("coach_router_journal_stored_total",
+                         "Journaled answers stored in threads by the router's write-behind")
+USER_CACHE = Counter("coach_router_user_cache_total",
+                     "Router user-state lookups by outcome (hit, miss, off)", ["outcome"])
 
 
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:

@@ -2,8 +2,9 @@
 
 ``ChatService.chat`` is the whole path of a message:
 
-1. replay: a request id that was already answered returns the stored answer
-   (charged once, stored once);
+1. state: the user's state comes from the router's cache (kept exact by
+   threads' change stream) or, on a miss, from threads; a request id that
+   was already answered returns the stored answer (charged once, stored once);
 2. decide (``Router.decide``): canned reply, cheap tier or stateful tier;
 3. limits: messages per UTC day and spend per day, checked before any
    upstream call; crisis messages are answered even over a limit;
@@ -12,7 +13,10 @@
    upstream failure becomes a fallback reply (ROUTE_FALLBACK) well within the
    caller's deadline;
 5. store: every answer is stored exactly once (threads), which also queues
-   its ledger record durably.
+   its ledger record durably. Answers outside the stateful tier go through
+   the router's journal (write-behind: durable locally before the reply,
+   stored in threads in batches right after), so the canned path makes no
+   synchronous call at all on a cache hit.
 
 The peers (threads, llm, ledger) are reached through the small protocols
 below; ``peers.py`` implements them over gRPC and tests can fake them.
@@ -132,8 +136,24 @@ class UpstreamFailure(Exception):
 
 class ThreadsPort(Protocol):
     async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState: ...
-    async def record(self, answer: Answer, timeout: float) -> Answer: ...
     async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Answer: ...
+
+
+class StateCache(Protocol):
+    """The router's cache of user state (user_cache.UserStateCache)."""
+
+    def get(self, user_id: str, request_id: str) -> UserState | None: ...
+    def epoch(self) -> int: ...
+    def put(self, user_id: str, state: UserState, epoch: int) -> None: ...
+    def record(self, answer: Answer) -> None: ...
+
+
+class AnswerStore(Protocol):
+    """Write-behind storage of answers given outside the stateful tier (journal.AnswerJournal)."""
+
+    def ensure_room(self) -> None: ...
+    def append(self, answer: Answer) -> None: ...
+    async def flush_user(self, user_id: str, timeout: float) -> None: ...
 
 
 class LlmPort(Protocol):
@@ -168,8 +188,12 @@ class ChatService:
         ledger: LedgerPort,
         prices: PriceBook,
         policy: ChatPolicy,
+        cache: StateCache,
+        journal: AnswerStore,
     ) -> None:
         self.router = router
+        self.cache = cache
+        self.journal = journal
         self.threads = threads
         self.llm = llm
         self.ledger = ledger
@@ -205,7 +229,7 @@ class ChatService:
         """Decides only: reads stored state for what the caller did not override."""
         last_canned = ""
         if user_id and (message_count is None or history is None):
-            state = await self.threads.user_state(user_id, "", self.policy.recent_turns, timeout)
+            state = await self._user_state(user_id, "", time.monotonic() + timeout)
             message_count = state.message_count if message_count is None else message_count
             history = state.recent_turns if history is None else history
             last_canned = state.last_canned_reply
@@ -219,10 +243,9 @@ class ChatService:
         budget = deadline_s if deadline_s is not None else self.policy.default_deadline_s
         deadline = started + budget
         request_id = request.request_id or uuid.uuid4().hex
+        self.journal.ensure_room()
 
-        state = await self.threads.user_state(
-            request.user_id, request_id, self.policy.recent_turns, self._left(deadline)
-        )
+        state = await self._user_state(request.user_id, request_id, deadline)
         if state.existing is not None:
             return ChatResult(state.existing, self.cost_of(state.existing), replayed=True)
 
@@ -239,7 +262,8 @@ class ChatService:
         answer = await self._answer(request, request_id, decision, state, deadline)
         answer = replace(answer, latency_ms=int((time.monotonic() - started) * 1000))
         if answer.route is not Route.ASSISTANT:
-            answer = await self.threads.record(answer, self._left(deadline, floor=1.0))
+            self.journal.append(answer)
+        self.cache.record(answer)
         ROUTES.labels(answer.route.name, answer.message_type.name).inc()
         cost = self.cost_of(answer)
         log.info(
@@ -257,6 +281,19 @@ class ChatService:
             },
         )
         return ChatResult(answer, cost)
+
+    async def _user_state(self, user_id: str, request_id: str, deadline: float) -> UserState:
+        cached = self.cache.get(user_id, request_id)
+        if cached is not None:
+            return cached
+        # What threads returns must include this router's own answers still in the journal.
+        await self.journal.flush_user(user_id, self._left(deadline))
+        epoch = self.cache.epoch()
+        state = await self.threads.user_state(
+            user_id, request_id, self.policy.recent_turns, self._left(deadline)
+        )
+        self.cache.put(user_id, state, epoch)
+        return state
 
     def cost_of(self, answer: Answer) -> int:
         total = 0
@@ -313,6 +350,8 @@ class ChatService:
                     model=completion.model,
                     charges=(Charge(completion.model, completion.usage),),
                 )
+            # The conversation must see the user's journaled answers before this turn.
+            await self.journal.flush_user(request.user_id, upstream_timeout)
             return await self.threads.stateful_turn(
                 StatefulTurnInput(request_id, request.user_id, request.message, decision,
                                   request.context, self.policy.baseline),

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+
 from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
 
 from services.common.clients import open_channel
@@ -10,8 +16,10 @@ from services.ledger.pricing import PriceBook
 from services.router.answering import ChatPolicy, ChatService
 from services.router.config import Settings
 from services.router.decision import Router
+from services.router.journal import AnswerJournal, JournalSettings
 from services.router.peers import GrpcLedger, GrpcLlm, GrpcThreads
 from services.router.servicer import RouterServicer
+from services.router.user_cache import UserStateCache, follow_changes
 
 
 async def create_server(settings: Settings) -> CoachServer:
@@ -21,10 +29,20 @@ async def create_server(settings: Settings) -> CoachServer:
     prices = PriceBook.load()
     prices.require(router.models())
     channels = [open_channel(peer) for peer in (settings.threads, settings.llm, settings.ledger)]
-    threads, llm, ledger = channels
+    threads_channel, llm, ledger = channels
+    origin = f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    threads = GrpcThreads(threads_channel, origin=origin, auth_token=settings.threads.auth_token)
+    journal = AnswerJournal(JournalSettings(settings.journal_dir, fsync=settings.journal_fsync),
+                            threads)
+    journal.open()
+    cache = UserStateCache(max_users=settings.user_cache_size, recent_turns=settings.recent_turns)
+    following = (asyncio.create_task(follow_changes(cache, threads.changes, origin))
+                 if settings.user_cache_size else None)
     chat = ChatService(
         router=router,
-        threads=GrpcThreads(threads),
+        cache=cache,
+        journal=journal,
+        threads=threads,
         llm=GrpcLlm(llm),
         ledger=GrpcLedger(ledger),
         prices=prices,
@@ -37,7 +55,12 @@ async def create_server(settings: Settings) -> CoachServer:
         ),
     )
 
-    async def close_channels() -> None:
+    async def close() -> None:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        await journal.close(timeout=settings.server.grace_seconds)
         for channel in channels:
             await channel.close()
 
@@ -46,5 +69,5 @@ async def create_server(settings: Settings) -> CoachServer:
         settings.server,
         [Registration(router_service_pb2_grpc.add_RouterServiceServicer_to_server,
                       RouterServicer(chat), name)],
-        on_stop=[close_channels],
+        on_stop=[close],
     )

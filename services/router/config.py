@@ -11,6 +11,9 @@
 | COACH_USER_DAILY_BUDGET_USD | spend per user per UTC day (checked with the ledger) | unlimited |
 | COACH_CHAT_DEADLINE_SECONDS | deadline when the caller sets none | 20 |
 | COACH_ROUTER_DATA_DIR | folder with classifier/patterns/tiers YAML | services/router/data |
+| COACH_ROUTER_JOURNAL_DIR | the write-behind journal of answers (one router per folder) | $COACH_DATA_DIR/router-journal |
+| COACH_ROUTER_JOURNAL_FSYNC | fsync every journaled answer (survives power loss, slower) | false |
+| COACH_ROUTER_USER_CACHE_SIZE | users whose state the router caches; 0 turns the cache off | 100000 |
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from services.common.settings import (
     peer_settings,
     server_settings,
 )
+from services.common.settings import data_dir as coach_data_dir
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class Settings:
     daily_budget_enabled: bool
     chat_deadline_s: float
     data_dir: Path | None
+    journal_dir: Path
+    journal_fsync: bool
+    user_cache_size: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -59,4 +66,8 @@ class Settings:
             daily_budget_enabled=budget > 0,
             chat_deadline_s=env.float("COACH_CHAT_DEADLINE_SECONDS", 20.0, minimum=0.5),
             data_dir=Path(data_dir) if data_dir else None,
+            journal_dir=Path(env.str("COACH_ROUTER_JOURNAL_DIR",
+                                     str(coach_data_dir(env) / "router-journal"))).resolve(),
+            journal_fsync=env.bool("COACH_ROUTER_JOURNAL_FSYNC", False),
+            user_cache_size=env.int("COACH_ROUTER_USER_CACHE_SIZE", 100_000, minimum=0) or 0,
         )

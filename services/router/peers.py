@@ -8,6 +8,8 @@ with the same request id.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+
 import grpc
 from coach.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from coach.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
@@ -35,6 +37,8 @@ from services.router.answering import (
     UserState,
 )
 from services.router.decision import MessageType, PriorTurn, Route
+from services.router.journal import BatchOutcome
+from services.router.user_cache import Change
 
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # threads: the request_id belongs to another user
 
@@ -149,8 +153,12 @@ def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Answer:
 # -- clients ------------------------------------------------------------------------
 
 class GrpcThreads:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, origin: str, auth_token: str | None) -> None:
         self.stub = threads_service_pb2_grpc.ThreadsServiceStub(channel)
+        # Written on every write, so this router can tell its own changes from others'.
+        self.origin = origin
+        # Streaming calls skip the channel's unary interceptor: the token goes by hand.
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
 
     async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState:
         try:
@@ -170,15 +178,29 @@ class GrpcThreads:
             last_canned_reply=reply.last_canned_reply,
         )
 
-    async def record(self, answer: Answer, timeout: float) -> Answer:
+    async def record_batch(self, answers: Sequence[Answer], timeout: float) -> list[BatchOutcome]:
+        """The journal's sink: stores answers in order, one transaction for the batch."""
+        request = threads_service_pb2.RecordExchangesRequest(
+            exchanges=[answer_to_proto(a) for a in answers], origin=self.origin
+        )
         try:
-            reply = await self.stub.RecordExchange(
-                threads_service_pb2.RecordExchangeRequest(exchange=answer_to_proto(answer)),
-                timeout=timeout,
-            )
+            reply = await self.stub.RecordExchanges(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise storage_error(exc, "the conversation store") from exc
-        return answer_from_proto(reply.exchange)
+        return [BatchOutcome(r.request_id, r.rejected_reason, r.rejected_message)
+                for r in reply.results]
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """threads' WatchUserChanges: the first change (no user) says the stream is live."""
+        call = self.stub.WatchUserChanges(threads_service_pb2.WatchUserChangesRequest(),
+                                          metadata=self._metadata)
+        try:
+            async for message in call:
+                yield Change(message.user_id, message.origin)
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store's change stream") from exc
+        finally:
+            call.cancel()
 
     async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Answer:
         decision = turn.decision
@@ -192,6 +214,7 @@ class GrpcThreads:
             max_output_tokens=decision.max_output_tokens,
             temperature=decision.temperature,
             baseline=turn.baseline,
+            origin=self.origin,
         )
         try:
             reply = await self.stub.RunStatefulTurn(request, timeout=timeout)

@@ -7,6 +7,7 @@ threads and ledger use a real PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2_grpc
 from coach.router.v1 import router_service_pb2_grpc
-from coach.threads.v1 import threads_service_pb2_grpc
+from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
 
 from tests.conftest import RunningService, start_service, stop_service
 
@@ -57,6 +58,37 @@ async def start_suite(pg_url: str, upstream: Any, extra: Mapping[str, str] | Non
         upstream=upstream,
         env=env,
     )
+
+
+async def stored_messages(suite: Suite, user: str, count: int) -> list[str]:
+    """All the user's stored texts (user and coach), oldest first, once there are ``count``.
+
+    Answers outside the stateful tier reach threads through the router's
+    write-behind journal: a moment after the reply, not before it.
+    """
+    texts: list[str] = []
+    for _ in range(200):
+        page = await suite.threads.ListMessages(
+            threads_service_pb2.ListMessagesRequest(user_id=user, page_size=100))
+        texts = [m.text for m in page.messages][::-1]
+        if len(texts) >= count:
+            return texts
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"threads holds {len(texts)} messages for {user}, expected {count}")
+
+
+async def stored_count(suite: Suite, user: str, expected: int) -> int:
+    """The user's stored message count once it reaches ``expected`` (and stays there briefly)."""
+    count = 0
+    for _ in range(200):
+        count = (await suite.threads.CountMessages(
+            threads_service_pb2.CountMessagesRequest(user_id=user))).count
+        if count >= expected:
+            await asyncio.sleep(0.1)  # and no more arrive
+            return int((await suite.threads.CountMessages(
+                threads_service_pb2.CountMessagesRequest(user_id=user))).count)
+        await asyncio.sleep(0.025)
+    return int(count)
 
 
 async def stop_suite(suite: Suite) -> None:

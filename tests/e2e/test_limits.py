@@ -11,10 +11,9 @@ import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2
 from coach.router.v1 import router_service_pb2, types_pb2
-from coach.threads.v1 import threads_service_pb2
 
 from services.common.interceptors import error_from_rpc
-from tests.e2e.conftest import Suite, start_suite, stop_suite
+from tests.e2e.conftest import Suite, start_suite, stop_suite, stored_count
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,7 @@ async def test_over_the_daily_limit_is_refused_but_a_crisis_is_answered(limited:
     assert (code, reason) == ("RESOURCE_EXHAUSTED", "DAILY_MESSAGE_LIMIT")
     assert "resets at midnight UTC" in (refused.value.details() or "")
     assert limited.upstream.stats.snapshot()["model_calls"] == calls_before  # no upstream call
-    count = await limited.threads.CountMessages(threads_service_pb2.CountMessagesRequest(user_id=user))
-    assert count.count == 3  # the refused message is not stored
+    assert await stored_count(limited, user, 3) == 3  # the refused message is not stored
 
     crisis = await limited.router.Chat(ask(user, "i don't want to be here anymore"), timeout=15)
     assert crisis.route == types_pb2.ROUTE_ASSISTANT

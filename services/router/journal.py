@@ -1,0 +1,347 @@
+"""The router's write-behind journal: answers are stored after the reply, never lost.
+
+Storing an answer used to cost the caller a synchronous hop to the threads
+service and a database transaction. Now an answer given outside the stateful
+tier (canned, cheap tier, fallback) is appended to a local journal file
+before the reply goes out, and a background task sends the journal to
+threads in batches (``RecordExchanges``: one transaction per batch, each
+exchange idempotent on its request id).
+
+Durability: the append is a plain ``write`` to a file opened O_APPEND, so an
+answer survives the router being killed (the kernel has it); it does not
+survive the machine losing power before the page cache is written, unless
+``fsync`` is on (COACH_ROUTER_JOURNAL_FSYNC). At start the router sends
+whatever an earlier process left in the directory; sending twice is safe.
+
+Order: a user's answers reach threads in the order they were given; before
+anything reads the user's state from threads, or runs a stateful turn for
+them, the router waits until that user's journaled answers are stored
+(``flush_user``), so the conversation never misses an exchange.
+
+Failure: while threads is unreachable the journal keeps answers on disk and
+retries with backoff; past ``max_pending`` unsent answers the router refuses
+new messages with UNAVAILABLE rather than growing without bound. An answer
+threads can never store (its request id belongs to another user's message)
+is set aside in ``rejected.jsonl`` and logged, not retried.
+
+Files: ``journal-<n>.jsonl`` segments, one JSON answer per line; a segment is
+deleted once every answer in it is stored. ``LOCK`` keeps a second router
+out of the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.common.errors import CoachError, ConfigError, Unavailable
+from services.common.metrics import JOURNAL_PENDING, JOURNAL_STORED
+from services.common.usage import Charge
+from services.router.answering import Answer
+from services.router.decision import MessageType, Route
+
+log = logging.getLogger(__name__)
+
+SEGMENT_GLOB = "journal-*.jsonl"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What threads did with one answer of a batch."""
+
+    request_id: str
+    rejected_reason: str = ""
+    rejected_message: str = ""
+
+
+class JournalSink(Protocol):
+    async def record_batch(self, answers: Sequence[Answer], timeout: float) -> list[BatchOutcome]:
+        """Stores the answers in order; raises CoachError when the batch could not be sent."""
+        ...
+
+
+def answer_to_json(answer: Answer) -> dict[str, Any]:
+    return {
+        "request_id": answer.request_id,
+        "user_id": answer.user_id,
+        "user_text": answer.user_text,
+        "coach_texts": list(answer.coach_texts),
+        "route": answer.route.name,
+        "message_type": answer.message_type.name,
+        "pattern": answer.pattern,
+        "model": answer.model,
+        "charges": [c.to_json() for c in answer.charges],
+        "conversation_id": answer.conversation_id,
+        "latency_ms": answer.latency_ms,
+    }
+
+
+def answer_from_json(raw: dict[str, Any]) -> Answer:
+    return Answer(
+        request_id=str(raw["request_id"]),
+        user_id=str(raw["user_id"]),
+        user_text=str(raw["user_text"]),
+        coach_texts=tuple(str(t) for t in raw["coach_texts"]),
+        route=Route[raw["route"]],
+        message_type=MessageType[raw["message_type"]],
+        pattern=str(raw.get("pattern", "")),
+        model=str(raw.get("model", "")),
+        charges=tuple(Charge.from_json(c) for c in raw.get("charges", ())),
+        conversation_id=str(raw.get("conversation_id", "")),
+        latency_ms=int(raw.get("latency_ms", 0)),
+    )
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    directory: Path
+    fsync: bool = False
+    batch_size: int = 256
+    # Kept under threads' request limit (COACH_THREADS_MAX_MESSAGE_BYTES, 8 MiB by default).
+    batch_bytes: int = 2 * 1024 * 1024
+    max_pending: int = 50_000
+    segment_records: int = 4096
+    send_timeout_s: float = 10.0
+    retry_max_s: float = 2.0
+
+
+@dataclass
+class _Entry:
+    segment: int
+    answer: Answer
+    size: int
+
+
+class AnswerJournal:
+    def __init__(self, settings: JournalSettings, sink: JournalSink) -> None:
+        self.settings = settings
+        self.sink = sink
+        self._pending: deque[_Entry] = deque()
+        self._per_user: Counter[str] = Counter()
+        self._per_segment: Counter[int] = Counter()
+        self._segment = 0
+        self._segment_records = 0
+        self._fd = -1
+        self._lock_fd = -1
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Locks the directory, queues what an earlier process left, starts sending."""
+        directory = self.settings.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(directory / "LOCK", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            raise ConfigError(
+                f"the answer journal {directory} is in use by another router: give each router "
+                "its own COACH_ROUTER_JOURNAL_DIR"
+            ) from exc
+        left = self._load_leftovers(directory)
+        if left:
+            log.warning("journal: sending answers an earlier process left unsent",
+                        extra={"answers": left})
+        self._open_segment(self._segment + 1)
+        JOURNAL_PENDING.set(len(self._pending))
+        self._task = asyncio.create_task(self._send_forever(), name="answer-journal")
+
+    async def close(self, timeout: float) -> None:
+        """Sends what is pending (up to ``timeout``); what is left stays on disk for next start."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        if self._pending:
+            log.warning("journal: answers left on disk, sent at next start",
+                        extra={"answers": len(self._pending)})
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def ensure_room(self) -> None:
+        """Raises Unavailable when the router should take no new message (checked before any
+        upstream call, so an answer that was paid for is never refused by :meth:`append`)."""
+        if self._closing:
+            raise Unavailable("the router is stopping; retry with the same request_id",
+                              reason="ROUTER_STOPPING", retry_after_s=1.0)
+        if len(self._pending) >= self.settings.max_pending:
+            raise Unavailable(
+                "answers cannot be stored right now (the conversation store is behind); "
+                "retry with the same request_id",
+                reason="STORAGE_UNAVAILABLE", retry_after_s=2.0,
+            )
+
+    def append(self, answer: Answer) -> None:
+        """Makes the answer durable locally and queues it for threads."""
+        if self._segment_records >= self.settings.segment_records:
+            self._open_segment(self._segment + 1)
+        line = json.dumps(answer_to_json(answer), separators=(",", ":"), ensure_ascii=False).encode()
+        os.write(self._fd, line + b"\n")
+        if self.settings.fsync:
+            os.fsync(self._fd)
+        self._segment_records += 1
+        self._queue(_Entry(self._segment, answer, len(line)))
+        JOURNAL_PENDING.set(len(self._pending))
+        self._wake.set()
+
+    def pending_for(self, user_id: str) -> int:
+        return self._per_user[user_id]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush_user(self, user_id: str, timeout: float) -> None:
+        """Waits until every journaled answer of the user is stored in threads."""
+        if not self._per_user[user_id]:
+            return
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._per_user[user_id]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(
+                    "this user's earlier answers are not stored yet; retry with the same request_id",
+                    reason="STORAGE_UNAVAILABLE", retry_after_s=1.0,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _send_forever(self) -> None:
+        delay = 0.05
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._next_batch()
+            try:
+                outcomes = await self.sink.record_batch([e.answer for e in batch],
+                                                        self.settings.send_timeout_s)
+            except CoachError as err:
+                log.warning("journal: threads did not take a batch; retrying",
+                            extra={"answers": len(batch), "error": err.message,
+                                   "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+                continue
+            delay = 0.05
+            self._done(batch, outcomes)
+
+    def _next_batch(self) -> list[_Entry]:
+        batch: list[_Entry] = []
+        size = 0
+        for entry in self._pending:
+            if batch and (len(batch) >= self.settings.batch_size
+                          or size + entry.size > self.settings.batch_bytes):
+                break
+            batch.append(entry)
+            size += entry.size
+        return batch
+
+    def _done(self, batch: list[_Entry], outcomes: list[BatchOutcome]) -> None:
+        rejected = {o.request_id: o for o in outcomes if o.rejected_reason}
+        for entry in batch:
+            popped = self._pending.popleft()
+            assert popped is entry
+            outcome = rejected.get(entry.answer.request_id)
+            if outcome is not None:
+                self._set_aside(entry.answer, outcome)
+            self._unqueue(entry)
+        JOURNAL_STORED.inc(len(batch) - len(rejected))
+        JOURNAL_PENDING.set(len(self._pending))
+        progressed, self._progress = self._progress, asyncio.Event()
+        progressed.set()
+
+    def _set_aside(self, answer: Answer, outcome: BatchOutcome) -> None:
+        log.error("journal: threads refused an answer; set aside in rejected.jsonl",
+                  extra={"request_id": answer.request_id, "user_id": answer.user_id,
+                         "reason": outcome.rejected_reason, "detail": outcome.rejected_message})
+        record = {"answer": answer_to_json(answer), "reason": outcome.rejected_reason,
+                  "detail": outcome.rejected_message}
+        with open(self.settings.directory / "rejected.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _queue(self, entry: _Entry) -> None:
+        self._pending.append(entry)
+        self._per_user[entry.answer.user_id] += 1
+        self._per_segment[entry.segment] += 1
+
+    def _unqueue(self, entry: _Entry) -> None:
+        user = entry.answer.user_id
+        self._per_user[user] -= 1
+        if not self._per_user[user]:
+            del self._per_user[user]
+        self._per_segment[entry.segment] -= 1
+        if not self._per_segment[entry.segment]:
+            del self._per_segment[entry.segment]
+            if entry.segment != self._segment:
+                self._remove_segment(entry.segment)
+
+    def _path(self, segment: int) -> Path:
+        return self.settings.directory / f"journal-{segment:010d}.jsonl"
+
+    def _open_segment(self, segment: int) -> None:
+        previous = self._segment
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._segment, self._segment_records = segment, 0
+        self._fd = os.open(self._path(segment), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        if previous and not self._per_segment[previous]:
+            self._remove_segment(previous)
+
+    def _remove_segment(self, segment: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(segment).unlink()
+
+    def _load_leftovers(self, directory: Path) -> int:
+        loaded = 0
+        for path in sorted(directory.glob(SEGMENT_GLOB)):
+            segment = int(path.stem.removeprefix("journal-"))
+            self._segment = max(self._segment, segment)
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            for number, line in enumerate(lines, 1):
+                try:
+                    answer = answer_from_json(json.loads(line))
+                    size = len(line.encode())
+                except (ValueError, KeyError, TypeError):
+                    # A line cut short by a crash mid-write: its caller got no reply and retries.
+                    log.warning("journal: unreadable line skipped",
+                                extra={"file": path.name, "line": number})
+                    continue
+                self._queue(_Entry(segment, answer, size))
+                loaded += 1
+            if not self._per_segment[segment]:
+                path.unlink()
+        return loaded
