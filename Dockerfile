@@ -24,7 +24,10 @@ COPY gen ./gen
 COPY services ./services
 RUN pip install --no-deps . \
  && groupadd --system --gid 10001 coach \
- && useradd --system --uid 10001 --gid coach --home-dir /var/lib/coach --create-home coach
+ && useradd --system --uid 10001 --gid coach --home-dir /var/lib/coach --create-home coach \
+ && install -d -o coach -g coach -m 700 /var/lib/coach/router-journal
+# The router's journal of answers not yet stored in threads: mount a volume there
+# (docker-compose.yml does) so a recreated container sends what its predecessor left.
 
 USER 10001:10001
 EXPOSE 50051 50052 50053 50054 9151 9152 9153 9154
