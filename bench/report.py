@@ -209,8 +209,8 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RPC_ORDER = ("router.Chat", "threads.GetUserState", "threads.RecordExchange",
-             "threads.RunStatefulTurn", "llm.Complete", "llm.StatefulTurn",
+RPC_ORDER = ("router.Chat", "threads.GetUserState", "threads.RecordExchanges",
+             "threads.RecordExchange", "threads.RunStatefulTurn", "llm.Complete", "llm.StatefulTurn",
              "llm.CreateConversation", "llm.AppendTurns", "llm.Summarize", "ledger.RecordAnswers")
 
 
