@@ -18,10 +18,17 @@ from tests.e2e.conftest import Suite, start_suite, stop_suite, stored_count
 
 @pytest.fixture(scope="module")
 async def limited(pg_url: str, offline_openai: Any) -> AsyncIterator[Suite]:
-    running = await start_suite(pg_url, offline_openai, {
-        "COACH_USER_DAILY_MESSAGES": "3",
-        "COACH_USER_DAILY_BUDGET_USD": "0.000001",
-    })
+    """Three messages a day. (No budget here: whether the ledger had heard of the first
+    answers' cost by the third message would decide which limit refuses first.)"""
+    running = await start_suite(pg_url, offline_openai, {"COACH_USER_DAILY_MESSAGES": "3"})
+    yield running
+    await stop_suite(running)
+
+
+@pytest.fixture(scope="module")
+async def budgeted(pg_url: str, offline_openai: Any) -> AsyncIterator[Suite]:
+    """A budget of a millionth of a dollar a day: one stateful answer spends it."""
+    running = await start_suite(pg_url, offline_openai, {"COACH_USER_DAILY_BUDGET_USD": "0.000001"})
     yield running
     await stop_suite(running)
 
@@ -50,18 +57,18 @@ async def test_over_the_daily_limit_is_refused_but_a_crisis_is_answered(limited:
     assert crisis.message_type == types_pb2.MESSAGE_TYPE_CRISIS
 
 
-async def test_over_the_daily_budget_is_refused(limited: Suite) -> None:
+async def test_over_the_daily_budget_is_refused(budgeted: Suite) -> None:
     user = f"user-{uuid.uuid4().hex[:12]}"
-    first = await limited.router.Chat(ask(user, "hey coach"), timeout=15)  # stateful: costs money
+    first = await budgeted.router.Chat(ask(user, "hey coach"), timeout=15)  # stateful: costs money
     assert first.cost_usd_nanos > 1000
     for _ in range(300):  # the ledger learns of the spend through the outbox relay
-        limits = await limited.ledger.CheckUserLimits(
+        limits = await budgeted.ledger.CheckUserLimits(
             ledger_service_pb2.CheckUserLimitsRequest(user_id=user))
         if limits.exceeded:
             break
         await asyncio.sleep(0.05)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await limited.router.Chat(ask(user, "what's up"), timeout=15)
+        await budgeted.router.Chat(ask(user, "what's up"), timeout=15)
     code, reason, _ = error_from_rpc(refused.value)
     assert (code, reason) == ("RESOURCE_EXHAUSTED", "DAILY_BUDGET_EXCEEDED")
     assert refused.value.details()  # a sentence the app can show

@@ -120,7 +120,7 @@ async def test_breaker_opens_fails_fast_and_closes_when_the_upstream_is_back(
         error, took = await failing(llm.stub.Complete(HELLO, timeout=5))
         assert error.code() is grpc.StatusCode.UNAVAILABLE
         assert reason(error) == "UPSTREAM_CIRCUIT_OPEN"
-        assert took < 0.05  # fails fast
+        assert took < 1.0  # no attempt, no backoff (generous: shared machines are noisy; the count below is the proof)
         assert offline_openai.stats.snapshot()["total_requests"] == requests  # nothing sent
 
         # The stateful tier has its own breaker and keeps answering.
