@@ -63,7 +63,11 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(pg_url: str, 
             victim = suite.services["router"].pid
             assert victim is not None
             os.kill(victim, signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            killed = time.monotonic()
+            while health_pb2.HealthCheckResponse.NOT_SERVING not in seen:  # draining now
+                assert time.monotonic() - killed < 10, f"health never went NOT_SERVING: {seen}"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
             refused = [await chat(100 + i) for i in range(5)]
             drained = await asyncio.gather(*in_flight)
             follower.cancel()
