@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 import pytest
 from coach.llm.v1 import llm_service_pb2 as pb
-from coach.llm.v1 import llm_service_pb2_grpc as pb_grpc
 from prometheus_client import REGISTRY
 
 from services.common.deadlines import deadline_var
@@ -22,10 +21,13 @@ from services.common.settings import Env, server_settings
 TOKEN = "chain-token"
 
 
-class Fake(pb_grpc.LlmServiceServicer):
-    """Complete answers with the request id and deadline it saw; its message picks a failure."""
+METHOD = "/coach.test.v1.Chain/ChainEcho"  # a name of its own: its metrics are only ours
 
-    async def Complete(self, request: pb.CompleteRequest, context: Any) -> pb.CompleteResponse:
+
+class Fake:
+    """Answers with the request id and deadline it saw; the message picks a failure."""
+
+    async def echo(self, request: pb.CompleteRequest, context: Any) -> pb.CompleteResponse:
         if request.message == "missing":
             raise NotFound("no such thing", reason="THING_NOT_FOUND")
         if request.message == "crash":
@@ -35,15 +37,28 @@ class Fake(pb_grpc.LlmServiceServicer):
                                    model="deadline" if deadline is not None else "none")
 
 
+def add_fake(servicer: Fake, server: grpc.aio.Server) -> None:
+    handler = grpc.unary_unary_rpc_method_handler(
+        servicer.echo, request_deserializer=pb.CompleteRequest.FromString,
+        response_serializer=pb.CompleteResponse.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("coach.test.v1.Chain", {"ChainEcho": handler}),))
+
+
+class Stub:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.Complete = channel.unary_unary(METHOD, pb.CompleteRequest.SerializeToString,
+                                            pb.CompleteResponse.FromString)
+
+
 @pytest.fixture(scope="module")
-async def stub() -> AsyncIterator[pb_grpc.LlmServiceStub]:
+async def stub() -> AsyncIterator[Stub]:
     env = Env({"COACH_LLM_LISTEN": "127.0.0.1:0", "COACH_AUTH_TOKEN": TOKEN})
     server = CoachServer(server_settings(env, "llm"),
-                         [Registration(pb_grpc.add_LlmServiceServicer_to_server, Fake(),
-                                       "coach.llm.v1.LlmService")])
+                         [Registration(add_fake, Fake(), "coach.test.v1.Chain")])
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield pb_grpc.LlmServiceStub(channel)
+    yield Stub(channel)
     await channel.close()
     await server.stop(0.1)
 
@@ -58,7 +73,7 @@ def count(method: str, code: str) -> float:
 
 
 async def test_request_id_comes_from_metadata_then_request_then_a_fresh_one(
-    stub: pb_grpc.LlmServiceStub,
+    stub: Stub,
 ) -> None:
     for _ in range(3):  # the first call builds the method's wrapper; later calls reuse it
         reply = await stub.Complete(pb.CompleteRequest(message="hi", request_id="from-request"),
@@ -75,9 +90,9 @@ async def test_request_id_comes_from_metadata_then_request_then_a_fresh_one(
 
 
 async def test_errors_map_to_status_with_details_and_are_counted(
-    stub: pb_grpc.LlmServiceStub,
+    stub: Stub,
 ) -> None:
-    before = {code: count("Complete", code) for code in ("OK", "NOT_FOUND", "INTERNAL")}
+    before = {code: count("ChainEcho", code) for code in ("OK", "NOT_FOUND", "INTERNAL")}
     for _ in range(2):
         await stub.Complete(pb.CompleteRequest(message="hi"), metadata=auth(), timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as missing:
@@ -88,13 +103,13 @@ async def test_errors_map_to_status_with_details_and_are_counted(
                                 metadata=auth(("x-request-id", "rid-crash")), timeout=5)
         assert error_from_rpc(crashed.value)[:2] == ("INTERNAL", "INTERNAL")
         assert "boom" not in (crashed.value.details() or "")
-    after = {code: count("Complete", code) for code in before}
+    after = {code: count("ChainEcho", code) for code in before}
     assert {code: after[code] - before[code] for code in before} == {
         "OK": 2, "NOT_FOUND": 2, "INTERNAL": 2}
 
 
 async def test_a_wrong_token_is_refused_before_and_after_the_wrapper_exists(
-    stub: pb_grpc.LlmServiceStub,
+    stub: Stub,
 ) -> None:
     await stub.Complete(pb.CompleteRequest(message="hi"), metadata=auth(), timeout=5)
     for metadata in ((("authorization", "Bearer nope"),), (),
