@@ -13,6 +13,7 @@ from coach.router.v1 import router_service_pb2 as router_pb
 from coach.threads.v1 import threads_service_pb2 as threads_pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from tests.e2e.conftest import Suite, start_suite, stop_suite
 from tests.hardening.conftest import Stubs, stubs_for
@@ -57,6 +58,20 @@ async def test_chat_works_with_the_token_end_to_end(authed: Any) -> None:
     assert count.count == 2
     # threads' relay reached the ledger with the token too.
     assert len(await wait_for_ledger(suite.env["DATABASE_URL"], user, 2)) == 2
+
+
+async def test_the_routers_change_stream_carries_the_token(authed: Any) -> None:
+    """WatchUserChanges is a streaming call (no unary interceptor): with the token the stream
+    is live, so the router's user cache is on and a user's later messages hit it."""
+    _, stubs = authed
+    user = "auth-cache-" + uuid.uuid4().hex[:8]
+    hits = REGISTRY.get_sample_value("coach_router_user_cache_total", {"outcome": "hit"}) or 0.0
+    for text in ("hey", "thanks!", "done", "ok"):
+        await stubs.router.Chat(router_pb.ChatRequest(user_id=user, message=text,
+                                                      request_id=uuid.uuid4().hex),
+                                metadata=GOOD, timeout=20)
+    after = REGISTRY.get_sample_value("coach_router_user_cache_total", {"outcome": "hit"}) or 0.0
+    assert after > hits
 
 
 @pytest.mark.parametrize("metadata", [(), WRONG, (("authorization", TOKEN),),
