@@ -50,11 +50,10 @@ class OfflineOpenAI:
     async def start(self) -> None:
         # Load the vocabulary off the event loop so a host process keeps serving meanwhile.
         await asyncio.to_thread(load_encoding)
-        runner = web.AppRunner(self.api.build(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.api.build(), access_log=None, handle_signals=False,
+                               shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(
-            runner, self.config.host, self.config.port, backlog=4096, shutdown_timeout=1.0
-        )
+        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=4096)
         await site.start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])
