@@ -82,7 +82,7 @@ async def test_first_messages_go_to_the_stateful_tier_with_a_conversation(suite:
     assert reply.messages and reply.messages[0]
     assert reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0
     assert reply.cost_usd_nanos > 0
-    assert reply.model == "gpt-5.5"
+    assert reply.model == "gpt-5.4"  # an onboarding greeting: the stateful tier's half-price model
     second = await chat(suite, user, "what should I do first?")
     assert second.route == types_pb2.ROUTE_ASSISTANT
     assert second.conversation_id == reply.conversation_id  # one conversation per user

@@ -120,3 +120,11 @@ async def test_user_locks_serialize_one_user_and_forget_idle_ones() -> None:
 
     await asyncio.gather(*(turn("ab"[i % 2]) for i in range(20)))
     assert peak == {"a": 1, "b": 1} and len(locks) == 0
+
+
+def test_default_window_keeps_ten_messages_and_rotates_at_twenty() -> None:
+    from services.threads.config import Settings
+
+    prune = Settings.from_env({"DATABASE_URL": "postgresql://x/y"}).prune
+    assert (prune.keep_messages, prune.prune_at_messages) == (10, 20)
+    assert (PruneSettings().keep_messages, PruneSettings().prune_at_messages) == (10, 20)
