@@ -799,6 +799,15 @@ class Classifier:
         """Classify one user message given the recent turns (oldest first)."""
         return self.classify_normalized(self.normalizer.normalize(message), history)
 
+    def emotional(self, norm: NormalizedText) -> bool:
+        """Whether the message speaks of feelings or life-level trouble (the DEEP_COACHING
+        rules' phrases), whatever type it was classified as: "I keep sabotaging myself, I
+        think I'm scared to succeed" is a pattern question, and an emotional one."""
+        text = norm.text
+        return any(rule.message_type is MessageType.DEEP_COACHING
+                   and rule.phrases.search(text) is not None and rule.unless.search(text) is None
+                   for rule in self.rules)
+
     def classify_normalized(self, norm: NormalizedText,
                             history: Sequence[PriorTurn] = ()) -> Classification:
         text = norm.text

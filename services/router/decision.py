@@ -3,8 +3,8 @@
 Given a message and what we know about the user, decide how to answer it:
 
 1. **Crisis** (self-harm, suicidal ideation, disordered eating) → the stateful
-   tier with ``crisis=True``, on the tier's own model (never a per-type one). Nothing overrides this: not the policy, not the
-   message count, not a canned set.
+   tier with ``crisis=True``, on the tier's own model (never a per-type one).
+   Nothing overrides this: not the policy, not the message count, not a canned set.
 2. **Baseline policy** (the guide's BEFORE, for cost comparison) → every
    message on the stateful tier with the strong model (the tier's own model,
    whatever per-type model ``tiers.yaml`` gives the optimized policy).
@@ -19,6 +19,11 @@ Given a message and what we know about the user, decide how to answer it:
 6. Otherwise by type (``tiers.yaml``): stateful types (goal setting, pattern
    analysis, deep coaching, accountability, longer struggles) → the stateful
    tier; the rest → the cheap tier.
+
+A stateful turn (3, 4, 6) gets its type's model from ``tiers.yaml``, unless the
+message speaks of feelings (the classifier's DEEP_COACHING phrases: "scared",
+"I feel like a failure", "overwhelmed"...): anything emotional gets the
+stateful tier's own, strongest model, whatever its type.
 
 Usage::
 
@@ -42,6 +47,7 @@ from services.router.classifier import (
     ConfigError,
     DataFile,
     MessageType,
+    NormalizedText,
     Normalizer,
     PriorTurn,
 )
@@ -195,12 +201,11 @@ class Router:
                                   f"baseline policy: every message on the stateful tier "
                                   f"({verdict.reason})", strong=True)
         if ctx.message_count < self._onboarding:
-            return self._upstream(Route.ASSISTANT, mtype,
-                                  f"message {ctx.message_count + 1} of the first "
+            return self._stateful(mtype, norm, f"message {ctx.message_count + 1} of the first "
                                   f"{self._onboarding}: building the relationship "
                                   f"({verdict.reason})")
         if verdict.continues_thread:
-            return self._upstream(Route.ASSISTANT, mtype, verdict.reason)
+            return self._stateful(mtype, norm, verdict.reason)
 
         reason = verdict.reason
         if verdict.canned_eligible:
@@ -217,9 +222,17 @@ class Router:
                     reason=f"{reason}: canned set {chosen.name}{hour_note}", crisis=False)
             reason = f"{reason}, not canned: {why_not}"
 
-        route = self._tiers.home_route(mtype)
-        tier = "stateful tier" if route is Route.ASSISTANT else "cheap tier"
-        return self._upstream(route, mtype, f"{reason}: {mtype.name} goes to the {tier}")
+        if self._tiers.home_route(mtype) is Route.ASSISTANT:
+            return self._stateful(mtype, norm, f"{reason}: {mtype.name} goes to the stateful tier")
+        return self._upstream(Route.COMPLETIONS, mtype,
+                              f"{reason}: {mtype.name} goes to the cheap tier")
+
+    def _stateful(self, mtype: MessageType, norm: NormalizedText, reason: str) -> Decision:
+        """A stateful turn on its type's model; anything emotional on the tier's own."""
+        if self._classifier.emotional(norm):
+            return self._upstream(Route.ASSISTANT, mtype, f"{reason}; emotional language: "
+                                  "the stateful tier's own model", strong=True)
+        return self._upstream(Route.ASSISTANT, mtype, reason)
 
     def _upstream(self, route: Route, mtype: MessageType, reason: str,
                   *, crisis: bool = False, strong: bool = False) -> Decision:

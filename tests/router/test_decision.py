@@ -185,6 +185,22 @@ def test_structured_follow_ups_on_the_half_price_model_judgement_on_the_strong_o
     assert deep.route is Route.ASSISTANT and deep.model == "gpt-5.5"
 
 
+def test_anything_emotional_gets_the_strong_model_whatever_its_type(router: Router) -> None:
+    plain = router.decide("why do I always skip my workouts on fridays?", ctx())
+    assert plain.message_type is MessageType.PATTERN_ANALYSIS and plain.model == "gpt-5.4"
+    for text, mtype in (
+        ("why do I always skip fridays, I feel like such a failure", MessageType.PATTERN_ANALYSIS),
+        ("I said I'd run 3 times and only went once, I'm so ashamed", MessageType.ACCOUNTABILITY),
+        ("I want to set a goal but honestly I'm scared I'll fail again", MessageType.GOAL_SETTING),
+    ):
+        d = router.decide(text, ctx())
+        assert (d.route, d.message_type, d.model) == (Route.ASSISTANT, mtype, "gpt-5.5"), (text, d)
+        assert "emotional" in d.reason
+    first = router.decide("hi! honestly I've been feeling really overwhelmed lately",
+                          ctx(message_count=0))  # onboarding, emotional
+    assert first.route is Route.ASSISTANT and first.model == "gpt-5.5"
+
+
 def test_crisis_and_baseline_always_get_the_strong_model() -> None:
     for policy in ("optimized", "baseline"):
         router = Router.from_files(policy=policy)
