@@ -36,10 +36,6 @@ _ROLE_OF_DIRECTION = {"in": USER, "out": COACH}
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
-class _AlreadyStored(Exception):
-    """The request id was answered already: roll the transaction back."""
-
-
 class ConversationConflict(Exception):
     """The active conversation changed under us (another writer); nothing was written."""
 
@@ -161,6 +157,82 @@ SELECT s.message_count,
 _EXCHANGE_COLUMNS = """request_id, user_id, user_text, coach_texts, route, message_type, pattern,
     model, charges::text AS charges, conversation_id, latency_ms, created_at"""
 
+def _coach_text(exchange: Exchange) -> str:
+    return "\n\n".join(exchange.coach_texts)
+
+
+# Statements of _insert_new: each takes all the batch's rows as one JSON array.
+_STATS_SQL = """
+INSERT INTO threads.user_stats AS s (user_id, message_count, history_tokens, today,
+                                     messages_today, last_canned_reply)
+SELECT r.user_id, r.n, r.tokens, (now() AT TIME ZONE 'UTC')::date, r.n, r.canned
+  FROM jsonb_to_recordset($1::jsonb) AS r(user_id text, n integer, tokens bigint, canned text)
+ ORDER BY r.user_id
+    ON CONFLICT (user_id) DO UPDATE SET
+       message_count = s.message_count + EXCLUDED.message_count,
+       history_tokens = s.history_tokens + EXCLUDED.history_tokens,
+       messages_today = CASE WHEN s.today = EXCLUDED.today
+                             THEN s.messages_today + EXCLUDED.messages_today
+                             ELSE EXCLUDED.messages_today END,
+       today = EXCLUDED.today,
+       -- '' when the batch has no canned reply for the user (a canned reply is never empty)
+       last_canned_reply = CASE WHEN EXCLUDED.last_canned_reply <> ''
+                                THEN EXCLUDED.last_canned_reply ELSE s.last_canned_reply END,
+       updated_at = now()
+RETURNING s.user_id, s.history_tokens
+"""
+
+_EXCHANGES_SQL = """
+INSERT INTO threads.exchanges (request_id, user_id, user_text, coach_texts, route, message_type,
+                               pattern, model, charges, conversation_id, latency_ms,
+                               baseline_input_tokens, created_at)
+SELECT r.request_id, r.user_id, r.user_text,
+       ARRAY(SELECT jsonb_array_elements_text(r.coach_texts)), r.route, r.message_type,
+       r.pattern, r.model, r.charges, r.conversation_id, r.latency_ms, r.baseline, $2
+  FROM jsonb_to_recordset($1::jsonb) AS r(request_id text, user_id text, user_text text,
+       coach_texts jsonb, route text, message_type text, pattern text, model text,
+       charges jsonb, conversation_id text, latency_ms bigint, baseline bigint)
+"""
+
+_MESSAGES_SQL = """
+INSERT INTO threads.messages (user_id, direction, text, route, message_type, model, request_id,
+                              conversation_id, created_at)
+SELECT r.user_id, r.direction, r.text, r.route, r.message_type, r.model, r.request_id,
+       r.conversation_pk, $2
+  FROM jsonb_to_recordset($1::jsonb) AS r(i integer, user_id text, direction text, text text,
+       route text, message_type text, model text, request_id text, conversation_pk bigint)
+ ORDER BY r.i
+RETURNING id, request_id, direction
+"""
+
+_OUTBOX_SQL = """
+INSERT INTO threads.outbox (request_id, record)
+SELECT r.request_id, r.record FROM jsonb_to_recordset($1::jsonb) AS r(request_id text, record jsonb)
+    ON CONFLICT (request_id) DO NOTHING
+"""
+
+_GOALS_SQL = """
+INSERT INTO threads.goals (user_id, goal, deadline, arguments, request_id)
+SELECT r.user_id, r.goal, r.deadline, r.arguments, r.request_id
+  FROM jsonb_to_recordset($1::jsonb) AS r(user_id text, goal text, deadline text,
+       arguments jsonb, request_id text)
+    ON CONFLICT DO NOTHING
+"""
+
+_WATERMARK_SQL = """
+UPDATE threads.conversations c
+   SET turns_in_window = c.turns_in_window + $3,
+       seen_through = CASE WHEN NOT EXISTS (
+           SELECT 1 FROM threads.messages m
+            WHERE m.user_id = c.user_id AND m.id > c.seen_through
+              AND m.id < $2
+              AND m.conversation_id IS DISTINCT FROM c.id)
+           THEN $4 ELSE c.seen_through END,
+       updated_at = now()
+ WHERE c.id = $1
+"""
+
+
 
 class ThreadsRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -210,32 +282,59 @@ class ThreadsRepository:
             return await self._store_exchange(new, conn, lease)
 
     async def store_exchanges(self, batch: Sequence[NewExchange]) -> list[BatchResult]:
-        """Stores a batch in order in ONE transaction (one commit for all), each exchange in a
-        savepoint of its own: one already stored, or whose request_id belongs to another user,
-        does not undo the others. Idempotent on each request_id."""
-        results: list[BatchResult] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            for new in batch:
+        """Stores a batch in order, in ONE transaction with a handful of set-based statements
+        (not a handful per exchange): a router's journal sends hundreds of canned replies at
+        once. Idempotent on each request_id: one already stored is reported as not created,
+        one whose request_id belongs to another user as rejected; neither holds the others
+        back. Should another writer store one of them meanwhile, the batch is redone."""
+        async with self.pool.acquire() as conn:
+            for _attempt in range(3):
                 try:
-                    stored = await self._store_exchange(new, conn, None)
-                except FailedPrecondition as err:
-                    results.append(BatchResult(new.exchange.request_id, False,
-                                               err.reason or "FAILED_PRECONDITION", err.message))
-                    continue
-                results.append(BatchResult(new.exchange.request_id, stored.created))
+                    async with conn.transaction():
+                        return await self._store_batch(batch, conn)
+                except asyncpg.UniqueViolationError:
+                    log.info("batch raced another writer; storing it again",
+                             extra={"exchanges": len(batch)})
+            raise Unavailable("exchanges kept racing other writers; retry",
+                              reason="STORE_CONTENDED", retry_after_s=0.5)
+
+    async def _store_batch(
+        self, batch: Sequence[NewExchange], conn: asyncpg.Connection
+    ) -> list[BatchResult]:
+        ids = [n.exchange.request_id for n in batch]
+        owners = {r["request_id"]: r["user_id"] for r in await conn.fetch(
+            "SELECT request_id, user_id FROM threads.exchanges WHERE request_id = ANY($1::text[])",
+            ids)}
+        results: list[BatchResult] = []
+        fresh: list[NewExchange] = []
+        for new in batch:
+            ex = new.exchange
+            owner = owners.get(ex.request_id)
+            if owner is None:
+                owners[ex.request_id] = ex.user_id  # a repeat later in the batch is a retry
+                fresh.append(new)
+                results.append(BatchResult(ex.request_id, True))
+            elif owner == ex.user_id:
+                results.append(BatchResult(ex.request_id, False))
+            else:
+                results.append(BatchResult(ex.request_id, False, "REQUEST_ID_REUSED",
+                                           "request_id was already used for another user"))
+        if fresh:
+            await self._insert_new(fresh, conn)
         return results
 
     async def _store_exchange(
         self, new: NewExchange, conn: asyncpg.Connection, lease: TurnLease | None
     ) -> StoredExchange:
         ex = new.exchange
-        coach_text = "\n\n".join(ex.coach_texts)
         try:
             async with conn.transaction():
                 await _check_lease(conn, lease)
-                return await self._insert_exchange(new, coach_text, conn)
-        except _AlreadyStored:
-            pass  # rolled back: stats and owed upkeep are as they were
+                if await conn.fetchval("SELECT 1 FROM threads.exchanges WHERE request_id = $1",
+                                       ex.request_id) is None:
+                    return (await self._insert_new([new], conn))[0]
+        except asyncpg.UniqueViolationError:
+            pass  # another writer stored it meanwhile; rolled back: stats and upkeep as they were
         existing = await self.get_exchange(ex.request_id, conn)
         assert existing is not None
         if existing.user_id != ex.user_id:
@@ -244,101 +343,90 @@ class ThreadsRepository:
             )
         return StoredExchange(existing, created=False)
 
-    async def _insert_exchange(
-        self, new: NewExchange, coach_text: str, conn: asyncpg.Connection
-    ) -> StoredExchange:
-        ex = new.exchange
-        # The stats row is locked first, before any message id is drawn, so a
-        # user's message ids follow commit order (continuity relies on it).
-        history_before = await conn.fetchval(
-            """INSERT INTO threads.user_stats AS s (user_id, message_count, history_tokens,
-                   today, messages_today, last_canned_reply)
-               VALUES ($1, 1, $2, (now() AT TIME ZONE 'UTC')::date, 1,
-                       CASE WHEN $3 THEN $4 ELSE '' END)
-               ON CONFLICT (user_id) DO UPDATE SET
-                   message_count = s.message_count + 1,
-                   history_tokens = s.history_tokens + EXCLUDED.history_tokens,
-                   messages_today = CASE WHEN s.today = EXCLUDED.today
-                                         THEN s.messages_today + 1 ELSE 1 END,
-                   today = EXCLUDED.today,
-                   last_canned_reply = CASE WHEN $3 THEN EXCLUDED.last_canned_reply
-                                            ELSE s.last_canned_reply END,
-                   updated_at = now()
-               RETURNING history_tokens - $2""",
-            ex.user_id, new.history_tokens_added, ex.route == ROUTE_PATTERN, coach_text,
-        )
-        upkeep = await conn.fetch(
-            "DELETE FROM threads.pending_charges WHERE user_id = $1 RETURNING id, charge::text",
-            ex.user_id,
-        )
-        charges = tuple(ex.charges) + tuple(
-            Charge.from_json(json.loads(r["charge"])) for r in sorted(upkeep, key=lambda r: r["id"])
-        )
-        baseline = new.prefix_tokens + int(history_before) + new.message_tokens
-        created_at: datetime | None = await conn.fetchval(
-            """INSERT INTO threads.exchanges (request_id, user_id, user_text, coach_texts, route,
-                   message_type, pattern, model, charges, conversation_id, latency_ms,
-                   baseline_input_tokens)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12)
-               ON CONFLICT (request_id) DO NOTHING
-               RETURNING created_at""",
-            ex.request_id, ex.user_id, ex.user_text, list(ex.coach_texts), ex.route,
-            ex.message_type, ex.pattern, ex.model, json.dumps([c.to_json() for c in charges]),
-            ex.conversation_id, ex.latency_ms, baseline,
-        )
-        if created_at is None:
-            raise _AlreadyStored
-        message_sql = """INSERT INTO threads.messages (user_id, direction, text, route,
-                   message_type, model, request_id, conversation_id, created_at)
-               VALUES ($1, 'in', $2, $4, $5, $6, $7, $8, $9){out}
-               RETURNING id, direction"""
-        ids = {
-            r["direction"]: r["id"]
-            for r in await conn.fetch(
-                message_sql.format(
-                    out=", ($1, 'out', $3, $4, $5, $6, $7, $8, $9)" if coach_text.strip() else ""
-                ),
-                ex.user_id, ex.user_text, coach_text, ex.route, ex.message_type, ex.model,
-                ex.request_id, new.conversation_pk, created_at,
+    async def _insert_new(
+        self, news: Sequence[NewExchange], conn: asyncpg.Connection
+    ) -> list[StoredExchange]:
+        """Stores exchanges none of which is stored yet, in order: stats, owed upkeep, the
+        exchanges, their messages, outbox rows, goals, conversation watermarks and change
+        notifications, one statement each for all of them. Raises UniqueViolationError when
+        another writer stored one of them first (the caller's transaction rolls back)."""
+        created_at: datetime = await conn.fetchval("SELECT now()")  # every row's created_at
+        users: dict[str, list[NewExchange]] = {}
+        for new in news:
+            users.setdefault(new.exchange.user_id, []).append(new)
+        # Stats rows first, locked in user order (no deadlock between concurrent batches),
+        # before any message id is drawn, so a user's message ids follow commit order.
+        stats: list[dict[str, Any]] = [
+            {"user_id": user, "n": len(mine), "tokens": sum(n.history_tokens_added for n in mine),
+             "canned": next((_coach_text(n.exchange) for n in reversed(mine)
+                             if n.exchange.route == ROUTE_PATTERN), "")}
+            for user, mine in sorted(users.items())]
+        history_after = {r["user_id"]: int(r["history_tokens"])
+                         for r in await conn.fetch(_STATS_SQL, json.dumps(stats))}
+        upkeep: dict[str, list[Charge]] = {}
+        for r in sorted(await conn.fetch(
+                "DELETE FROM threads.pending_charges WHERE user_id = ANY($1::text[]) "
+                "RETURNING user_id, id, charge::text", list(users)), key=lambda r: r["id"]):
+            upkeep.setdefault(r["user_id"], []).append(Charge.from_json(json.loads(r["charge"])))
+
+        history = {s["user_id"]: history_after[s["user_id"]] - s["tokens"] for s in stats}
+        stored: list[StoredExchange] = []
+        exchanges: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
+        goals: list[dict[str, Any]] = []
+        notes: list[str] = []
+        for new in news:
+            ex = new.exchange
+            # The user's owed upkeep goes with their first exchange of the batch.
+            charges = tuple(ex.charges) + tuple(upkeep.pop(ex.user_id, ()))
+            baseline = new.prefix_tokens + history[ex.user_id] + new.message_tokens
+            history[ex.user_id] += new.history_tokens_added
+            coach_text = _coach_text(ex)
+            exchanges.append({
+                "request_id": ex.request_id, "user_id": ex.user_id, "user_text": ex.user_text,
+                "coach_texts": list(ex.coach_texts), "route": ex.route,
+                "message_type": ex.message_type, "pattern": ex.pattern, "model": ex.model,
+                "charges": [c.to_json() for c in charges], "conversation_id": ex.conversation_id,
+                "latency_ms": ex.latency_ms, "baseline": baseline})
+            common = {"user_id": ex.user_id, "route": ex.route, "message_type": ex.message_type,
+                      "model": ex.model, "request_id": ex.request_id,
+                      "conversation_pk": new.conversation_pk}
+            messages.append({**common, "i": len(messages), "direction": "in", "text": ex.user_text})
+            if coach_text.strip():
+                messages.append({**common, "i": len(messages), "direction": "out",
+                                 "text": coach_text})
+            record = AnswerRecord(
+                request_id=ex.request_id, user_id=ex.user_id, route=ex.route,
+                message_type=ex.message_type, model=ex.model, charges=charges,
+                latency_ms=ex.latency_ms, answer_time=created_at, baseline_input_tokens=baseline,
             )
-        }
-        record = AnswerRecord(
-            request_id=ex.request_id, user_id=ex.user_id, route=ex.route,
-            message_type=ex.message_type, model=ex.model, charges=charges,
-            latency_ms=ex.latency_ms, answer_time=created_at, baseline_input_tokens=baseline,
-        )
-        await conn.execute(
-            """INSERT INTO threads.outbox (request_id, record) VALUES ($1, $2::jsonb)
-               ON CONFLICT (request_id) DO NOTHING""",
-            ex.request_id, json.dumps(record.to_json()),
-        )
-        for goal in new.goals:
-            await conn.execute(
-                """INSERT INTO threads.goals (user_id, goal, deadline, arguments, request_id)
-                   VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT DO NOTHING""",
-                ex.user_id, goal.goal, goal.deadline, json.dumps(goal.arguments), ex.request_id,
-            )
-        if new.conversation_pk is not None:
-            # The conversation saw this exchange. Its watermark moves past it only
-            # when nothing answered elsewhere is still unseen before it.
-            await conn.execute(
-                """UPDATE threads.conversations c
-                      SET turns_in_window = c.turns_in_window + $3,
-                          seen_through = CASE WHEN NOT EXISTS (
-                              SELECT 1 FROM threads.messages m
-                               WHERE m.user_id = c.user_id AND m.id > c.seen_through
-                                 AND m.id < $2
-                                 AND m.conversation_id IS DISTINCT FROM c.id)
-                              THEN $4 ELSE c.seen_through END,
-                          updated_at = now()
-                    WHERE c.id = $1""",
-                new.conversation_pk, ids["in"], len(ids), ids.get("out", ids["in"]),
-            )
-        await conn.execute(
-            "SELECT pg_notify($1, $2)", USER_CHANGES_CHANNEL, user_change_payload(ex.user_id, new.origin)
-        )
-        stored = replace(ex, charges=charges, created_at=created_at)
-        return StoredExchange(stored, created=True)
+            outbox.append({"request_id": ex.request_id, "record": record.to_json()})
+            goals += [{"user_id": ex.user_id, "goal": g.goal, "deadline": g.deadline,
+                       "arguments": g.arguments, "request_id": ex.request_id} for g in new.goals]
+            notes.append(user_change_payload(ex.user_id, new.origin))
+            stored.append(StoredExchange(replace(ex, charges=charges, created_at=created_at),
+                                         created=True))
+
+        await conn.execute(_EXCHANGES_SQL, json.dumps(exchanges), created_at)
+        message_ids: dict[tuple[str, str], int] = {
+            (r["request_id"], r["direction"]): r["id"]
+            for r in await conn.fetch(_MESSAGES_SQL, json.dumps(messages), created_at)}
+        await conn.execute(_OUTBOX_SQL, json.dumps(outbox))
+        if goals:
+            await conn.execute(_GOALS_SQL, json.dumps(goals))
+        for new in news:
+            if new.conversation_pk is not None:
+                # The conversation saw this exchange. Its watermark moves past it only
+                # when nothing answered elsewhere is still unseen before it.
+                rid = new.exchange.request_id
+                first = message_ids[(rid, "in")]
+                answered = (rid, "out") in message_ids
+                await conn.execute(_WATERMARK_SQL, new.conversation_pk, first, 2 if answered else 1,
+                                   message_ids[(rid, "out")] if answered else first)
+        await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                           USER_CHANGES_CHANNEL, list(dict.fromkeys(notes)))
+        return stored
 
     # --- reading history -------------------------------------------------------------------
 
