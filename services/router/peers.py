@@ -192,8 +192,8 @@ class GrpcThreads:
 
     async def changes(self) -> AsyncIterator[Change]:
         """threads' WatchUserChanges: the first change (no user) says the stream is live."""
-        call = self.stub.WatchUserChanges(threads_service_pb2.WatchUserChangesRequest(),
-                                          metadata=self._metadata)
+        call = self.stub.WatchUserChanges(
+            threads_service_pb2.WatchUserChangesRequest(origin=self.origin), metadata=self._metadata)
         try:
             async for message in call:
                 yield Change(message.user_id, message.origin)

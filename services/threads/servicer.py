@@ -196,7 +196,10 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         self, request: pb.WatchUserChangesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchUserChangesResponse]:
         try:
-            async with self.changes.watch() as watcher:
+            v = Validator()
+            v.text("origin", request.origin, max_chars=MAX_NAME_CHARS)
+            v.raise_if_any()
+            async with self.changes.watch(request.origin) as watcher:
                 yield pb.WatchUserChangesResponse()  # live: the watcher may trust its cache
                 async for change in watcher:
                     yield pb.WatchUserChangesResponse(user_id=change.user_id, origin=change.origin)

@@ -46,14 +46,18 @@ class _Ended:
 class Watcher:
     """One stream's view: the changes since it subscribed, in commit order."""
 
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, origin: str = "") -> None:
         self._queue: asyncio.Queue[UserChange | _Ended] = asyncio.Queue(queue_size)
         self._ended = False
+        # The watcher's own writes are not news to it.
+        self._origin = origin
 
     def offer(self, change: UserChange) -> bool:
         """False when the watcher is too far behind (it is then ended)."""
         if self._ended:
             return False
+        if self._origin and change.origin == self._origin:
+            return True
         try:
             self._queue.put_nowait(change)
             return True
@@ -122,11 +126,12 @@ class UserChanges:
                 await self._task
 
     @contextlib.asynccontextmanager
-    async def watch(self) -> AsyncIterator[Watcher]:
+    async def watch(self, origin: str = "") -> AsyncIterator[Watcher]:
+        """Changes from now on, but those written by ``origin`` (the watcher itself)."""
         if not self.live:
             raise Unavailable("user changes are not being listened to right now; watch again",
                               reason="WATCH_UNAVAILABLE", retry_after_s=1.0)
-        watcher = Watcher(self._queue_size)
+        watcher = Watcher(self._queue_size, origin)
         self._watchers.add(watcher)
         try:
             yield watcher

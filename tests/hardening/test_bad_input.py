@@ -241,15 +241,24 @@ def test_every_rpc_of_every_service_has_a_bad_input_case() -> None:
     from coach.llm.v1 import llm_service_pb2
     from coach.threads.v1 import threads_service_pb2
 
-    # Requests with no fields at all: nothing a caller can get wrong.
-    no_input = {("threads", "WatchUserChanges")}
-    covered = {(s, m) for s, m, _, _ in CASES} | no_input
+    covered = {(s, m) for s, m, _, _ in CASES} | {("threads", "WatchUserChanges")}  # below
     for service, module, name in (
         ("router", router_pb, "RouterService"), ("threads", threads_service_pb2, "ThreadsService"),
         ("llm", llm_service_pb2, "LlmService"), ("ledger", ledger_service_pb2, "LedgerService"),
     ):
         for method in module.DESCRIPTOR.services_by_name[name].methods:
             assert (service, method.name) in covered, f"{service}.{method.name} has no bad-input case"
+
+
+async def test_a_bad_watch_request_is_invalid_argument(hardened: Any) -> None:
+    """WatchUserChanges streams: its one field is checked before the stream starts."""
+    _, stubs = hardened
+    call = stubs.threads.WatchUserChanges(threads_pb.WatchUserChangesRequest(origin="o" * 300),
+                                          timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_bad_input_stores_nothing_and_calls_no_upstream(hardened: Any) -> None:

@@ -97,3 +97,17 @@ async def test_every_replica_tells_its_watchers_of_every_stored_exchange(
     await stubs[0].RunStatefulTurn(turn, timeout=10)
     assert (await next_change(watched, user_id)).origin == "router-b"
     await watched.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_watcher_is_not_told_of_its_own_writes(stubs: list[Stub], user_id: str) -> None:
+    async def watch(origin: str) -> AsyncIterator[pb.WatchUserChangesResponse]:
+        async for message in stubs[0].WatchUserChanges(pb.WatchUserChangesRequest(origin=origin)):
+            yield message
+
+    mine = watch("router-a")
+    assert (await asyncio.wait_for(anext(mine), 5)).user_id == ""
+    await stubs[1].RecordExchanges(batch(exchange(user_id, "one", "Yes."), origin="router-a"))
+    await stubs[1].RecordExchanges(batch(exchange(user_id, "two", "Sure."), origin="router-b"))
+    change = await next_change(mine, user_id)
+    assert change.origin == "router-b"  # router-a's own write was not sent to it
+    await mine.aclose()  # type: ignore[attr-defined]

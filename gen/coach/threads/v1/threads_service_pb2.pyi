@@ -305,12 +305,17 @@ Global___RecordedExchange: _TypeAlias = RecordedExchange  # noqa: Y015
 class WatchUserChangesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """The watcher's own origin: changes it wrote itself are not sent to it."""
     def __init__(
         self,
+        *,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
