@@ -107,6 +107,9 @@ class JournalSettings:
     directory: Path
     fsync: bool = False
     batch_size: int = 256
+    # How long a batch may wait to fill up (fewer, larger transactions in threads). Nobody
+    # waits on it: the reply went out already; a read of the user's state skips the wait.
+    linger_s: float = 0.01
     # Kept under threads' request limit (COACH_THREADS_MAX_MESSAGE_BYTES, 8 MiB by default).
     batch_bytes: int = 2 * 1024 * 1024
     max_pending: int = 50_000
@@ -134,6 +137,7 @@ class AnswerJournal:
         self._fd = -1
         self._lock_fd = -1
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._progress = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +168,7 @@ class AnswerJournal:
     async def close(self, timeout: float) -> None:
         """Sends what is pending (up to ``timeout``); what is left stays on disk for next start."""
         self._closing = True
+        self._hurry.set()
         self._wake.set()
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=timeout)
@@ -221,6 +226,7 @@ class AnswerJournal:
         if not self._per_user[user_id]:
             return
         deadline = time.monotonic() + timeout
+        self._hurry.set()
         self._wake.set()
         while self._per_user[user_id]:
             left = deadline - time.monotonic()
@@ -243,6 +249,10 @@ class AnswerJournal:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if len(self._pending) < self.settings.batch_size and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self.settings.linger_s)
+            self._hurry.clear()
             batch = self._next_batch()
             try:
                 outcomes = await self.sink.record_batch([e.answer for e in batch],
