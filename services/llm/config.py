@@ -43,6 +43,8 @@ Other variables (defaults in brackets):
   wait their turn (within their deadline) instead of overloading this process.
 - ``COACH_UPSTREAM_MAX_CONNECTIONS`` [500], ``COACH_UPSTREAM_KEEPALIVE`` [100]:
   HTTP pool per tier.
+- ``COACH_UPSTREAM_HTTP`` [aiohttp]: the SDK's HTTP transport, ``aiohttp`` (the SDK's
+  ``DefaultAioHttpClient``: ~0.7 ms less CPU per call here) or ``httpx`` (its default).
 - ``COACH_RUN_POLL_SECONDS`` [0.05] → ``COACH_RUN_POLL_MAX_SECONDS`` [1.0]:
   Assistants run polling, growing by half each poll.
 - ``COACH_LLM_PERSONA_FILE``, ``COACH_LLM_TOOLS_FILE``: replace the data files.
@@ -71,6 +73,8 @@ class UpstreamSettings:
     default_model: str
     max_connections: int
     max_keepalive: int
+    # "aiohttp" (openai.DefaultAioHttpClient) or "httpx" (openai.DefaultAsyncHttpxClient)
+    transport: str = "aiohttp"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class Settings:
         shared_key = env.optional("OPENAI_API_KEY")
         max_conn = env.int("COACH_UPSTREAM_MAX_CONNECTIONS", 500, minimum=1) or 500
         keepalive = env.int("COACH_UPSTREAM_KEEPALIVE", 100, minimum=0) or 0
+        transport = env.choice("COACH_UPSTREAM_HTTP", "aiohttp", ("aiohttp", "httpx"))
 
         def tier(name: str, default_model: str) -> UpstreamSettings:
             prefix = f"COACH_{name.upper()}"
@@ -130,6 +135,7 @@ class Settings:
                 default_model=env.str(f"{prefix}_MODEL", default_model),
                 max_connections=max_conn,
                 max_keepalive=min(keepalive, max_conn),
+                transport=transport,
             )
 
         resilience = ResilienceSettings(
