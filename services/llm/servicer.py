@@ -126,7 +126,9 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
                             ("output", usage.output_tokens), ("reasoning", usage.reasoning_tokens)):
             if value:
                 TOKENS.labels(reply.model, kind).inc(value)
-        log.info(
+        # DEBUG: the router logs every answer (model, tokens, cost, latency) at INFO; per-RPC
+        # latency is in the metrics. This line adds the upstream's view when debugging.
+        log.debug(
             "upstream answer",
             extra={"method": method, "user_id": user_id, "model": reply.model,
                    "input_tokens": usage.input_tokens, "cached_input_tokens": usage.cached_input_tokens,

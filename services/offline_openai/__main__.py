@@ -1,11 +1,15 @@
 """`python -m services.offline_openai --host 127.0.0.1 --port 50090 [--latency-ms N]
-[--cache-ttl-seconds S]`."""
+[--cache-ttl-seconds S]`.
+
+Logs JSON lines on stderr: start-up, faults, and with OFFLINE_OPENAI_LOG_LEVEL=DEBUG one
+line per request (off by default: a stand-in upstream should cost next to nothing)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -43,7 +47,7 @@ class JsonLineFormatter(logging.Formatter):
         return _ENCODER.encode(data)
 
 
-def configure_logging() -> None:
+def configure_logging(level: str = "INFO") -> None:
     # A line per request: skip what records collect and these lines never show (the
     # caller's file and line, a walk up the stack; thread and process names).
     logging._srcfile = None
@@ -55,6 +59,7 @@ def configure_logging() -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    logging.getLogger("services.offline_openai").setLevel(level.upper())
 
 
 async def serve(config: OfflineConfig) -> None:
@@ -72,7 +77,7 @@ async def serve(config: OfflineConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
-    configure_logging()
+    configure_logging(os.environ.get("OFFLINE_OPENAI_LOG_LEVEL", "INFO"))
     asyncio.run(serve(config))
 
 

@@ -109,7 +109,7 @@ class JournalSettings:
     batch_size: int = 256
     # How long a batch may wait to fill up (fewer, larger transactions in threads). Nobody
     # waits on it: the reply went out already; a read of the user's state skips the wait.
-    linger_s: float = 0.01
+    linger_s: float = 0.05
     # Kept under threads' request limit (COACH_THREADS_MAX_MESSAGE_BYTES, 8 MiB by default).
     batch_bytes: int = 2 * 1024 * 1024
     max_pending: int = 50_000

@@ -176,7 +176,7 @@ async def test_hundreds_of_concurrent_users(server: OfflineOpenAI,
 
 
 async def test_cli_serves_and_logs_json_lines(tmp_path: Path) -> None:
-    env = dict(os.environ, OFFLINE_OPENAI_LATENCY_MS="5")
+    env = dict(os.environ, OFFLINE_OPENAI_LATENCY_MS="5", OFFLINE_OPENAI_LOG_LEVEL="DEBUG")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.offline_openai", "--host", "127.0.0.1", "--port", "0",
         cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
