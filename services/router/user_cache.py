@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from services.common.errors import CoachError
@@ -125,7 +125,7 @@ class UserStateCache:
             user.recent.append(PriorTurn("coach", coach_text))
         if answer.route is Route.PATTERN:
             user.last_canned_reply = coach_text
-        user.answered[answer.request_id] = replace(answer)
+        user.answered[answer.request_id] = answer
         while len(user.answered) > self.remember_answers:
             user.answered.popitem(last=False)
 
