@@ -147,8 +147,14 @@ class AnswerJournal:
     def open(self) -> None:
         """Locks the directory, queues what an earlier process left, starts sending."""
         directory = self.settings.directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(directory / "LOCK", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(directory / "LOCK", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"the answer journal {directory} cannot be used ({exc.strerror}): set "
+                "COACH_ROUTER_JOURNAL_DIR to a writable folder on a volume of its own"
+            ) from exc
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -206,9 +212,15 @@ class AnswerJournal:
         if self._segment_records >= self.settings.segment_records:
             self._open_segment(self._segment + 1)
         line = json.dumps(answer_to_json(answer), separators=(",", ":"), ensure_ascii=False).encode()
-        os.write(self._fd, line + b"\n")
-        if self.settings.fsync:
-            os.fsync(self._fd)
+        try:
+            os.write(self._fd, line + b"\n")
+            if self.settings.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:  # disk full, volume gone: say so, the caller retries
+            log.error("journal: cannot write", extra={"error": repr(exc)})
+            raise Unavailable("the router cannot record answers right now; retry with the "
+                              "same request_id", reason="JOURNAL_UNWRITABLE",
+                              retry_after_s=2.0) from exc
         self._segment_records += 1
         self._queue(_Entry(self._segment, answer, len(line)))
         JOURNAL_PENDING.set(len(self._pending))

@@ -151,3 +151,10 @@ async def test_one_router_per_journal_folder(tmp_path: Path) -> None:
         journal(tmp_path, Sink())
     await j.close(timeout=1)
     journal(tmp_path, Sink())  # free again once closed
+
+
+async def test_an_unusable_folder_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ConfigError, match="COACH_ROUTER_JOURNAL_DIR"):
+        journal(blocked / "journal", Sink())
