@@ -26,14 +26,13 @@ STATEFUL_APIS = ("responses", "assistants")
 # the suite's 64 KiB default for small requests.
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_SUMMARY_MODEL = "gpt-5.4-mini"
-# The provider conversation keeps the last 10 messages verbatim (5 exchanges: about a
-# day of this app's conversation) after the running summary, and rotates at 2x that.
-# Was 20/40. make bench (cost phase, 80 users): stateful input tokens per turn of the
-# long conversation ~1,500 -> ~900 (turn 200 / turn 30 still ~1.07x), optimized cost
-# 11.9% -> 10.8% of the baseline with the per-type models. The summary keeps goals,
-# commitments, obstacles and wins, which is what the coach refers back to. Measured
-# and not taken: 6/16 (3 exchanges verbatim) saves only ~4% more of the cost.
-DEFAULT_KEEP_MESSAGES = 10
+# The provider conversation keeps the last N=20 messages verbatim (the threads issue's
+# N) after the running summary, and rotates at 2N. Measured (make bench, cost phase,
+# 5,001 messages, everything else equal): optimized cost 10.8% of the baseline at 20/40,
+# 10.3% at 20/24 (a rotation, with its summary call and new conversation, every second
+# exchange), 9.6% at 10/20. The default keeps the N; an operator who wants the
+# cheaper window sets COACH_PRUNE_KEEP_MESSAGES=10.
+DEFAULT_KEEP_MESSAGES = 20
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ MAX_TURNS_PER_CALL = 100
 
 @dataclass(frozen=True)
 class PruneSettings:
-    keep_messages: int = 10
-    prune_at_messages: int = 20
+    keep_messages: int = 20
+    prune_at_messages: int = 40
     # Most messages folded into the summary by one Summarize call.
     summary_batch: int = MAX_TURNS_PER_CALL
 
