@@ -6,9 +6,9 @@ Server side, every RPC but health:
 - maps ``CoachError`` to its status code with rich details, transient database
   errors to UNAVAILABLE, anything else to INTERNAL (logged with a traceback);
 - logs one JSON line and records metrics.
-Client side: forwards the request id and the bearer token, either as a grpc.aio client
-interceptor (``ClientInterceptor``) or, cheaper, by wrapping a channel (``PeerChannel``: no
-interceptor machinery per call; what ``services.common.clients.open_channel`` returns).
+Client side: forwards the request id and the bearer token by wrapping a channel
+(``PeerChannel``, what ``services.common.clients.open_channel`` returns): no grpc.aio
+client-interceptor machinery per call.
 """
 
 from __future__ import annotations
@@ -297,57 +297,15 @@ def _wrap_unary(
     return wrapper
 
 
-class ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Adds the bearer token and the current request id to every outgoing call."""
-
-    def __init__(self, auth_token: str | None) -> None:
-        self._auth = ("authorization", f"Bearer {auth_token}") if auth_token else None
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        metadata = list(client_call_details.metadata or ())
-        if self._auth:
-            metadata.append(self._auth)
-        rid = request_id_var.get()
-        if rid:
-            metadata.append(("x-request-id", rid))
-        if tracing.enabled():
-            return await self._traced(continuation, client_call_details, metadata, request)
-        return await continuation(_details(client_call_details, metadata), request)
-
-    async def _traced(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        metadata: list[Any],
-        request: Any,
-    ) -> Any:
-        method = client_call_details.method
-        name = method.decode() if isinstance(method, bytes) else str(method)
-        carrier: dict[str, str] = {}
-        with tracing.client_span(name, carrier) as span:
-            metadata.extend(carrier.items())
-            call = await continuation(_details(client_call_details, metadata), request)
-            try:
-                await call  # the span covers the whole call; the caller awaits it again
-                tracing.set_code(span, "OK")
-            except grpc.aio.AioRpcError as exc:
-                tracing.set_code(span, exc.code().name)
-            return call
-
-
-def _details(details: grpc.aio.ClientCallDetails, metadata: list[Any]) -> grpc.aio.ClientCallDetails:
-    return grpc.aio.ClientCallDetails(
-        details.method,
-        details.timeout,
-        grpc.aio.Metadata(*metadata),
-        details.credentials,
-        details.wait_for_ready,
-    )
+def _outgoing(metadata: Any, auth: tuple[str, str] | None) -> list[tuple[str, Any]]:
+    """The caller's metadata plus the bearer token and the current request id."""
+    outgoing = list(metadata or ())
+    if auth:
+        outgoing.append(auth)
+    rid = request_id_var.get()
+    if rid:
+        outgoing.append(("x-request-id", rid))
+    return outgoing
 
 
 class _PeerUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
@@ -369,12 +327,7 @@ class _PeerUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-ar
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        outgoing = list(metadata or ())
-        if self._auth:
-            outgoing.append(self._auth)
-        rid = request_id_var.get()
-        if rid:
-            outgoing.append(("x-request-id", rid))
+        outgoing = _outgoing(metadata, self._auth)
         if tracing.enabled():
             return self._traced(request, outgoing, timeout, credentials, wait_for_ready, compression)
         return self._inner(request, timeout=timeout, metadata=tuple(outgoing),
@@ -398,11 +351,30 @@ class _PeerUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-ar
             return response
 
 
+class _PeerUnaryStream(grpc.aio.UnaryStreamMultiCallable):  # type: ignore[type-arg]
+    """A server-streaming method of a ``PeerChannel``: our metadata too (no span: a stream
+    such as WatchUserChanges lives as long as the process)."""
+
+    def __init__(self, inner: grpc.aio.UnaryStreamMultiCallable,  # type: ignore[type-arg]
+                 auth: tuple[str, str] | None) -> None:
+        self._inner = inner
+        self._auth = auth
+
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None,
+                 wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        return self._inner(request, timeout=timeout,
+                           metadata=tuple(_outgoing(metadata, self._auth)),
+                           credentials=credentials, wait_for_ready=wait_for_ready,
+                           compression=compression)
+
+
 class PeerChannel(grpc.aio.Channel):
-    """``channel`` whose unary calls carry the bearer token and the current request id (and a
-    CLIENT span when tracing is on): what ``ClientInterceptor`` does, without grpc.aio's client
-    interceptor machinery (an extra task and call object per call). Streaming calls, which
-    ``ClientInterceptor`` never saw either, pass through unchanged."""
+    """``channel`` whose unary and server-streaming calls carry the bearer token and the
+    current request id (unary calls also a CLIENT span when tracing is on), without grpc.aio's
+    client interceptor machinery (an extra task and call object per call). Client-streaming
+    calls, which no service makes, pass through unchanged."""
 
     def __init__(self, channel: grpc.aio.Channel, auth_token: str | None) -> None:
         self._channel = channel
@@ -418,8 +390,9 @@ class PeerChannel(grpc.aio.Channel):
     def unary_stream(self, method: str, request_serializer: Any = None,
                      response_deserializer: Any = None,
                      _registered_method: bool | None = False) -> Any:
-        return self._channel.unary_stream(method, request_serializer, response_deserializer,
-                                          _registered_method)
+        inner = self._channel.unary_stream(method, request_serializer, response_deserializer,
+                                           _registered_method)
+        return _PeerUnaryStream(inner, self._auth)
 
     def stream_unary(self, method: str, request_serializer: Any = None,
                      response_deserializer: Any = None,

@@ -31,7 +31,7 @@ async def create_server(settings: Settings) -> CoachServer:
     channels = [open_channel(peer) for peer in (settings.threads, settings.llm, settings.ledger)]
     threads_channel, llm, ledger = channels
     origin = f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    threads = GrpcThreads(threads_channel, origin=origin, auth_token=settings.threads.auth_token)
+    threads = GrpcThreads(threads_channel, origin=origin)
     journal = AnswerJournal(JournalSettings(settings.journal_dir, fsync=settings.journal_fsync,
                                             linger_s=settings.journal_linger_s), threads)
     journal.open()

@@ -153,12 +153,10 @@ def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Answer:
 # -- clients ------------------------------------------------------------------------
 
 class GrpcThreads:
-    def __init__(self, channel: grpc.aio.Channel, *, origin: str, auth_token: str | None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, origin: str) -> None:
         self.stub = threads_service_pb2_grpc.ThreadsServiceStub(channel)
         # Written on every write, so this router can tell its own changes from others'.
         self.origin = origin
-        # Streaming calls skip the channel's unary interceptor: the token goes by hand.
-        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
 
     async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState:
         try:
@@ -193,7 +191,7 @@ class GrpcThreads:
     async def changes(self) -> AsyncIterator[Change]:
         """threads' WatchUserChanges: the first change (no user) says the stream is live."""
         call = self.stub.WatchUserChanges(
-            threads_service_pb2.WatchUserChangesRequest(origin=self.origin), metadata=self._metadata)
+            threads_service_pb2.WatchUserChangesRequest(origin=self.origin))
         try:
             async for message in call:
                 yield Change(message.user_id, message.origin)
