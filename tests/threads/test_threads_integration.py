@@ -4,11 +4,9 @@ offline OpenAI server, and the real ledger behind the outbox."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
@@ -17,7 +15,7 @@ from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
 
-from tests.conftest import RunningService, _with_database, start_service, stop_service
+from tests.conftest import RunningService, fresh_database, start_service, stop_service
 from tests.threads.builders import cheap, exchange, turn_request
 
 TURNS = 60
@@ -37,18 +35,8 @@ async def real_llm(offline_openai: Any) -> AsyncIterator[RunningService]:
 async def own_pg_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A database of its own: the session's threads replicas relay the shared outbox
     to the fake ledger, and would take records meant for the real one."""
-    name = f"coach_threads_int_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield _with_database(pg_admin_url, name)
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async with fresh_database(pg_admin_url, "coach_threads_int") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
