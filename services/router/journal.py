@@ -226,9 +226,6 @@ class AnswerJournal:
         JOURNAL_PENDING.set(len(self._pending))
         self._wake.set()
 
-    def pending_for(self, user_id: str) -> int:
-        return self._per_user[user_id]
-
     @property
     def pending(self) -> int:
         return len(self._pending)

@@ -31,6 +31,9 @@ from services.router.decision import PriorTurn, Route
 
 log = logging.getLogger(__name__)
 
+# Looked up once: every message counts one of them.
+_OFF, _MISS, _HIT = (USER_CACHE.labels(outcome) for outcome in ("off", "miss", "hit"))
+
 
 def _utc_today() -> date:
     return datetime.now(UTC).date()
@@ -75,13 +78,13 @@ class UserStateCache:
 
     def get(self, user_id: str, request_id: str) -> UserState | None:
         if not self._live:
-            USER_CACHE.labels("off").inc()
+            _OFF.inc()
             return None
         user = self._users.get(user_id)
         if user is None:
-            USER_CACHE.labels("miss").inc()
+            _MISS.inc()
             return None
-        USER_CACHE.labels("hit").inc()
+        _HIT.inc()
         self._users.move_to_end(user_id)
         today = self._today()
         return UserState(
