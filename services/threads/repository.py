@@ -93,6 +93,12 @@ class BatchResult:
 USER_CHANGES_CHANNEL = "coach_user_changes"
 
 
+def request_id_reused() -> FailedPrecondition:
+    """A request id already stored for another user's message: retrying cannot help."""
+    return FailedPrecondition("request_id was already used for another user",
+                              reason="REQUEST_ID_REUSED")
+
+
 def user_change_payload(user_id: str, origin: str) -> str:
     return json.dumps({"u": user_id, "o": origin}, separators=(",", ":"))
 
@@ -250,9 +256,7 @@ class ThreadsRepository:
         if existing is not None and existing.user_id != user_id:
             # Said now, while the caller waits: answered first, the clash would only
             # surface when the router's journal stores the answer.
-            raise FailedPrecondition(
-                "request_id was already used for another user", reason="REQUEST_ID_REUSED"
-            )
+            raise request_id_reused()
         return UserState(
             message_count=row["message_count"] or 0,
             recent_turns=tuple(recent),
@@ -317,8 +321,8 @@ class ThreadsRepository:
             elif owner == ex.user_id:
                 results.append(BatchResult(ex.request_id, False))
             else:
-                results.append(BatchResult(ex.request_id, False, "REQUEST_ID_REUSED",
-                                           "request_id was already used for another user"))
+                reused = request_id_reused()
+                results.append(BatchResult(ex.request_id, False, reused.reason, reused.message))
         if fresh:
             await self._insert_new(fresh, conn)
         return results
@@ -338,9 +342,7 @@ class ThreadsRepository:
         existing = await self.get_exchange(ex.request_id, conn)
         assert existing is not None
         if existing.user_id != ex.user_id:
-            raise FailedPrecondition(
-                "request_id was already used for another user", reason="REQUEST_ID_REUSED"
-            )
+            raise request_id_reused()
         return StoredExchange(existing, created=False)
 
     async def _insert_new(

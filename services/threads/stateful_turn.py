@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from services.common.errors import FailedPrecondition, Unavailable
+from services.common.errors import Unavailable
 from services.common.usage import Charge
 from services.threads.history import History
 from services.threads.ports import ConversationProvider, TurnSettings
@@ -51,7 +51,12 @@ from services.threads.records import (
     StoredExchange,
     ToolCall,
 )
-from services.threads.repository import ConversationConflict, ThreadsRepository, TurnLease
+from services.threads.repository import (
+    ConversationConflict,
+    ThreadsRepository,
+    TurnLease,
+    request_id_reused,
+)
 from services.threads.user_locks import UserLocks
 
 log = logging.getLogger(__name__)
@@ -256,9 +261,7 @@ class StatefulTurns:
         if existing is None:
             return None
         if existing.user_id != request.user_id:
-            raise FailedPrecondition(
-                "request_id was already used for another user", reason="REQUEST_ID_REUSED"
-            )
+            raise request_id_reused()
         return StoredExchange(existing, created=False)
 
     async def _prepare_conversation(
