@@ -8,7 +8,11 @@
   tools), tools only when needed, prompt_cache_key,
   max_output_tokens, store=True)``; each function call the model makes is run
   and answered with a follow-up ``responses.create`` whose input is the
-  ``function_call_output`` items, in the same conversation.
+  ``function_call_output`` items, in the same conversation. When the response
+  already carries the reply and its calls only record (``records`` tools: the
+  model wrote its reply with the call, as the tool guidance asks), the outputs
+  are added with ``conversations.items.create`` instead: one model call for the
+  turn, not two (the follow-up would resend the whole context to say the same).
 """
 
 from __future__ import annotations
@@ -167,6 +171,11 @@ class ResponsesBackend:
                 outputs.append(
                     {"type": "function_call_output", "call_id": call.call_id, "output": output}
                 )
+            if response_texts(response) and self.planner.catalog.records_only(
+                [call.name for call in calls]
+            ):
+                await self._answer_calls(turn.conversation_id, outputs, deadline)
+                break
             follow_up = dict(params)
             if rounds >= MAX_TOOL_ROUNDS:
                 follow_up["tool_choice"] = "none"  # answer in words now
@@ -198,6 +207,22 @@ class ResponsesBackend:
             return response
 
         return await self.upstream.call("responses.create", create, deadline, retry_timeouts=False)
+
+    async def _answer_calls(
+        self, conversation_id: str, outputs: list[dict[str, Any]], deadline: Deadline
+    ) -> None:
+        """Adds the outputs of calls the model already replied with. The reply stands if
+        this fails (it is written and paid for): the outputs are then added in the
+        background, as after a failed follow-up."""
+        try:
+            await self._add_items(conversation_id, outputs, deadline)
+        except asyncio.CancelledError:
+            self._heal(conversation_id, outputs)
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried in the background (logged there)
+            log.info("function outputs not added yet: adding them in the background",
+                     extra={"conversation_id": conversation_id, "error": str(exc)})
+            self._heal(conversation_id, outputs)
 
     def _heal(self, conversation_id: str, outputs: list[dict[str, Any]]) -> None:
         async def heal() -> None:

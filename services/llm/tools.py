@@ -7,7 +7,9 @@ caller that needs the same set sends the same bytes (a cacheable prefix).
 
 Running a tool here means validating the model's arguments and answering
 with what was recorded; the threads service stores the calls the llm service
-returns (``StatefulTurnResponse.tool_calls``).
+returns (``StatefulTurnResponse.tool_calls``). A tool marked ``records`` only
+confirms what it recorded, so a reply written with its call needs no second
+model call (``ToolCatalog.records_only``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ToolSpec:
     name: str
     description: str
     parameters: Mapping[str, Any]
+    records: bool = False  # its output only confirms what was recorded
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -60,6 +63,12 @@ class ToolCatalog:
         if all_tools:
             return tuple(self.tools.values())
         return tuple(self.tools[name] for name in self.needs.get(message_type, ()))
+
+    def records_only(self, names: Sequence[str]) -> bool:
+        """Whether every named tool only records (the model needs none of their outputs)."""
+        return bool(names) and all(
+            name in self.tools and self.tools[name].records for name in names
+        )
 
     @staticmethod
     def chat_format(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
@@ -156,7 +165,10 @@ def load_tools(path: Path) -> ToolCatalog:
         unknown = [key for key in required if key not in properties]
         if unknown:
             raise ConfigError(f"{where} ({name}): required {unknown} not in properties")
-        specs.append(ToolSpec(name, description.strip(), _canonical(parameters)))
+        records = raw.get("records", False)
+        if not isinstance(records, bool):
+            raise ConfigError(f"{where} ({name}): `records` must be true or false")
+        specs.append(ToolSpec(name, description.strip(), _canonical(parameters), records))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: tool names must be unique")

@@ -913,6 +913,7 @@ class OfflineApi:
                 tool_names=function_tool_names(body["tools"], nested=True),
                 max_output_tokens=body["max_completion_tokens"],
                 saved_goal=run.saved_goal if run.answering_tool_output else "",
+                preamble_allowed=False,
             )
         )
         usage = body["usage"] or {

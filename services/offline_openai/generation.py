@@ -23,6 +23,7 @@ class ModelCall:
     max_output_tokens: int | None = None
     saved_goal: str = ""  # the goal of the function call being answered, if any
     extra_instructions: Sequence[str] = field(default_factory=tuple)
+    preamble_allowed: bool = True  # False for Assistants runs (see ReplyRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +74,13 @@ class OfflineModel:
                 answering_tool_output=last is not None and last.role == "tool",
                 saved_goal=call.saved_goal,
                 context_size=len(call.context),
+                preamble_allowed=call.preamble_allowed,
             )
         )
         truncated = False
         if isinstance(reply, GoalCall):
-            output_tokens = self.counter.count(reply.name) + self.counter.count(reply.arguments)
+            output_tokens = (self.counter.count(reply.preamble) + self.counter.count(reply.name)
+                             + self.counter.count(reply.arguments))
         else:
             limit = call.max_output_tokens
             text = reply.text

@@ -117,9 +117,11 @@ def input_items(raw: Any, param: str = "input") -> list[StoredItem]:
 
 
 def reply_items(reply_text: str | None, call: GoalCall | None, truncated: bool) -> list[StoredItem]:
-    """The output items of one response: a message, or a function call."""
+    """The output items of one response: a message, a function call, or both (the message
+    first: the reply written with the call)."""
     if call is not None:
-        return [function_call_item(new_id("call"), call.name, call.arguments)]
+        called = function_call_item(new_id("call"), call.name, call.arguments)
+        return [message_item("assistant", call.preamble), called] if call.preamble else [called]
     item = message_item("assistant", reply_text or "")
     if truncated:
         item.body["status"] = "incomplete"

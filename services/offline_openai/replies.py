@@ -26,6 +26,9 @@ WIN_PATTERN = re.compile(
     r"\b(did it|done|finished|completed|crushed|nailed|streak|hit my|made it|success\w*)\b",
     re.IGNORECASE,
 )
+# Instructions asking for the reply in the same response as a function call (GPT-5's
+# tool preambles: a message item before the function_call item of one response).
+SAME_RESPONSE_PATTERN = re.compile(r"\bsame response\b", re.IGNORECASE)
 GREETING_PATTERN = re.compile(
     r"^\s*(hi|hey|hello|good (morning|afternoon|evening)|yo)\b", re.IGNORECASE
 )
@@ -77,10 +80,12 @@ class TextReply:
 
 @dataclass(frozen=True, slots=True)
 class GoalCall:
-    """A call to the `save_goal` function."""
+    """A call to the `save_goal` function, with the reply written before it when the
+    instructions ask for the reply in the same response (``preamble``)."""
 
     goal: str
     deadline: str = ""
+    preamble: str = ""
 
     @property
     def name(self) -> str:
@@ -105,6 +110,10 @@ class ReplyRequest:
     answering_tool_output: bool = False  # the newest item is a function's output
     saved_goal: str = ""  # the goal argument of the call being answered, if known
     context_size: int = 0
+    # The Responses API lets a response carry a message and a function call (an
+    # Assistants run in this server answers after the outputs instead; the Chat
+    # Completions path passes no instructions: the cheap tier never carries tools).
+    preamble_allowed: bool = True
 
 
 def _pick(options: Sequence[str], key: str) -> str:
@@ -146,7 +155,10 @@ def decide_reply(request: ReplyRequest) -> Reply:
     if SUMMARY_PATTERN.search(request.instructions) or SUMMARY_PATTERN.search(text):
         return TextReply(summary_text(request.user_texts))
     if GOAL_TOOL_NAME in request.tool_names and GOAL_PATTERN.search(text):
-        return GoalCall(goal_text(text))
+        goal = goal_text(text)
+        if request.preamble_allowed and SAME_RESPONSE_PATTERN.search(request.instructions):
+            return GoalCall(goal, preamble=_pick(AFTER_GOAL_SAVED_REPLIES, key).format(goal=goal))
+        return GoalCall(goal)
     if STRUGGLE_PATTERN.search(text):
         return TextReply(_pick(STRUGGLE_REPLIES, key))
     if WIN_PATTERN.search(text):

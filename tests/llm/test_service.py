@@ -6,6 +6,7 @@ import json
 import uuid
 import warnings
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -165,12 +166,8 @@ async def test_conversation_is_seeded_and_appended(
                          ("user", "done with my run"), ("assistant", "Nice. Keep going")]
 
 
-async def test_goal_turn_calls_save_goal_and_answers(
-    llm: Llm, offline_openai: Any, upstream_client: openai.AsyncOpenAI
-) -> None:
-    user_id = uid()
+async def goal_turn(llm: Llm, user_id: str) -> tuple[str, pb.StatefulTurnResponse]:
     conv = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id=user_id), timeout=5)
-    seen = Seen(offline_openai)
     reply = await llm.stub.StatefulTurn(
         pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,
                                message="My goal is to run a 10k by June", audience=SAM,
@@ -180,18 +177,61 @@ async def test_goal_turn_calls_save_goal_and_answers(
     assert [c.name for c in reply.tool_calls] == ["save_goal"]
     assert json.loads(reply.tool_calls[0].arguments_json)["goal"] == "run a 10k by June"
     assert json.loads(reply.tool_calls[0].output_json)["ok"] is True
-    assert reply.texts and "run a 10k by June" in reply.texts[0]
-    # Two model calls (the call, then the answer to its output), usage summed exactly.
-    assert seen.requests("POST /v1/responses") == 2
+    assert len(reply.texts) == 1 and "run a 10k by June" in reply.texts[0]
+    return conv.conversation_id, reply
+
+
+async def item_kinds(client: openai.AsyncOpenAI, conversation_id: str) -> list[str]:
+    items = await client.conversations.items.list(conversation_id, order="asc")
+    return [item.type if item.type != "message" else item.role for item in items.data]  # type: ignore[union-attr]
+
+
+async def test_goal_turn_replies_with_the_call_in_one_model_call(
+    llm: Llm, offline_openai: Any, upstream_client: openai.AsyncOpenAI
+) -> None:
+    user_id = uid()
+    seen = Seen(offline_openai)
+    conversation_id, reply = await goal_turn(llm, user_id)
+    # The reply came with the call (the tool guidance asks for it; save_goal only records):
+    # the output is added to the conversation, the model is not asked again.
+    assert seen.requests("POST /v1/responses") == 1
+    assert seen.requests("POST /v1/conversations/{conversation_id}/items") == 1
     assert reply.usage.input_tokens == seen.delta("input_tokens")
     assert reply.usage.output_tokens == seen.delta("output_tokens")
     final = await upstream_client.responses.retrieve(reply.response_id)
     assert [t.name for t in final.tools] == ["save_goal"]  # type: ignore[union-attr]
     assert final.instructions == f"{PERSONA.coach}\n\n{PERSONA.tools}"  # tool guidance: tool turns only
     assert final.prompt_cache_key and user_id not in final.prompt_cache_key
-    items = await upstream_client.conversations.items.list(conv.conversation_id, order="asc")
-    kinds = [item.type for item in items.data]
-    assert kinds == ["message", "message", "function_call", "function_call_output", "message"]
+    assert await item_kinds(upstream_client, conversation_id) == [
+        "developer", "user", "assistant", "function_call", "function_call_output"]
+    # No call is left unanswered: the next turn goes through.
+    nxt = await llm.stub.StatefulTurn(
+        pb.StatefulTurnRequest(user_id=user_id, conversation_id=conversation_id,
+                               message="first run is tomorrow at 7", audience=SAM,
+                               generation=gen(CHECK_IN)),
+        timeout=5,
+    )
+    assert nxt.texts and not nxt.tool_calls
+
+
+async def test_a_call_without_a_reply_gets_a_follow_up(
+    offline_openai: Any, upstream_client: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    """A model that only calls (here: tool guidance without the same-response request) is
+    asked again with the output; usage is the sum of both calls."""
+    text = (DATA_DIR / "persona.yaml").read_text(encoding="utf-8")
+    assert "same response" in text
+    persona = tmp_path / "persona.yaml"
+    persona.write_text(text.replace("in the same response", "after the call"), encoding="utf-8")
+    async with running_llm(offline_openai, {"COACH_LLM_PERSONA_FILE": str(persona)}) as llm:
+        seen = Seen(offline_openai)
+        conversation_id, reply = await goal_turn(llm, uid())
+    assert seen.requests("POST /v1/responses") == 2
+    assert seen.requests("POST /v1/conversations/{conversation_id}/items") == 0
+    assert reply.usage.input_tokens == seen.delta("input_tokens")
+    assert reply.usage.output_tokens == seen.delta("output_tokens")
+    assert await item_kinds(upstream_client, conversation_id) == [
+        "developer", "user", "function_call", "function_call_output", "assistant"]
 
 
 async def test_other_turns_carry_no_tools_and_share_a_cache_key(

@@ -28,6 +28,13 @@ def test_only_turns_that_need_a_tool_carry_it(catalog: ToolCatalog) -> None:
         assert names(kind) == []
 
 
+def test_only_recording_tools_let_a_reply_come_with_the_call(catalog: ToolCatalog) -> None:
+    assert catalog.records_only(["save_goal"]) and catalog.records_only(["save_goal", "log_commitment"])
+    # The model must read get_progress's answer before replying; unknown names never qualify.
+    assert not catalog.records_only(["save_goal", "get_progress"])
+    assert not catalog.records_only(["nope"]) and not catalog.records_only([])
+
+
 def test_baseline_sends_every_tool_sorted(catalog: ToolCatalog) -> None:
     tools = catalog.for_turn("MESSAGE_TYPE_GREETING", all_tools=True)
     assert [t.name for t in tools] == ["get_progress", "log_commitment", "save_goal"]
@@ -73,6 +80,8 @@ def test_persona_has_its_sections_and_crisis_lines() -> None:
         ("tools: []\nneeds: {MESSAGE_TYPE_NOPE: []}", "MESSAGE_TYPE_NOPE"),
         ("tools: []\nneeds: {MESSAGE_TYPE_GOAL_SETTING: [save_goal]}", "unknown tools"),
         ("[1, 2", "not valid YAML"),
+        (("tools: [{name: a, records: yes please, description: d, parameters: {type: object,"
+          " properties: {}}}]"), "records"),
     ],
 )
 def test_bad_tools_files_fail_start_up_clearly(tmp_path: Path, text: str, message: str) -> None:

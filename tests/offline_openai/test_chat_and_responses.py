@@ -106,6 +106,25 @@ async def test_chat_tool_call_then_tool_result(client: openai.AsyncOpenAI) -> No
     assert "meditate every morning" in (second.choices[0].message.content or "")
 
 
+async def test_asked_for_it_the_model_replies_in_the_same_response_as_its_call(
+    client: openai.AsyncOpenAI,
+) -> None:
+    """GPT-5's tool preambles: a message item, then the function call, in one response."""
+    tools: list[Any] = [{"type": "function", "name": "save_goal", "parameters": {"type": "object"}}]
+    text = "I want to meditate every morning"
+    plain = await client.responses.create(model="gpt-5.4", input=text, tools=tools,
+                                          instructions="Save goals with the function.")
+    assert [item.type for item in plain.output] == ["function_call"]
+    asked = await client.responses.create(
+        model="gpt-5.4", input=text, tools=tools,
+        instructions="Save goals with the function and reply in the same response.")
+    assert [item.type for item in asked.output] == ["message", "function_call"]
+    assert "meditate every morning" in asked.output_text
+    assert asked.usage is not None and plain.usage is not None
+    # The reply's tokens are output tokens too.
+    assert asked.usage.output_tokens > plain.usage.output_tokens
+
+
 async def test_prompt_cache_hits_from_1024_in_128_steps(client: openai.AsyncOpenAI) -> None:
     instructions = long_text(1500, "habit")  # well over 1024 tokens
     assert len(ENC.encode_ordinary(instructions)) > 1100
