@@ -27,12 +27,15 @@ STATEFUL_APIS = ("responses", "assistants")
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_SUMMARY_MODEL = "gpt-5.4-mini"
 # The provider conversation keeps the last N=20 messages verbatim (the threads issue's
-# N) after the running summary, and rotates at 2N. Measured (make bench, cost phase,
-# 5,001 messages, everything else equal): optimized cost 10.8% of the baseline at 20/40,
-# 10.3% at 20/24 (a rotation, with its summary call and new conversation, every second
-# exchange), 9.6% at 10/20. The default keeps the N; an operator who wants the
-# cheaper window sets COACH_PRUNE_KEEP_MESSAGES=10.
+# N) after the running summary, and rotates once it would hold N + 4: a rotation (one
+# Summarize call on the cheap model for the 4 messages leaving the window, a new
+# conversation seeded with summary + the last N) every second exchange, so a stateful
+# turn never resends more than 4 messages beyond the window. Measured (make bench, cost
+# phase, 5,001 messages, everything else equal; optimized cost as a share of the
+# baseline's): rotating at 22 10.4%, 24 9.8%, 26 9.9%, 30 10.0%, 40 (2N) 10.4%; below 24
+# the extra summary calls cost more than the shorter context saves.
 DEFAULT_KEEP_MESSAGES = 20
+PRUNE_SLACK_MESSAGES = 4
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class Settings:
             stateful_api=env.choice("COACH_STATEFUL_API", "responses", STATEFUL_APIS),
             prune=PruneSettings(
                 keep_messages=keep,
-                prune_at_messages=env.int("COACH_PRUNE_AT_MESSAGES", 2 * keep, minimum=4) or 2 * keep,
+                prune_at_messages=(env.int("COACH_PRUNE_AT_MESSAGES", keep + PRUNE_SLACK_MESSAGES,
+                                           minimum=4) or keep + PRUNE_SLACK_MESSAGES),
                 summary_batch=env.int("COACH_SUMMARY_BATCH_MESSAGES", 100, minimum=1) or 100,
             ),
             summary_model=env.str("COACH_SUMMARY_MODEL", DEFAULT_SUMMARY_MODEL),

@@ -31,7 +31,7 @@ MAX_TURNS_PER_CALL = 100
 @dataclass(frozen=True)
 class PruneSettings:
     keep_messages: int = 20
-    prune_at_messages: int = 40
+    prune_at_messages: int = 24
     # Most messages folded into the summary by one Summarize call.
     summary_batch: int = MAX_TURNS_PER_CALL
 

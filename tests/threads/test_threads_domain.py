@@ -122,9 +122,9 @@ async def test_user_locks_serialize_one_user_and_forget_idle_ones() -> None:
     assert peak == {"a": 1, "b": 1} and len(locks) == 0
 
 
-def test_default_window_keeps_twenty_messages_and_rotates_at_forty() -> None:
+def test_default_window_keeps_twenty_messages_and_rotates_at_twenty_four() -> None:
     from services.threads.config import Settings
 
     prune = Settings.from_env({"DATABASE_URL": "postgresql://x/y"}).prune
-    assert (prune.keep_messages, prune.prune_at_messages) == (20, 40)
-    assert (PruneSettings().keep_messages, PruneSettings().prune_at_messages) == (20, 40)
+    assert (prune.keep_messages, prune.prune_at_messages) == (20, 24)
+    assert (PruneSettings().keep_messages, PruneSettings().prune_at_messages) == (20, 24)
