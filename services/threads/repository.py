@@ -544,9 +544,10 @@ class ThreadsRepository:
         summarized_through: int,
         charge: Charge,
     ) -> None:
-        """Records a summary step: its charge (owed by the next stored answer) and, when
-        the user has an active conversation, the running summary, so that a rotation
-        interrupted later never summarizes the same messages twice.
+        """Records a summary step: its charge (owed by the next stored answer) and the
+        running summary (on the active conversation, or in ``first_summaries`` while the
+        user has none yet), so that a rotation interrupted later never summarizes the
+        same messages twice.
 
         The charge is recorded whatever happens (it was paid); the running summary only
         while ``lease`` is still ours, so a turn that lost its lease changes nothing else.
@@ -563,6 +564,28 @@ class ThreadsRepository:
                                          AND expires_at > now() FOR UPDATE)""",
                     conversation_pk, summary, summarized_through, lease.user_id, lease.holder,
                 )
+            else:
+                await conn.execute(
+                    """INSERT INTO threads.first_summaries (user_id, summary, summarized_through)
+                       SELECT $1, $2, $3
+                        WHERE EXISTS (SELECT 1 FROM threads.turn_leases
+                                       WHERE user_id = $1 AND holder = $4
+                                         AND expires_at > now() FOR UPDATE)
+                       ON CONFLICT (user_id) DO UPDATE
+                          SET summary = excluded.summary,
+                              summarized_through = excluded.summarized_through,
+                              updated_at = now()""",
+                    lease.user_id, summary, summarized_through, lease.holder,
+                )
+
+    async def first_summary(self, user_id: str) -> tuple[str, int]:
+        """The running summary of a user with no conversation yet ('', 0 when none)."""
+        row = await self.pool.fetchrow(
+            """SELECT summary, summarized_through FROM threads.first_summaries
+                WHERE user_id = $1""",
+            user_id,
+        )
+        return (row["summary"], row["summarized_through"]) if row else ("", 0)
 
     async def mark_appended(
         self, conversation_pk: int, seen_through: int, appended: int
@@ -606,6 +629,9 @@ class ThreadsRepository:
                     )
                     if status != "UPDATE 1":
                         raise ConversationConflict(f"conversation {old.id} is no longer active")
+                else:  # the first conversation carries the summary from now on
+                    await conn.execute(
+                        "DELETE FROM threads.first_summaries WHERE user_id = $1", user_id)
                 row = await conn.fetchrow(
                     """INSERT INTO threads.conversations (user_id, provider_conversation_id, api,
                            summary, summarized_through, seen_through, seed_turns, generation)

@@ -317,12 +317,13 @@ class StatefulTurns:
         """
         keep = BASELINE_SEED_LIMIT if request.baseline else self.prune.keep_messages
         recent = await self.repository.recent_messages(request.user_id, keep)
+        if old is not None:
+            summary, summarized_through = old.summary, old.summarized_through
+        else:  # a first conversation: an earlier attempt may have summarized already
+            summary, summarized_through = await self.repository.first_summary(request.user_id)
         plan = plan_rotation(
-            recent,
-            summarized_through=old.summarized_through if old else 0,
-            baseline=request.baseline,
+            recent, summarized_through=summarized_through, baseline=request.baseline
         )
-        summary = old.summary if old else ""
         if plan.needs_summary:
             older = await self.repository.messages_between(
                 request.user_id, plan.summarize_after, plan.summarize_through

@@ -216,6 +216,37 @@ async def test_rotation_interrupted_by_a_failure_completes_later(
     assert view.generation == 2 and view.summary == "summary of 22 messages"
 
 
+async def test_a_failed_first_conversation_does_not_pay_for_its_summary_twice(
+    stub: Stub, llm: FakeLlm, ledger: FakeLedger, user_id: str, db: asyncpg.Connection
+) -> None:
+    """A first stateful turn after more than N messages folds the older ones into the
+    summary before creating the conversation; when creating it fails, the retry starts
+    from that summary instead of summarizing the same messages again."""
+    for i in range(15):  # 30 messages answered outside the stateful tier
+        await stub.RecordExchange(cheap(user_id, f"check-in {i}", f"coach: check-in {i}"))
+    llm.failures["CreateConversation"] = 100
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RunStatefulTurn(turn_request(user_id, "first deep question"))
+    llm.failures.clear()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await active_rows(db, user_id) == 0
+    assert [len(c.turns) for c in per_user(llm.summarize_calls, user_id)] == [30 - KEEP]
+
+    done = await stub.RunStatefulTurn(turn_request(user_id, "asking again"))
+    assert done.created and await active_rows(db, user_id) == 1
+    assert [len(c.turns) for c in per_user(llm.summarize_calls, user_id)] == [30 - KEEP]
+    view = await stub.GetConversation(pb.GetConversationRequest(user_id=user_id))
+    assert view.summary == "summary of 10 messages"
+    assert await db.fetchval(
+        "SELECT count(*) FROM threads.first_summaries WHERE user_id = $1", user_id) == 0
+    # The one summary paid for is charged once, to the answer that finally used it.
+    await wait_for(lambda: any(r.request_id == done.exchange.request_id
+                               for r in ledger.for_user(user_id)))
+    summary_charges = [c for r in ledger.for_user(user_id) for c in r.charges
+                       if c.purpose == "summary"]
+    assert len(summary_charges) == 1
+
+
 async def test_rotation_cancelled_midway_leaves_one_active_conversation(
     stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
 ) -> None:
