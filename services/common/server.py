@@ -26,6 +26,7 @@ from services.common.interceptors import ServerInterceptor
 from services.common.logs import setup_logging
 from services.common.metrics import serve_metrics
 from services.common.settings import ServerSettings, TlsSettings
+from services.common.supervision import follow_supervisor
 from services.common.tracing import setup_tracing
 
 log = logging.getLogger("coach.server")
@@ -156,6 +157,7 @@ def run_service(
 
     A bad setting or data file ends the process with status 2 and one clear log line.
     """
+    follow_supervisor()
     setup_logging(service)
     try:
         settings = load_settings()

@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.supervision import follow_supervisor
+
 from .config import OfflineConfig, parse_args
 from .server import OfflineOpenAI
 
@@ -76,6 +78,7 @@ async def serve(config: OfflineConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    follow_supervisor()
     config = parse_args(argv)
     configure_logging(os.environ.get("OFFLINE_OPENAI_LOG_LEVEL", "INFO"))
     asyncio.run(serve(config))

@@ -2,33 +2,27 @@
 
 Each child leads its own process group (a new session), so a Ctrl-C in the
 terminal reaches only the supervisor, which then stops the children in order,
-and anything a child forks is stopped with it. On Linux a child also gets
-SIGTERM if the supervisor itself dies without cleaning up.
+and anything a child forks is stopped with it. On Linux our programs also get
+SIGTERM if the supervisor itself dies without cleaning up: they ask for it at
+start (``services.common.supervision``, given ``COACH_SUPERVISOR_PID``), so that
+no code runs between fork and exec here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from services.common.supervision import SUPERVISOR_PID_ENV
+
 log = logging.getLogger("coach.suite")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildProcess:
@@ -45,7 +39,7 @@ class ChildProcess:
     ) -> None:
         self.name = name
         self.argv = list(argv)
-        self.env = dict(env)
+        self.env = {**env, SUPERVISOR_PID_ENV: str(os.getpid())}
         self.log_file = log_file
         self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
@@ -77,7 +71,6 @@ class ChildProcess:
             stdout=out,
             stderr=out,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self.started_at = time.monotonic()
         return self.proc.pid
