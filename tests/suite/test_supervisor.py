@@ -307,3 +307,46 @@ def test_without_a_supervisor_nothing_is_asked() -> None:
 
     assert follow_supervisor({}) is False
     assert follow_supervisor({"COACH_SUPERVISOR_PID": "not a pid"}) is False
+
+
+_FORK_UNDER_GRPC_LOAD = """
+import asyncio, subprocess, sys
+import services  # first, as in every entry point of the suite
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    stub = health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+    done = False
+
+    async def load():
+        while not done:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+
+    tasks = [asyncio.create_task(load()) for _ in range(4)]
+    codes = [(await asyncio.to_thread(subprocess.run, ["true"], user=sys.argv[1])).returncode
+             for _ in range(40)]
+    done = True
+    await asyncio.gather(*tasks)
+    print(sum(code != 0 for code in codes))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a command as another user needs root")
+def test_a_process_of_the_suite_forks_safely_while_grpc_is_busy() -> None:
+    """``subprocess`` with ``user=`` (pg_ctl as the database's owner) forks instead of
+    vforking; with gRPC's fork support on, about one such child in three died of SIGSEGV
+    before exec under gRPC load. ``import services`` turns it off for every process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_UNDER_GRPC_LOAD, "nobody"], cwd=REPO_ROOT, check=True,
+        capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"},
+    )
+    assert out.stdout.split()[-1] == "0", out.stderr[-2000:]
