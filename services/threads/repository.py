@@ -534,6 +534,11 @@ class ThreadsRepository:
             user_id, request_id, json.dumps(charge.to_json()),
         )
 
+    async def add_owed_charge(self, user_id: str, request_id: str, charge: Charge) -> None:
+        """A charge paid upstream for nothing stored: taken by the user's next exchange."""
+        async with self.pool.acquire() as conn:
+            await self.add_pending_charge(conn, user_id, request_id, charge)
+
     async def save_summary(
         self,
         *,

@@ -16,7 +16,9 @@ exchange back and the upstream is not called twice.
 If an llm call fails, its error goes back to the caller as is and no exchange
 is stored; the router answers with a fallback and records that instead. Upkeep
 already paid for (a summary) is left as a pending charge, taken by the next
-exchange stored for the user (the fallback for this very request).
+exchange stored for the user (the fallback for this very request); so is the
+answer of a turn that lost its lease after the upstream answered (purpose
+``unstored_turn``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ BASELINE_SEED_LIMIT = MAX_TURNS_PER_CALL
 APPEND_BATCH = MAX_TURNS_PER_CALL
 
 SAVE_GOAL_TOOL = "save_goal"
+# The purpose of the charge of a turn answered upstream but not stored (lease lost).
+UNSTORED_TURN_PURPOSE = "unstored_turn"
 
 # A lease outlives the turn's time budget by this much (then a dead holder's expires).
 LEASE_MARGIN_S = 5.0
@@ -184,7 +188,12 @@ class StatefulTurns:
                 conversation_pk=conversation.id,
                 origin=request.origin,
             )
-            stored = await self.repository.store_exchange(new, lease)
+            try:
+                stored = await self.repository.store_exchange(new, lease)
+            except Unavailable as lost:
+                if lost.reason == "TURN_LEASE_LOST":
+                    await self._owe(request, exchange.charges[0])
+                raise
         if stored.created:
             self.history.on_stored()
         log.info(
@@ -207,6 +216,18 @@ class StatefulTurns:
             },
         )
         return stored
+
+    async def _owe(self, request: StatefulTurnRequest, answer: Charge) -> None:
+        """A turn that lost its lease stores nothing, but its upstream call was paid for:
+        the charge is owed by the next exchange stored for the user (the router's
+        fallback for this very request), as upkeep is, and never dropped."""
+        charge = Charge(answer.model, answer.usage, UNSTORED_TURN_PURPOSE)
+        await self.repository.add_owed_charge(request.user_id, request.request_id, charge)
+        log.warning("turn lease lost after the upstream answered: its charge is owed by the "
+                    "user's next stored exchange",
+                    extra={"user_id": request.user_id, "model": answer.model,
+                           "input_tokens": answer.usage.input_tokens,
+                           "output_tokens": answer.usage.output_tokens})
 
     @asynccontextmanager
     async def _lease(self, user_id: str, deadline: float) -> AsyncIterator[TurnLease]:

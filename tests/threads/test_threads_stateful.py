@@ -317,6 +317,7 @@ async def test_a_live_lease_elsewhere_makes_the_turn_fail_within_its_deadline(
 async def test_a_turn_that_lost_its_lease_stores_nothing(
     stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
 ) -> None:
+    """...but the upstream answer it paid for is owed by the user's next stored exchange."""
     await stub.RunStatefulTurn(turn_request(user_id, "hello"))
     llm.turn_delay_s = 0.3
     call = asyncio.ensure_future(stub.RunStatefulTurn(turn_request(user_id, "slow one")))
@@ -334,6 +335,12 @@ async def test_a_turn_that_lost_its_lease_stores_nothing(
     assert await db.fetchval(
         "SELECT holder FROM threads.turn_leases WHERE user_id = $1", user_id) == "usurper"
     await db.execute("DELETE FROM threads.turn_leases WHERE user_id = $1", user_id)
+    # The router's fallback for it carries the answer's charge: paid once, recorded once.
+    fallback = await stub.RecordExchange(exchange(
+        user_id, "slow one", "Give me a second and try again?",
+        route=types_pb2.ROUTE_FALLBACK, message_type=types_pb2.MESSAGE_TYPE_DEEP_COACHING))
+    owed = [c for c in fallback.exchange.charges if c.purpose == "unstored_turn"]
+    assert len(owed) == 1 and owed[0].model == "gpt-5.4" and owed[0].usage.input_tokens > 0
 
 
 async def test_many_users_turns_are_not_limited_by_a_connection_pool(
