@@ -1,0 +1,104 @@
+"""The router's line per answer: every upstream answer at INFO with its tokens and cost; a
+canned reply (no upstream call, no cost) only at DEBUG."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from services.common.usage import Usage
+from services.ledger.pricing import PriceBook
+from services.router.answering import (
+    Answer,
+    ChatInput,
+    ChatPolicy,
+    ChatService,
+    Completion,
+    CompletionInput,
+    UserContextIn,
+    UserState,
+)
+from services.router.decision import Router
+
+CONTEXT = UserContextIn(display_name="Sam", current_streak=5, local_hour=9)
+
+
+class Threads:
+    async def user_state(self, user_id: str, request_id: str, recent: int,
+                         timeout: float) -> UserState:
+        return UserState(message_count=10, recent_turns=(), existing=None, messages_today=0,
+                         last_canned_reply="")
+
+    async def stateful_turn(self, turn: object, timeout: float) -> Answer:
+        raise AssertionError("no stateful turn in these tests")
+
+
+class Llm:
+    async def complete(self, request: CompletionInput, timeout: float) -> Completion:
+        return Completion("Nice. What's next?", request.decision.model,
+                          Usage(input_tokens=420, output_tokens=12))
+
+
+class Ledger:
+    async def budget_exceeded(self, user_id: str, timeout: float) -> str | None:
+        return None
+
+
+class Cache:
+    def get(self, user_id: str, request_id: str) -> UserState | None:
+        return None
+
+    def epoch(self) -> int:
+        return 0
+
+    def put(self, user_id: str, state: UserState, epoch: int) -> None:
+        pass
+
+    def record(self, answer: Answer) -> None:
+        pass
+
+
+class Journal:
+    def ensure_room(self) -> None:
+        pass
+
+    def append(self, answer: Answer) -> None:
+        pass
+
+    async def flush_user(self, user_id: str, timeout: float) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def service() -> ChatService:
+    return ChatService(Router.from_files(), Threads(), Llm(), Ledger(), PriceBook.load(),
+                       ChatPolicy(), Cache(), Journal())
+
+
+async def answered(service: ChatService, caplog: pytest.LogCaptureFixture,
+                   text: str) -> list[logging.LogRecord]:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="services.router.answering"):
+        await service.chat(ChatInput("u1", text, context=CONTEXT), 5.0)
+    return [r for r in caplog.records if r.getMessage() == "answered"]
+
+
+async def test_an_upstream_answer_is_logged_at_info_with_its_tokens_and_cost(
+    service: ChatService, caplog: pytest.LogCaptureFixture
+) -> None:
+    [record] = await answered(service, caplog, "did my run this morning, felt decent")
+    assert record.levelno == logging.INFO
+    assert vars(record)["route"] == "COMPLETIONS"
+    assert vars(record)["input_tokens"] == 420 and vars(record)["cost_usd_nanos"] > 0
+
+
+async def test_a_canned_reply_is_logged_at_debug_only(
+    service: ChatService, caplog: pytest.LogCaptureFixture
+) -> None:
+    [record] = await answered(service, caplog, "hey")
+    assert record.levelno == logging.DEBUG and vars(record)["route"] == "PATTERN"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="services.router.answering"):
+        await service.chat(ChatInput("u1", "hey", context=CONTEXT), 5.0)
+    assert not [r for r in caplog.records if r.getMessage() == "answered"]
