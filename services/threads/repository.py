@@ -559,28 +559,24 @@ class ThreadsRepository:
         """
         async with self.pool.acquire() as conn, conn.transaction():
             await self.add_pending_charge(conn, lease.user_id, request_id, charge)
+            if await conn.fetchval(_LEASE_HELD_SQL, lease.user_id, lease.holder) is None:
+                return  # the lease is gone: the charge stays, nothing else changes
             if conversation_pk is not None:
                 await conn.execute(
                     """UPDATE threads.conversations
                           SET summary = $2, summarized_through = $3, updated_at = now()
-                        WHERE id = $1 AND status = 'active'
-                          AND EXISTS (SELECT 1 FROM threads.turn_leases
-                                       WHERE user_id = $4 AND holder = $5
-                                         AND expires_at > now() FOR UPDATE)""",
-                    conversation_pk, summary, summarized_through, lease.user_id, lease.holder,
+                        WHERE id = $1 AND status = 'active'""",
+                    conversation_pk, summary, summarized_through,
                 )
             else:
                 await conn.execute(
                     """INSERT INTO threads.first_summaries (user_id, summary, summarized_through)
-                       SELECT $1, $2, $3
-                        WHERE EXISTS (SELECT 1 FROM threads.turn_leases
-                                       WHERE user_id = $1 AND holder = $4
-                                         AND expires_at > now() FOR UPDATE)
+                       VALUES ($1, $2, $3)
                        ON CONFLICT (user_id) DO UPDATE
                           SET summary = excluded.summary,
                               summarized_through = excluded.summarized_through,
                               updated_at = now()""",
-                    lease.user_id, summary, summarized_through, lease.holder,
+                    lease.user_id, summary, summarized_through,
                 )
 
     async def first_summary(self, user_id: str) -> tuple[str, int]:
