@@ -214,7 +214,10 @@ async def test_a_busy_port_is_reported_before_anything_starts(tmp_path: Path) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {"COACH_DATA_DIR": str(tmp_path), "COACH_ROUTER_ADDR": f"127.0.0.1:{port}",
+        # Every other address free (the contract ports can be taken by anything on a shared
+        # machine, even a client's ephemeral port): only the router's is busy here.
+        env = {**free_port_env(), "COACH_DATA_DIR": str(tmp_path),
+               "COACH_ROUTER_ADDR": f"127.0.0.1:{port}",
                "DATABASE_URL": "postgresql://unused/coach", "OPENAI_API_KEY": "x"}
         suite = Suite(SuiteSettings.from_env(env))
         with pytest.raises(SuiteError, match=f"127.0.0.1:{port} is already in use.*COACH_ROUTER_ADDR"):
