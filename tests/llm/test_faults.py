@@ -155,3 +155,32 @@ async def test_an_assistants_run_cut_at_the_deadline_leaves_the_thread_usable(
         # ... and the abandoned run is cancelled, so the user's next turn is answered.
         await asyncio.sleep(0.3)
         assert (await llm.stub.StatefulTurn(turn, timeout=5)).texts
+
+
+async def test_a_turn_whose_caller_went_away_is_finished_and_the_retry_gets_it(
+    llm: Any, offline_openai: Any, upstream_client: Any
+) -> None:
+    """The caller (threads) goes away mid-turn: the upstream call it started goes on, and the
+    retry with the same request id gets that answer; no second call, no message sent twice."""
+    conversation = await llm.stub.CreateConversation(
+        pb.CreateConversationRequest(user_id="u-gone"), timeout=5)
+    turn = pb.StatefulTurnRequest(
+        request_id="gone-1", user_id="u-gone", conversation_id=conversation.conversation_id,
+        message="i keep skipping my evening walks", generation=pb.Generation(model="gpt-5.5"))
+    offline_openai.faults.set("latency", latency_ms=400, count=1, path_prefix="/v1/responses")
+    calls_before = offline_openai.stats.model_calls
+    call = llm.stub.StatefulTurn(turn, timeout=10)
+    await asyncio.sleep(0.15)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.5)
+    # The turn went on without its caller: the upstream answered (and would have charged).
+    assert offline_openai.stats.model_calls - calls_before == 1
+    retried = await llm.stub.StatefulTurn(turn, timeout=5)
+    assert retried.texts
+    assert offline_openai.stats.model_calls - calls_before == 1  # that answer, not a new call
+    items = await upstream_client.conversations.items.list(conversation.conversation_id)
+    sent = [item for item in items.data
+            if getattr(item, "role", "") == "user" and "evening walks" in item.content[0].text]
+    assert len(sent) == 1
