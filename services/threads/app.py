@@ -66,6 +66,9 @@ async def create_server(settings: Settings) -> CoachServer:
     async def end_watches() -> None:
         await changes.stop()
 
+    async def finish_turns() -> None:
+        await turns.finish(settings.server.grace_seconds)
+
     async def flush_ledger() -> None:
         await relay.stop(settings.flush_seconds)
 
@@ -79,6 +82,6 @@ async def create_server(settings: Settings) -> CoachServer:
         settings.server,
         [Registration(threads_service_pb2_grpc.add_ThreadsServiceServicer_to_server,
                       ThreadsServicer(history, turns, changes), name)],
-        on_drain=[end_watches],
+        on_drain=[end_watches, finish_turns],
         on_stop=[flush_ledger, close],
     )

@@ -13,6 +13,14 @@ transaction that the lease is still ours, and otherwise store nothing
 Inside the lease the request id is checked again: a retry gets the stored
 exchange back and the upstream is not called twice.
 
+A turn is not cancelled with its caller. Once started it runs to its own end
+(bounded by its time budget) and stores what the upstream answered, so a router
+that went away (its deadline, its own caller, a restart) does not leave an
+answer that was paid for, and sits in the provider conversation, out of the
+history. The retry with the same request id gets the stored exchange. When the
+router has meanwhile stored its fallback under that request id, the turn's
+charge is owed (below), never dropped.
+
 If an llm call fails, its error goes back to the caller as is and no exchange
 is stored; the router answers with a fallback and records that instead. Upkeep
 already paid for (a summary) is left as a pending charge, taken by the next
@@ -141,8 +149,30 @@ class StatefulTurns:
         self.locks = UserLocks()
         # Releases that failed (database restarting), retried in the background.
         self._late_releases: set[asyncio.Task[None]] = set()
+        # Turns running, some of them without a caller any more.
+        self._turns: set[asyncio.Task[StoredExchange]] = set()
 
     async def run(self, request: StatefulTurnRequest) -> StoredExchange:
+        """The turn, stored. A caller going away does not cancel it (see the module doc)."""
+        turn = asyncio.ensure_future(self._run(request))
+        self._turns.add(turn)
+        turn.add_done_callback(self._turns.discard)
+        try:
+            return await asyncio.shield(turn)
+        except asyncio.CancelledError:
+            if not turn.done():
+                log.info("caller went away mid-turn: the turn goes on",
+                         extra={"user_id": request.user_id})
+                turn.add_done_callback(_log_orphan_outcome)
+            raise
+
+    async def finish(self, timeout_s: float) -> None:
+        """Waits (at most ``timeout_s``) for the turns still running: at shutdown."""
+        if self._turns:
+            log.info("waiting for running turns", extra={"turns": len(self._turns)})
+            await asyncio.wait(set(self._turns), timeout=timeout_s)
+
+    async def _run(self, request: StatefulTurnRequest) -> StoredExchange:
         started = time.monotonic()
         stored = await self._already_answered(request)
         if stored is not None:
@@ -192,8 +222,11 @@ class StatefulTurns:
                 stored = await self.repository.store_exchange(new, lease)
             except Unavailable as lost:
                 if lost.reason == "TURN_LEASE_LOST":
-                    await self._owe(request, exchange.charges[0])
+                    await self._owe(request, exchange.charges[0], "turn lease lost")
                 raise
+            if not stored.created and stored.exchange.route != ROUTE_ASSISTANT:
+                # The caller gave up on this turn and stored its fallback under the request id.
+                await self._owe(request, exchange.charges[0], "the request holds a fallback")
         if stored.created:
             self.history.on_stored()
         log.info(
@@ -217,15 +250,16 @@ class StatefulTurns:
         )
         return stored
 
-    async def _owe(self, request: StatefulTurnRequest, answer: Charge) -> None:
-        """A turn that lost its lease stores nothing, but its upstream call was paid for:
-        the charge is owed by the next exchange stored for the user (the router's
-        fallback for this very request), as upkeep is, and never dropped."""
+    async def _owe(self, request: StatefulTurnRequest, answer: Charge, why: str) -> None:
+        """A turn whose answer is not stored (its lease was lost, or the caller stored a
+        fallback under its request id) was still paid for upstream: the charge is owed by
+        the next exchange stored for the user (the router's fallback for this very
+        request, when not stored yet), as upkeep is, and never dropped."""
         charge = Charge(answer.model, answer.usage, UNSTORED_TURN_PURPOSE)
         await self.repository.add_owed_charge(request.user_id, request.request_id, charge)
-        log.warning("turn lease lost after the upstream answered: its charge is owed by the "
+        log.warning("turn answered upstream but not stored: its charge is owed by the "
                     "user's next stored exchange",
-                    extra={"user_id": request.user_id, "model": answer.model,
+                    extra={"user_id": request.user_id, "reason": why, "model": answer.model,
                            "input_tokens": answer.usage.input_tokens,
                            "output_tokens": answer.usage.output_tokens})
 
@@ -408,3 +442,15 @@ class StatefulTurns:
             },
         )
         return new
+
+
+def _log_orphan_outcome(turn: asyncio.Task[StoredExchange]) -> None:
+    """How a turn whose caller went away ended (nobody else sees it)."""
+    if turn.cancelled():
+        log.warning("turn without a caller cancelled")
+    elif (error := turn.exception()) is not None:
+        log.warning("turn without a caller failed", extra={"error": repr(error)})
+    else:
+        stored = turn.result().exchange
+        log.info("turn without a caller stored",
+                 extra={"user_id": stored.user_id, "request_id": stored.request_id})
