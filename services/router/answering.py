@@ -16,7 +16,9 @@
    its ledger record durably. Answers outside the stateful tier go through
    the router's journal (write-behind: durable locally before the reply,
    stored in threads in batches right after), so the canned path makes no
-   synchronous call at all on a cache hit.
+   synchronous call at all on a cache hit. A cheap-tier answer is kept even
+   when the caller goes away while the llm answers (it is paid for); threads
+   does the same for stateful turns.
 
 The peers (threads, llm, ledger) are reached through the small protocols
 below; ``peers.py`` implements them over gRPC and tests can fake them.
@@ -24,12 +26,14 @@ below; ``peers.py`` implements them over gRPC and tests can fake them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.common.errors import CoachError, ResourceExhausted
 from services.common.metrics import CRISIS_EVENTS, ROUTES
@@ -200,6 +204,8 @@ class ChatService:
         self.prices = prices
         self.policy = policy
         self._rng = random.Random()
+        # Answers being kept, some of them without a caller any more.
+        self._unattended: set[asyncio.Task[Answer]] = set()
 
     # -- decisions ------------------------------------------------------------------
 
@@ -259,12 +265,15 @@ class ChatService:
         else:
             await self._enforce_limits(request.user_id, state, deadline)
 
-        answer = await self._answer(request, request_id, decision, state, deadline)
-        answer = replace(answer, latency_ms=int((time.monotonic() - started) * 1000))
-        if answer.route is not Route.ASSISTANT:
-            self.journal.append(answer)
-        self.cache.record(answer)
-        ROUTES.labels(answer.route.name, answer.message_type.name).inc()
+        if decision.route is Route.COMPLETIONS:
+            # Paid for once asked: kept even when the caller goes away meanwhile.
+            answer = await self._detached(
+                self._answer_and_keep(request, request_id, decision, state, deadline, started),
+                request.user_id,
+            )
+        else:
+            answer = await self._answer_and_keep(
+                request, request_id, decision, state, deadline, started)
         cost = self.cost_of(answer)
         # Every answer from the upstream is logged at INFO with its tokens and cost. A canned
         # reply (no upstream call, no cost) only at DEBUG: it is counted in
@@ -289,6 +298,39 @@ class ChatService:
                 },
             )
         return ChatResult(answer, cost)
+
+    async def _answer_and_keep(
+        self, request: ChatInput, request_id: str, decision: Decision, state: UserState,
+        deadline: float, started: float,
+    ) -> Answer:
+        """The answer, journaled (outside the stateful tier, which threads stores) and cached."""
+        answer = await self._answer(request, request_id, decision, state, deadline)
+        answer = replace(answer, latency_ms=int((time.monotonic() - started) * 1000))
+        if answer.route is not Route.ASSISTANT:
+            self.journal.append(answer)
+        self.cache.record(answer)
+        ROUTES.labels(answer.route.name, answer.message_type.name).inc()
+        return answer
+
+    async def _detached(self, work: Coroutine[Any, Any, Answer], user_id: str) -> Answer:
+        """``work``, not cancelled with the caller: an upstream answer asked for is paid for,
+        so it is journaled (and charged) even when nobody waits for it any more; the
+        caller's retry with the same request id then gets it from the cache or threads."""
+        task = asyncio.ensure_future(work)
+        self._unattended.add(task)
+        task.add_done_callback(self._unattended.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                log.info("caller went away: the answer is still kept", extra={"user_id": user_id})
+                task.add_done_callback(_log_unattended_outcome)
+            raise
+
+    async def finish(self, timeout_s: float) -> None:
+        """Waits (at most ``timeout_s``) for answers still being kept: at shutdown."""
+        if self._unattended:
+            await asyncio.wait(set(self._unattended), timeout=timeout_s)
 
     async def _user_state(self, user_id: str, request_id: str, deadline: float) -> UserState:
         cached = self.cache.get(user_id, request_id)
@@ -376,3 +418,15 @@ class ChatService:
     @staticmethod
     def _left(deadline: float, floor: float = 0.05) -> float:
         return max(deadline - time.monotonic(), floor)
+
+
+def _log_unattended_outcome(task: asyncio.Task[Answer]) -> None:
+    """How an answer whose caller went away ended (nobody else sees it)."""
+    if task.cancelled():
+        log.warning("answer without a caller cancelled")
+    elif (error := task.exception()) is not None:
+        log.warning("answer without a caller failed", extra={"error": repr(error)})
+    else:
+        answer = task.result()
+        log.info("answer without a caller kept",
+                 extra={"user_id": answer.user_id, "route": answer.route.name})

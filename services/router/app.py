@@ -55,6 +55,9 @@ async def create_server(settings: Settings) -> CoachServer:
         ),
     )
 
+    async def finish_answers() -> None:
+        await chat.finish(settings.server.grace_seconds)
+
     async def close() -> None:
         if following is not None:
             following.cancel()
@@ -69,5 +72,6 @@ async def create_server(settings: Settings) -> CoachServer:
         settings.server,
         [Registration(router_service_pb2_grpc.add_RouterServiceServicer_to_server,
                       RouterServicer(chat), name)],
+        on_drain=[finish_answers],
         on_stop=[close],
     )
