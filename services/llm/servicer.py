@@ -147,14 +147,21 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         _check_audience(v, "audience", request.audience)
         v.raise_if_any()
         deadline, started = self._deadline(context), time.monotonic()
-        reply = await self.cheap.complete(
-            request.message,
-            _turns(request.history),
-            _audience(request.audience),
-            self._generation(request.generation, self.cheap_max_output_tokens),
-            deadline,
-        )
-        self._account("Complete", request.user_id, reply, started)
+
+        async def complete() -> Reply:
+            reply = await self.cheap.complete(
+                request.message,
+                _turns(request.history),
+                _audience(request.audience),
+                self._generation(request.generation, self.cheap_max_output_tokens),
+                deadline,
+            )
+            self._account("Complete", request.user_id, reply, started)
+            return reply
+
+        # Keyed: a router that died mid-call retries (same request id) and gets this answer.
+        key = f"complete:{request.user_id}:{request.request_id}" if request.request_id else None
+        reply = await self.answers.run(key, complete)
         return pb.CompleteResponse(text=reply.text, model=reply.model, usage=_usage(reply.usage))
 
     async def CreateConversation(

@@ -184,3 +184,26 @@ async def test_a_turn_whose_caller_went_away_is_finished_and_the_retry_gets_it(
     sent = [item for item in items.data
             if getattr(item, "role", "") == "user" and "evening walks" in item.content[0].text]
     assert len(sent) == 1
+
+
+async def test_a_completion_whose_caller_went_away_is_the_retrys_answer(
+    llm: Any, offline_openai: Any
+) -> None:
+    """A router that died mid-call retries with the same request id after its restart: the
+    answer the upstream gave the first call (and charged for) is the one it gets."""
+    request = pb.CompleteRequest(request_id="gone-cheap-1", user_id="u-gone-cheap",
+                                 message="did my run this morning",
+                                 generation=pb.Generation(model="gpt-5.4-mini"))
+    offline_openai.faults.set("latency", latency_ms=400, count=1, path_prefix="/v1/chat")
+    calls_before = offline_openai.stats.model_calls
+    call = llm.stub.Complete(request, timeout=10)
+    await asyncio.sleep(0.15)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.5)
+    assert offline_openai.stats.model_calls - calls_before == 1  # answered without its caller
+    first = await llm.stub.Complete(request, timeout=5)
+    again = await llm.stub.Complete(request, timeout=5)
+    assert first.text and first.text == again.text and first.usage == again.usage
+    assert offline_openai.stats.model_calls - calls_before == 1

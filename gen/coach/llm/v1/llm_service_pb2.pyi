@@ -178,6 +178,9 @@ class CompleteRequest(_message.Message):
     AUDIENCE_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key (with user_id): a retry gets the first answer, not a second
+    upstream call, also when the first caller went away before it came.
+    """
     user_id: _builtins.str
     message: _builtins.str
     @_builtins.property
