@@ -206,7 +206,7 @@ class AssistantsBackend:
 
     async def stateful_turn(self, turn: TurnInput, deadline: Deadline) -> Reply:
         assistant_id = await self.ensure_assistant(deadline)
-        plan = self.planner.plan(turn)
+        plan = self.planner.plan(turn, reply_with_calls=False)
         thread_id = turn.conversation_id
         text = turn.message if not plan.context_line else f"{plan.context_line}\n\n{turn.message}"
         await self._add_message(thread_id, "user", text, deadline)

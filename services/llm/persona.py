@@ -14,13 +14,14 @@ import yaml
 
 from services.common.errors import ConfigError
 
-SECTIONS = ("coach", "tools", "safety", "summary")
+SECTIONS = ("coach", "tools", "tools_assistants", "safety", "summary")
 
 
 @dataclass(frozen=True)
 class Persona:
     coach: str  # system prompt (cheap tier) and instructions (stateful tier)
     tools: str  # how to use function tools: only on turns that carry them
+    tools_assistants: str  # the same for Assistants API runs (the reply after the output)
     safety: str  # added to crisis turns only
     summary: str  # instructions of the running summary
 

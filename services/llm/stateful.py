@@ -125,13 +125,16 @@ class TurnPlanner:
         self.catalog = catalog
         self.memo = ContextMemo()
 
-    def plan(self, turn: TurnInput) -> TurnPlan:
+    def plan(self, turn: TurnInput, *, reply_with_calls: bool = True) -> TurnPlan:
+        """``reply_with_calls``: the API returns a reply written with a function call at once
+        (Responses); False for Assistants runs, which wait for the outputs and write on."""
         tools = self.catalog.for_turn(turn.generation.message_type, all_tools=turn.all_tools)
         line = turn.audience.context_line()
+        guidance = self.persona.tools if reply_with_calls else self.persona.tools_assistants
         return TurnPlan(
             persona=self.persona.coach,
             tools=tools,
-            tool_guidance=self.persona.tools if tools else None,
+            tool_guidance=guidance if tools else None,
             context_line=line if self.memo.needs(turn.conversation_id, line) else None,
             safety=self.persona.safety if turn.generation.is_crisis else None,
             # One key for the tier's instructions, whatever tools a turn carries: turns

@@ -386,6 +386,9 @@ async def test_assistants_backend_runs_the_same_flow(
     assert goal.usage.output_tokens == seen.delta("output_tokens")
     run = await _run(upstream_client, conv.conversation_id, goal.response_id)
     assert [t.function.name for t in run.tools] == ["save_goal"]
+    # A run waits for the outputs and writes on: it asks for the reply after them, once.
+    assert run.instructions == f"{PERSONA.coach}\n\n{PERSONA.tools_assistants}"
+    assert len(goal.texts) == 1
 
     plain = await assistants_llm.stub.StatefulTurn(
         pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,

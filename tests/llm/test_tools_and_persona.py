@@ -67,6 +67,8 @@ def test_persona_has_its_sections_and_crisis_lines() -> None:
     assert "accountability coach" in persona.coach
     # Tool guidance travels only with turns that carry tools, never in the shared text.
     assert "function" in persona.tools and "function" not in persona.coach.lower()
+    # Responses: the reply with a recording call; Assistants runs: after its output.
+    assert "same response" in persona.tools and "same response" not in persona.tools_assistants
     assert "988" in persona.safety and "emergency services" in persona.safety
     assert "summary" in persona.summary.lower()
     # Per-user text never goes into the shared prefix.
@@ -93,7 +95,7 @@ def test_bad_tools_files_fail_start_up_clearly(tmp_path: Path, text: str, messag
 
 def test_bad_persona_fails_start_up_clearly(tmp_path: Path) -> None:
     path = tmp_path / "persona.yaml"
-    path.write_text("coach: hi\ntools: x\nsafety: ''\nsummary: x\n")
+    path.write_text("coach: hi\ntools: x\ntools_assistants: x\nsafety: ''\nsummary: x\n")
     with pytest.raises(ConfigError, match="safety"):
         load_persona(path)
 
