@@ -202,6 +202,16 @@ class AssistantsBackend:
             await self._add_message(conversation_id, _role(turn), turn.text, deadline)
         return len(turns)
 
+    async def delete_conversation(self, conversation_id: str, deadline: Deadline) -> bool:
+        async def delete(timeout: float) -> bool:
+            try:
+                await _quiet(self.client.beta.threads.delete, conversation_id, timeout=timeout)
+            except openai.NotFoundError:
+                return False
+            return True
+
+        return await self.upstream.call("threads.delete", delete, deadline)
+
     # -- one turn -----------------------------------------------------------------------
 
     async def stateful_turn(self, turn: TurnInput, deadline: Deadline) -> Reply:

@@ -135,6 +135,16 @@ class ResponsesBackend:
         await self._add_items(conversation_id, [turn_item(t) for t in turns], deadline)
         return len(turns)
 
+    async def delete_conversation(self, conversation_id: str, deadline: Deadline) -> bool:
+        async def delete(timeout: float) -> bool:
+            try:
+                await self.client.conversations.delete(conversation_id, timeout=timeout)
+            except openai.NotFoundError:
+                return False
+            return True
+
+        return await self.upstream.call("conversations.delete", delete, deadline)
+
     async def stateful_turn(self, turn: TurnInput, deadline: Deadline) -> Reply:
         plan = self.planner.plan(turn)
         model = turn.generation.model or self.default_model

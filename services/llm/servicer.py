@@ -245,6 +245,16 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             response_id=reply.response_id,
         )
 
+    async def DeleteConversation(
+        self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteConversationResponse:
+        v = Validator()
+        _check_id(v, "conversation_id", request.conversation_id)
+        v.raise_if_any()
+        backend = self.stateful.backend(_api(request.api, request.conversation_id))
+        existed = await backend.delete_conversation(request.conversation_id, self._deadline(context))
+        return pb.DeleteConversationResponse(existed=existed)
+
     async def Summarize(
         self, request: pb.SummarizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.SummarizeResponse:

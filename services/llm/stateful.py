@@ -69,6 +69,10 @@ class StatefulBackend(Protocol):
 
     async def stateful_turn(self, turn: TurnInput, deadline: Deadline) -> Reply: ...
 
+    async def delete_conversation(self, conversation_id: str, deadline: Deadline) -> bool:
+        """Deletes it upstream; False when it was already gone."""
+        ...
+
     async def close(self) -> None: ...
 
 

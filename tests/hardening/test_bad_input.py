@@ -190,6 +190,8 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("llm", "Summarize", llm_pb.SummarizeRequest(previous_summary="s" * 20001), "previous_summary"),
     ("llm", "Summarize", llm_pb.SummarizeRequest(turns=[llm_pb.ChatTurn(role=0, text="x")]),
      "turns[0].role"),
+    ("llm", "DeleteConversation", llm_pb.DeleteConversationRequest(conversation_id=""),
+     "conversation_id"),
     # -- ledger
     ("ledger", "RecordAnswers", record(route=99), "records[0].route"),
     ("ledger", "RecordAnswers", record(message_type=99), "records[0].message_type"),

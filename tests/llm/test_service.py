@@ -448,3 +448,24 @@ async def test_the_request_api_field_overrides_the_default(llm: Llm) -> None:
         timeout=5,
     )
     assert reply.response_id.startswith("run_")
+
+
+@pytest.mark.parametrize("backend", ["responses", "assistants"])
+async def test_a_conversation_no_longer_used_is_deleted_upstream(
+    backend: str, llm: Llm, assistants_llm: Llm, upstream_client: openai.AsyncOpenAI
+) -> None:
+    service = llm if backend == "responses" else assistants_llm
+    conv = await service.stub.CreateConversation(
+        pb.CreateConversationRequest(user_id=uid(), summary="Training for a 10k."), timeout=5)
+    deleted = await service.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=conv.conversation_id), timeout=5)
+    assert deleted.existed
+    with pytest.raises(openai.NotFoundError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if backend == "responses":
+            await upstream_client.conversations.retrieve(conv.conversation_id)
+        else:
+            await upstream_client.beta.threads.retrieve(conv.conversation_id)
+    again = await service.stub.DeleteConversation(
+        pb.DeleteConversationRequest(conversation_id=conv.conversation_id), timeout=5)
+    assert not again.existed  # already gone: done, not an error

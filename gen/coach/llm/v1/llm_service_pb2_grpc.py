@@ -62,6 +62,11 @@ class LlmServiceStub:
                 request_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.SummarizeRequest.SerializeToString,
                 response_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.SummarizeResponse.FromString,
                 _registered_method=True)
+        self.DeleteConversation = channel.unary_unary(
+                '/coach.llm.v1.LlmService/DeleteConversation',
+                request_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationRequest.SerializeToString,
+                response_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationResponse.FromString,
+                _registered_method=True)
 
 
 class LlmServiceServicer:
@@ -107,6 +112,14 @@ class LlmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteConversation(self, request, context):
+        """Deletes a provider conversation (or Assistants thread) no longer in use,
+        with everything it holds. One already gone counts as deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LlmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +147,11 @@ def add_LlmServiceServicer_to_server(servicer, server):
                     servicer.Summarize,
                     request_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.SummarizeRequest.FromString,
                     response_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.SummarizeResponse.SerializeToString,
+            ),
+            'DeleteConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConversation,
+                    request_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationRequest.FromString,
+                    response_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +292,33 @@ class LlmService:
             '/coach.llm.v1.LlmService/Summarize',
             coach_dot_llm_dot_v1_dot_llm__service__pb2.SummarizeRequest.SerializeToString,
             coach_dot_llm_dot_v1_dot_llm__service__pb2.SummarizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coach.llm.v1.LlmService/DeleteConversation',
+            coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationRequest.SerializeToString,
+            coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class LlmServiceStub:
     """Runs one stateful turn in an existing conversation."""
     Summarize: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.SummarizeRequest, _llm_service_pb2.SummarizeResponse]
     """Folds turns into a running summary (cheap tier), incrementally."""
+    DeleteConversation: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.DeleteConversationRequest, _llm_service_pb2.DeleteConversationResponse]
+    """Deletes a provider conversation (or Assistants thread) no longer in use,
+    with everything it holds. One already gone counts as deleted.
+    """
 
 @_typing.type_check_only
 class LlmServiceAsyncStub(LlmServiceStub):
@@ -73,6 +77,10 @@ class LlmServiceAsyncStub(LlmServiceStub):
     """Runs one stateful turn in an existing conversation."""
     Summarize: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.SummarizeRequest, _llm_service_pb2.SummarizeResponse]  # type: ignore[assignment]
     """Folds turns into a running summary (cheap tier), incrementally."""
+    DeleteConversation: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.DeleteConversationRequest, _llm_service_pb2.DeleteConversationResponse]  # type: ignore[assignment]
+    """Deletes a provider conversation (or Assistants thread) no longer in use,
+    with everything it holds. One already gone counts as deleted.
+    """
 
 class LlmServiceServicer(metaclass=_abc_1.ABCMeta):
     """Wraps the upstream OpenAI-compatible APIs: the cheap tier (Chat
@@ -123,5 +131,15 @@ class LlmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_llm_service_pb2.SummarizeResponse, _abc.Awaitable[_llm_service_pb2.SummarizeResponse]]:
         """Folds turns into a running summary (cheap tier), incrementally."""
+
+    @_abc_1.abstractmethod
+    def DeleteConversation(
+        self,
+        request: _llm_service_pb2.DeleteConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_service_pb2.DeleteConversationResponse, _abc.Awaitable[_llm_service_pb2.DeleteConversationResponse]]:
+        """Deletes a provider conversation (or Assistants thread) no longer in use,
+        with everything it holds. One already gone counts as deleted.
+        """
 
 def add_LlmServiceServicer_to_server(servicer: LlmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
