@@ -19,6 +19,7 @@ from services.threads.ledger_client import LedgerClient
 from services.threads.ledger_relay import LedgerRelay
 from services.threads.llm_client import LlmClient
 from services.threads.repository import ThreadsRepository
+from services.threads.retirer import ConversationRetirer
 from services.threads.servicer import ThreadsServicer
 from services.threads.stateful_turn import StatefulTurns
 from services.threads.user_changes import UserChanges
@@ -45,23 +46,28 @@ async def create_server(settings: Settings) -> CoachServer:
         settings.relay,
     )
     history = History(repository, prefix_tokens=prefix_tokens, on_stored=relay.notify)
+    llm = LlmClient(llm_channel, timeout_s=settings.llm_timeout_s)
+    retirer = ConversationRetirer(repository, llm, settings.retire)
     turns = StatefulTurns(
         repository,
         history,
-        LlmClient(llm_channel, timeout_s=settings.llm_timeout_s),
+        llm,
         api=settings.stateful_api,
         prune=settings.prune,
         summary_model=settings.summary_model,
         turn_budget_s=settings.turn_budget_s,
+        on_rotated=retirer.notify,
     )
     changes = UserChanges(lambda: asyncpg.connect(settings.database_url))
     changes.start()
     relay.start()
+    retirer.start()
     log.info("threads ready", extra={
         "stateful_api": settings.stateful_api, "llm": settings.llm.address,
         "ledger": settings.ledger.address, "prune_keep_messages": settings.prune.keep_messages,
         "prune_at_messages": settings.prune.prune_at_messages,
-        "summary_model": settings.summary_model, "baseline_prefix_tokens": prefix_tokens})
+        "summary_model": settings.summary_model, "baseline_prefix_tokens": prefix_tokens,
+        "delete_rotated_conversations": settings.retire.enabled})
 
     async def end_watches() -> None:
         await changes.stop()
@@ -70,6 +76,7 @@ async def create_server(settings: Settings) -> CoachServer:
         await turns.finish(settings.server.grace_seconds)
 
     async def flush_ledger() -> None:
+        await retirer.stop()
         await relay.stop(settings.flush_seconds)
 
     async def close() -> None:

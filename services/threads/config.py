@@ -20,6 +20,7 @@ from services.common.settings import (
 )
 from services.threads.ledger_relay import RelaySettings
 from services.threads.pruning import PruneSettings
+from services.threads.retirer import RetireSettings
 
 STATEFUL_APIS = ("responses", "assistants")
 # A router's RecordExchanges batch (up to 2 MiB by the router's own cut) is well above
@@ -49,6 +50,8 @@ class Settings:
     prune: PruneSettings
     summary_model: str
     relay: RelaySettings
+    # Deleting rotated provider conversations upstream (COACH_DELETE_ROTATED_CONVERSATIONS).
+    retire: RetireSettings
     # Seconds the relay keeps flushing at shutdown.
     flush_seconds: float
     llm_timeout_s: float
@@ -94,6 +97,10 @@ class Settings:
                 linger_s=env.float("COACH_THREADS_RELAY_LINGER_SECONDS", 0.05),
                 max_backoff_s=env.float("COACH_THREADS_RELAY_MAX_BACKOFF_SECONDS", 5.0,
                                         minimum=0.01),
+            ),
+            retire=RetireSettings(
+                enabled=env.bool("COACH_DELETE_ROTATED_CONVERSATIONS", True),
+                interval_s=env.float("COACH_THREADS_RETIRE_INTERVAL_SECONDS", 30.0, minimum=0.01),
             ),
             flush_seconds=env.float("COACH_THREADS_FLUSH_SECONDS", 5.0),
             llm_timeout_s=env.float("COACH_THREADS_LLM_TIMEOUT_SECONDS", 60.0, minimum=0.1),

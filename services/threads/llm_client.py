@@ -121,3 +121,11 @@ class LlmClient:
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from exc
         return SummaryReply(summary=reply.summary, model=reply.model, usage=_usage(reply.usage))
+
+    async def delete_conversation(self, *, conversation_id: str, api: str) -> bool:
+        request = llm_pb.DeleteConversationRequest(conversation_id=conversation_id, api=_API[api])
+        try:
+            reply = await self._stub.DeleteConversation(request, timeout=time_left(self._timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from exc
+        return reply.existed

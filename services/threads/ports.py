@@ -76,6 +76,10 @@ class ConversationProvider(Protocol):
         model: str,
     ) -> SummaryReply: ...
 
+    async def delete_conversation(self, *, conversation_id: str, api: str) -> bool:
+        """Deletes it upstream; False when it was already gone."""
+        ...
+
 
 class AnswerLedger(Protocol):
     """The ledger's batch intake; idempotent on each record's request_id."""

@@ -89,6 +89,15 @@ class BatchResult:
     rejected_message: str = ""
 
 
+@dataclass(frozen=True)
+class RetiredConversation:
+    """An archived provider conversation still upstream: to delete there."""
+
+    id: int
+    provider_conversation_id: str
+    api: str
+
+
 # NOTIFY channel of stored exchanges; payload {"u": user_id, "o": origin} (see user_changes.py).
 USER_CHANGES_CHANNEL = "coach_user_changes"
 
@@ -695,6 +704,24 @@ class ThreadsRepository:
                 "DELETE FROM threads.outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )
             return len(rows)
+
+    async def conversations_to_retire(self, limit: int) -> list[RetiredConversation]:
+        """Archived conversations still upstream, oldest archived first."""
+        rows = await self.pool.fetch(
+            """SELECT id, provider_conversation_id, api FROM threads.conversations
+                WHERE status = 'archived' AND upstream_deleted_at IS NULL
+                ORDER BY archived_at, id LIMIT $1""",
+            limit,
+        )
+        return [RetiredConversation(r["id"], r["provider_conversation_id"], r["api"])
+                for r in rows]
+
+    async def mark_deleted_upstream(self, conversation_pk: int) -> None:
+        await self.pool.execute(
+            """UPDATE threads.conversations SET upstream_deleted_at = now()
+                WHERE id = $1 AND upstream_deleted_at IS NULL""",
+            conversation_pk,
+        )
 
     async def outbox_size(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM threads.outbox") or 0)

@@ -37,7 +37,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -138,6 +138,7 @@ class StatefulTurns:
         prune: PruneSettings,
         summary_model: str,
         turn_budget_s: float = 120.0,
+        on_rotated: Callable[[], None] | None = None,
     ) -> None:
         self.repository = repository
         self.history = history
@@ -146,6 +147,8 @@ class StatefulTurns:
         self.prune = prune
         self.summary_model = summary_model
         self.turn_budget_s = turn_budget_s
+        # Called once a rotation archived a conversation (the retirer deletes it upstream).
+        self.on_rotated = on_rotated
         self.locks = UserLocks()
         # Releases that failed (database restarting), retried in the background.
         self._late_releases: set[asyncio.Task[None]] = set()
@@ -441,6 +444,8 @@ class StatefulTurns:
                 "generation": new.generation,
             },
         )
+        if old is not None and self.on_rotated is not None:
+            self.on_rotated()
         return new
 
 

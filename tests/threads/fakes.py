@@ -40,6 +40,8 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.append_calls: list[llm_pb.AppendTurnsRequest] = []
         self.turn_calls: list[llm_pb.StatefulTurnRequest] = []
         self.summarize_calls: list[llm_pb.SummarizeRequest] = []
+        self.delete_calls: list[llm_pb.DeleteConversationRequest] = []
+        self.deleted: set[str] = set()  # conversations deleted upstream (kept for inspection)
         self.turn_delay_s = 0.0
         self.active_turns: Counter[str] = Counter()
         self.max_concurrency: Counter[str] = Counter()
@@ -132,6 +134,17 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
             model=request.model,
             usage=llm_pb.TokenUsage(input_tokens=50 + 5 * folded, output_tokens=30),
         )
+
+
+    async def DeleteConversation(
+        self, request: llm_pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb.DeleteConversationResponse:
+        self._maybe_fail("DeleteConversation")
+        self.delete_calls.append(request)
+        existed = (request.conversation_id in self.conversations
+                   and request.conversation_id not in self.deleted)
+        self.deleted.add(request.conversation_id)
+        return llm_pb.DeleteConversationResponse(existed=existed)
 
 
 class FakeLedger(ledger_service_pb2_grpc.LedgerServiceServicer):

@@ -216,6 +216,35 @@ async def test_rotation_interrupted_by_a_failure_completes_later(
     assert view.generation == 2 and view.summary == "summary of 22 messages"
 
 
+async def test_a_rotated_conversation_is_deleted_upstream(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    """The old provider conversation holds the user's messages and is never read again:
+    deleted upstream after the rotation, retried while the llm service fails."""
+    await drive_to_rotation(stub, user_id)
+    old = per_user(llm.create_calls, user_id)
+    assert len(old) == 1
+    old_id = f"conv_{llm.create_calls.index(old[0]) + 1}"
+    llm.failures["DeleteConversation"] = 2
+    done = await stub.RunStatefulTurn(turn_request(user_id, "this one rotates"))
+    assert done.exchange.conversation_id != old_id
+    await wait_for(lambda: old_id in llm.deleted, timeout=10)
+    assert llm.failures["DeleteConversation"] == 0  # failed twice, then deleted
+    await wait_for_rows(db, user_id)
+    assert done.exchange.conversation_id not in llm.deleted  # the active one stays
+
+
+async def wait_for_rows(db: asyncpg.Connection, user_id: str) -> None:
+    for _ in range(100):
+        rows = await db.fetch(
+            """SELECT status, upstream_deleted_at IS NOT NULL AS deleted
+                 FROM threads.conversations WHERE user_id = $1 ORDER BY id""", user_id)
+        if [(r["status"], r["deleted"]) for r in rows] == [("archived", True), ("active", False)]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"conversation rows: {[dict(r) for r in rows]}")
+
+
 async def test_a_failed_first_conversation_does_not_pay_for_its_summary_twice(
     stub: Stub, llm: FakeLlm, ledger: FakeLedger, user_id: str, db: asyncpg.Connection
 ) -> None:

@@ -1,0 +1,100 @@
+"""Deletes provider conversations a rotation archived, upstream, at least once.
+
+A rotation swaps in a new provider conversation; the old one stays upstream with
+the user's messages in it (the full history lives in ``threads.messages``, and
+nothing reads the old one again). This task asks the llm service to delete each
+archived conversation (``DeleteConversation``: one already gone counts as done)
+and marks it ``upstream_deleted_at``. A rotation wakes it; otherwise it looks
+every ``interval_s``. While the llm service or the upstream is down it backs off
+and the rows wait. Several replicas may delete the same conversation: harmless.
+
+Off with ``COACH_DELETE_ROTATED_CONVERSATIONS=false`` (archived conversations
+then stay upstream, as before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+from services.threads.ports import ConversationProvider
+from services.threads.repository import ThreadsRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetireSettings:
+    enabled: bool = True
+    batch_size: int = 50
+    interval_s: float = 30.0
+    # After a wake-up (a rotation), wait this long so the rotations meanwhile share a pass.
+    linger_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+
+class ConversationRetirer:
+    def __init__(
+        self, repository: ThreadsRepository, provider: ConversationProvider,
+        settings: RetireSettings,
+    ) -> None:
+        self.repository = repository
+        self.provider = provider
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.deleted = 0
+
+    def notify(self) -> None:
+        """A conversation was just archived: delete it soon rather than at the next look."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self.settings.enabled and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="conversation-retirer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def retire_pending(self) -> int:
+        """One pass: deletes a batch upstream; returns how many were marked deleted."""
+        done = 0
+        for conversation in await self.repository.conversations_to_retire(self.settings.batch_size):
+            existed = await self.provider.delete_conversation(
+                conversation_id=conversation.provider_conversation_id, api=conversation.api)
+            await self.repository.mark_deleted_upstream(conversation.id)
+            done += 1
+            log.info("rotated conversation deleted upstream",
+                     extra={"conversation_id": conversation.provider_conversation_id,
+                            "api": conversation.api, "existed": existed})
+        self.deleted += done
+        return done
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            self._wake.clear()
+            try:
+                done = await self.retire_pending()
+            except Exception as exc:  # noqa: BLE001 - the retirer outlives any one failure
+                failures += 1
+                delay = min(self.settings.max_backoff_s, 0.5 * 2 ** min(failures, 16))
+                delay *= random.uniform(0.5, 1.0)
+                log.warning("deleting rotated conversations failed; they wait",
+                            extra={"error": str(exc), "attempt": failures,
+                                   "retry_in_ms": round(delay * 1000)})
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if done >= self.settings.batch_size:
+                continue  # more waiting: no pause
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.interval_s)
+                await asyncio.sleep(self.settings.linger_s)
