@@ -26,17 +26,16 @@ below; ``peers.py`` implements them over gRPC and tests can fake them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 from services.common.errors import CoachError, ResourceExhausted
 from services.common.metrics import CRISIS_EVENTS, ROUTES
+from services.common.unattended import Unattended
 from services.common.usage import Charge, Usage
 from services.ledger.pricing import PriceBook
 from services.router.decision import Decision, MessageContext, MessageType, PriorTurn, Route, Router
@@ -204,8 +203,8 @@ class ChatService:
         self.prices = prices
         self.policy = policy
         self._rng = random.Random()
-        # Answers being kept, some of them without a caller any more.
-        self._unattended: set[asyncio.Task[Answer]] = set()
+        # Cheap-tier answers being kept, some of them without a caller any more.
+        self._unattended = Unattended("answer")
 
     # -- decisions ------------------------------------------------------------------
 
@@ -267,9 +266,9 @@ class ChatService:
 
         if decision.route is Route.COMPLETIONS:
             # Paid for once asked: kept even when the caller goes away meanwhile.
-            answer = await self._detached(
+            answer = await self._unattended.run(
                 self._answer_and_keep(request, request_id, decision, state, deadline, started),
-                request.user_id,
+                user_id=request.user_id, request_id=request_id,
             )
         else:
             answer = await self._answer_and_keep(
@@ -312,25 +311,9 @@ class ChatService:
         ROUTES.labels(answer.route.name, answer.message_type.name).inc()
         return answer
 
-    async def _detached(self, work: Coroutine[Any, Any, Answer], user_id: str) -> Answer:
-        """``work``, not cancelled with the caller: an upstream answer asked for is paid for,
-        so it is journaled (and charged) even when nobody waits for it any more; the
-        caller's retry with the same request id then gets it from the cache or threads."""
-        task = asyncio.ensure_future(work)
-        self._unattended.add(task)
-        task.add_done_callback(self._unattended.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                log.info("caller went away: the answer is still kept", extra={"user_id": user_id})
-                task.add_done_callback(_log_unattended_outcome)
-            raise
-
     async def finish(self, timeout_s: float) -> None:
         """Waits (at most ``timeout_s``) for answers still being kept: at shutdown."""
-        if self._unattended:
-            await asyncio.wait(set(self._unattended), timeout=timeout_s)
+        await self._unattended.finish(timeout_s)
 
     async def _user_state(self, user_id: str, request_id: str, deadline: float) -> UserState:
         cached = self.cache.get(user_id, request_id)
@@ -419,14 +402,3 @@ class ChatService:
     def _left(deadline: float, floor: float = 0.05) -> float:
         return max(deadline - time.monotonic(), floor)
 
-
-def _log_unattended_outcome(task: asyncio.Task[Answer]) -> None:
-    """How an answer whose caller went away ended (nobody else sees it)."""
-    if task.cancelled():
-        log.warning("answer without a caller cancelled")
-    elif (error := task.exception()) is not None:
-        log.warning("answer without a caller failed", extra={"error": repr(error)})
-    else:
-        answer = task.result()
-        log.info("answer without a caller kept",
-                 extra={"user_id": answer.user_id, "route": answer.route.name})

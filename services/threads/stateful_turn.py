@@ -42,6 +42,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from services.common.errors import Unavailable
+from services.common.unattended import Unattended
 from services.common.usage import Charge
 from services.threads.history import History
 from services.threads.ports import ConversationProvider, TurnSettings
@@ -153,27 +154,16 @@ class StatefulTurns:
         # Releases that failed (database restarting), retried in the background.
         self._late_releases: set[asyncio.Task[None]] = set()
         # Turns running, some of them without a caller any more.
-        self._turns: set[asyncio.Task[StoredExchange]] = set()
+        self._turns = Unattended("turn")
 
     async def run(self, request: StatefulTurnRequest) -> StoredExchange:
         """The turn, stored. A caller going away does not cancel it (see the module doc)."""
-        turn = asyncio.ensure_future(self._run(request))
-        self._turns.add(turn)
-        turn.add_done_callback(self._turns.discard)
-        try:
-            return await asyncio.shield(turn)
-        except asyncio.CancelledError:
-            if not turn.done():
-                log.info("caller went away mid-turn: the turn goes on",
-                         extra={"user_id": request.user_id})
-                turn.add_done_callback(_log_orphan_outcome)
-            raise
+        return await self._turns.run(self._run(request), user_id=request.user_id,
+                                     request_id=request.request_id)
 
     async def finish(self, timeout_s: float) -> None:
         """Waits (at most ``timeout_s``) for the turns still running: at shutdown."""
-        if self._turns:
-            log.info("waiting for running turns", extra={"turns": len(self._turns)})
-            await asyncio.wait(set(self._turns), timeout=timeout_s)
+        await self._turns.finish(timeout_s)
 
     async def _run(self, request: StatefulTurnRequest) -> StoredExchange:
         started = time.monotonic()
@@ -448,14 +438,3 @@ class StatefulTurns:
             self.on_rotated()
         return new
 
-
-def _log_orphan_outcome(turn: asyncio.Task[StoredExchange]) -> None:
-    """How a turn whose caller went away ended (nobody else sees it)."""
-    if turn.cancelled():
-        log.warning("turn without a caller cancelled")
-    elif (error := turn.exception()) is not None:
-        log.warning("turn without a caller failed", extra={"error": repr(error)})
-    else:
-        stored = turn.result().exchange
-        log.info("turn without a caller stored",
-                 extra={"user_id": stored.user_id, "request_id": stored.request_id})

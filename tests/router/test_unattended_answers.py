@@ -73,10 +73,16 @@ async def test_a_cheap_answer_is_journaled_after_its_caller_went_away() -> None:
 
 
 async def test_canned_replies_take_no_detour() -> None:
+    """No task per canned reply: nothing upstream to keep."""
+
+    class Refusing:
+        async def run(self, work: object, **_: object) -> Answer:
+            raise AssertionError("a canned reply went through Unattended")
+
     journal = Kept()
     service = ChatService(Router.from_files(), Threads(), SlowLlm(), Ledger(), PriceBook.load(),
                           ChatPolicy(), Remembered(), journal)
+    service._unattended = Refusing()  # type: ignore[assignment]
     result = await service.chat(ChatInput(user_id="u1", message="good morning",
                                           request_id="r1", context=CONTEXT), 5.0)
     assert result.answer.route is Route.PATTERN and len(journal.answers) == 1
-    assert not service._unattended
