@@ -157,6 +157,17 @@ async def test_an_assistants_run_cut_at_the_deadline_leaves_the_thread_usable(
         assert (await llm.stub.StatefulTurn(turn, timeout=5)).texts
 
 
+async def abandoned_midway(offline_openai: Any, path: str, call: Any) -> None:
+    """``call`` (whose upstream request to ``path`` takes 400 ms) is cancelled by its caller
+    after 150 ms; returns once the upstream would have answered it."""
+    offline_openai.faults.set("latency", latency_ms=400, count=1, path_prefix=path)
+    await asyncio.sleep(0.15)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.5)
+
+
 async def test_a_turn_whose_caller_went_away_is_finished_and_the_retry_gets_it(
     llm: Any, offline_openai: Any, upstream_client: Any
 ) -> None:
@@ -167,14 +178,8 @@ async def test_a_turn_whose_caller_went_away_is_finished_and_the_retry_gets_it(
     turn = pb.StatefulTurnRequest(
         request_id="gone-1", user_id="u-gone", conversation_id=conversation.conversation_id,
         message="i keep skipping my evening walks", generation=pb.Generation(model="gpt-5.5"))
-    offline_openai.faults.set("latency", latency_ms=400, count=1, path_prefix="/v1/responses")
     calls_before = offline_openai.stats.model_calls
-    call = llm.stub.StatefulTurn(turn, timeout=10)
-    await asyncio.sleep(0.15)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    await asyncio.sleep(0.5)
+    await abandoned_midway(offline_openai, "/v1/responses", llm.stub.StatefulTurn(turn, timeout=10))
     # The turn went on without its caller: the upstream answered (and would have charged).
     assert offline_openai.stats.model_calls - calls_before == 1
     retried = await llm.stub.StatefulTurn(turn, timeout=5)
@@ -194,14 +199,8 @@ async def test_a_completion_whose_caller_went_away_is_the_retrys_answer(
     request = pb.CompleteRequest(request_id="gone-cheap-1", user_id="u-gone-cheap",
                                  message="did my run this morning",
                                  generation=pb.Generation(model="gpt-5.4-mini"))
-    offline_openai.faults.set("latency", latency_ms=400, count=1, path_prefix="/v1/chat")
     calls_before = offline_openai.stats.model_calls
-    call = llm.stub.Complete(request, timeout=10)
-    await asyncio.sleep(0.15)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    await asyncio.sleep(0.5)
+    await abandoned_midway(offline_openai, "/v1/chat", llm.stub.Complete(request, timeout=10))
     assert offline_openai.stats.model_calls - calls_before == 1  # answered without its caller
     first = await llm.stub.Complete(request, timeout=5)
     again = await llm.stub.Complete(request, timeout=5)

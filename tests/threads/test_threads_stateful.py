@@ -305,19 +305,26 @@ async def test_a_caller_going_away_mid_rotation_leaves_the_turn_to_finish(
     assert stored == 1
 
 
-async def test_a_turn_whose_caller_went_away_is_stored_and_charged_once(
-    stub: Stub, llm: FakeLlm, ledger: FakeLedger, user_id: str
-) -> None:
-    """The router gave up (its deadline, a restart) while the upstream answered: the answer
-    it paid for is stored and charged all the same, and the retry gets it back."""
+async def abandoned_turn(stub: Stub, llm: FakeLlm, user_id: str,
+                         message: str) -> pb.RunStatefulTurnRequest:
+    """A turn (after a first one) whose caller goes away while the upstream answers (0.3 s)."""
     await stub.RunStatefulTurn(turn_request(user_id, "hello"))
     llm.turn_delay_s = 0.3
-    request = turn_request(user_id, "i keep skipping my runs", rid())
+    request = turn_request(user_id, message, rid())
     call = stub.RunStatefulTurn(request)
     await wait_for(lambda: llm.active_per_user[user_id] == 1)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+    return request
+
+
+async def test_a_turn_whose_caller_went_away_is_stored_and_charged_once(
+    stub: Stub, llm: FakeLlm, ledger: FakeLedger, user_id: str
+) -> None:
+    """The router gave up (its deadline, a restart) while the upstream answered: the answer
+    it paid for is stored and charged all the same, and the retry gets it back."""
+    request = await abandoned_turn(stub, llm, user_id, "i keep skipping my runs")
     await wait_for(lambda: request.request_id in ledger.records)
     assert ledger.records[request.request_id].route == types_pb2.ROUTE_ASSISTANT
     again = await stub.RunStatefulTurn(request)
@@ -331,14 +338,7 @@ async def test_a_turn_finished_after_the_callers_fallback_owes_its_charge(
 ) -> None:
     """The router answered with a fallback and stored it before the turn it gave up on was
     done: the turn's answer is not stored over it, and its charge goes on the next exchange."""
-    await stub.RunStatefulTurn(turn_request(user_id, "hello"))
-    llm.turn_delay_s = 0.3
-    request = turn_request(user_id, "slow one", rid())
-    call = stub.RunStatefulTurn(request)
-    await wait_for(lambda: llm.active_per_user[user_id] == 1)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
+    request = await abandoned_turn(stub, llm, user_id, "slow one")
     fallback = await stub.RecordExchange(exchange(
         user_id, "slow one", "Give me a second and try again?", request.request_id,
         route=types_pb2.ROUTE_FALLBACK, message_type=types_pb2.MESSAGE_TYPE_DEEP_COACHING))
