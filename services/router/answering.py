@@ -401,4 +401,3 @@ class ChatService:
     @staticmethod
     def _left(deadline: float, floor: float = 0.05) -> float:
         return max(deadline - time.monotonic(), floor)
-

@@ -437,4 +437,3 @@ class StatefulTurns:
         if old is not None and self.on_rotated is not None:
             self.on_rotated()
         return new
-
