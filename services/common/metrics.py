@@ -54,6 +54,9 @@ JOURNAL_PENDING = Gauge("coach_router_journal_pending",
                         "Answers journaled by the router, not yet stored in threads")
 JOURNAL_STORED = Counter("coach_router_journal_stored_total",
                          "Journaled answers stored in threads by the router's write-behind")
+CONVERSATIONS_DELETED = Counter(
+    "coach_threads_conversations_deleted_total",
+    "Rotated provider conversations deleted upstream by threads' retirer")
 USER_CACHE = Counter("coach_router_user_cache_total",
                      "Router user-state lookups by outcome (hit, miss, off)", ["outcome"])
 

@@ -20,6 +20,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+from services.common.metrics import CONVERSATIONS_DELETED
 from services.threads.ports import ConversationProvider
 from services.threads.repository import ThreadsRepository
 
@@ -70,6 +71,7 @@ class ConversationRetirer:
             existed = await self.provider.delete_conversation(
                 conversation_id=conversation.provider_conversation_id, api=conversation.api)
             await self.repository.mark_deleted_upstream(conversation.id)
+            CONVERSATIONS_DELETED.inc()
             done += 1
             log.info("rotated conversation deleted upstream",
                      extra={"conversation_id": conversation.provider_conversation_id,
