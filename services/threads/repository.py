@@ -710,6 +710,7 @@ class ThreadsRepository:
         rows = await self.pool.fetch(
             """SELECT id, provider_conversation_id, api FROM threads.conversations
                 WHERE status = 'archived' AND upstream_deleted_at IS NULL
+                  AND upstream_delete_error IS NULL
                 ORDER BY archived_at, id LIMIT $1""",
             limit,
         )
@@ -721,6 +722,13 @@ class ThreadsRepository:
             """UPDATE threads.conversations SET upstream_deleted_at = now()
                 WHERE id = $1 AND upstream_deleted_at IS NULL""",
             conversation_pk,
+        )
+
+    async def mark_delete_refused(self, conversation_pk: int, error: str) -> None:
+        """The upstream refused to delete it for good: not tried again."""
+        await self.pool.execute(
+            "UPDATE threads.conversations SET upstream_delete_error = $2 WHERE id = $1",
+            conversation_pk, error[:500],
         )
 
     async def outbox_size(self) -> int:

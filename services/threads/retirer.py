@@ -4,7 +4,8 @@ A rotation swaps in a new provider conversation; the old one stays upstream with
 the user's messages in it (the full history lives in ``threads.messages``, and
 nothing reads the old one again). This task asks the llm service to delete each
 archived conversation (``DeleteConversation``: one already gone counts as done)
-and marks it ``upstream_deleted_at``. A rotation wakes it; otherwise it looks
+and marks it ``upstream_deleted_at`` (or ``upstream_delete_error`` when the upstream
+refuses for good, a 400: not tried again). A rotation wakes it; otherwise it looks
 every ``interval_s``. While the llm service or the upstream is down it backs off
 and the rows wait. Several replicas may delete the same conversation: harmless.
 
@@ -20,6 +21,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+from services.common.errors import CoachError
 from services.common.metrics import CONVERSATIONS_DELETED
 from services.threads.ports import ConversationProvider
 from services.threads.repository import ThreadsRepository
@@ -68,8 +70,19 @@ class ConversationRetirer:
         """One pass: deletes a batch upstream; returns how many were marked deleted."""
         done = 0
         for conversation in await self.repository.conversations_to_retire(self.settings.batch_size):
-            existed = await self.provider.delete_conversation(
-                conversation_id=conversation.provider_conversation_id, api=conversation.api)
+            try:
+                existed = await self.provider.delete_conversation(
+                    conversation_id=conversation.provider_conversation_id, api=conversation.api)
+            except CoachError as refused:
+                if refused.code != "INVALID_ARGUMENT":
+                    raise  # down, rate-limited, the operator's key: try again later
+                # Refused for good (a 400): retrying cannot help, and must not hold up the rest.
+                await self.repository.mark_delete_refused(conversation.id, str(refused))
+                log.warning("the upstream refused to delete a rotated conversation",
+                            extra={"conversation_id": conversation.provider_conversation_id,
+                                   "error": str(refused)})
+                done += 1
+                continue
             await self.repository.mark_deleted_upstream(conversation.id)
             CONVERSATIONS_DELETED.inc()
             done += 1

@@ -42,6 +42,7 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.summarize_calls: list[llm_pb.SummarizeRequest] = []
         self.delete_calls: list[llm_pb.DeleteConversationRequest] = []
         self.deleted: set[str] = set()  # conversations deleted upstream (kept for inspection)
+        self.refuse_delete: set[str] = set()  # DeleteConversation answers INVALID_ARGUMENT
         self.turn_delay_s = 0.0
         self.active_turns: Counter[str] = Counter()
         self.max_concurrency: Counter[str] = Counter()
@@ -141,6 +142,8 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
     ) -> llm_pb.DeleteConversationResponse:
         self._maybe_fail("DeleteConversation")
         self.delete_calls.append(request)
+        if request.conversation_id in self.refuse_delete:
+            raise InvalidArgument("fake llm: the upstream refused", reason="UPSTREAM_REJECTED")
         existed = (request.conversation_id in self.conversations
                    and request.conversation_id not in self.deleted)
         self.deleted.add(request.conversation_id)

@@ -234,6 +234,28 @@ async def test_a_rotated_conversation_is_deleted_upstream(
     assert done.exchange.conversation_id not in llm.deleted  # the active one stays
 
 
+async def test_a_deletion_the_upstream_refuses_is_not_retried_and_holds_up_nothing(
+    llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    refused, fine = f"conv_refused_{user_id}", f"conv_fine_{user_id}"
+    llm.refuse_delete.add(refused)
+    for provider_id in (refused, fine):  # archived in that order: the refused one comes first
+        await db.execute(
+            """INSERT INTO threads.conversations (user_id, provider_conversation_id, api, status,
+                   archived_at) VALUES ($1, $2, 'responses', 'archived', now())""",
+            user_id, provider_id)
+    await wait_for(lambda: fine in llm.deleted, timeout=10)
+    rows = {r["provider_conversation_id"]: r for r in await db.fetch(
+        """SELECT provider_conversation_id, upstream_deleted_at, upstream_delete_error
+             FROM threads.conversations WHERE user_id = $1""", user_id)}
+    assert rows[refused]["upstream_deleted_at"] is None
+    assert "refused" in rows[refused]["upstream_delete_error"]
+    assert rows[fine]["upstream_deleted_at"] is not None
+    tries = len([c for c in llm.delete_calls if c.conversation_id == refused])
+    await asyncio.sleep(0.6)  # three more looks: the refused one is not asked again
+    assert len([c for c in llm.delete_calls if c.conversation_id == refused]) == tries
+
+
 async def wait_for_rows(db: asyncpg.Connection, user_id: str) -> None:
     for _ in range(100):
         rows = await db.fetch(
