@@ -49,7 +49,6 @@ class ConversationRetirer:
         self.settings = settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.deleted = 0
 
     def notify(self) -> None:
         """A conversation was just archived: delete it soon rather than at the next look."""
@@ -67,7 +66,8 @@ class ConversationRetirer:
             self._task = None
 
     async def retire_pending(self) -> int:
-        """One pass: deletes a batch upstream; returns how many were marked deleted."""
+        """One pass over a batch; returns how many rows it settled (deleted, or refused for
+        good)."""
         done = 0
         for conversation in await self.repository.conversations_to_retire(self.settings.batch_size):
             try:
@@ -89,7 +89,6 @@ class ConversationRetirer:
             log.info("rotated conversation deleted upstream",
                      extra={"conversation_id": conversation.provider_conversation_id,
                             "api": conversation.api, "existed": existed})
-        self.deleted += done
         return done
 
     async def _run(self) -> None:
