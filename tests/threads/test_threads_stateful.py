@@ -245,9 +245,13 @@ async def test_a_deletion_the_upstream_refuses_is_not_retried_and_holds_up_nothi
                    archived_at) VALUES ($1, $2, 'responses', 'archived', now())""",
             user_id, provider_id)
     await wait_for(lambda: fine in llm.deleted, timeout=10)
-    rows = {r["provider_conversation_id"]: r for r in await db.fetch(
-        """SELECT provider_conversation_id, upstream_deleted_at, upstream_delete_error
-             FROM threads.conversations WHERE user_id = $1""", user_id)}
+    for _ in range(100):  # the row is marked once the llm service said it is gone
+        rows = {r["provider_conversation_id"]: r for r in await db.fetch(
+            """SELECT provider_conversation_id, upstream_deleted_at, upstream_delete_error
+                 FROM threads.conversations WHERE user_id = $1""", user_id)}
+        if rows[fine]["upstream_deleted_at"] is not None:
+            break
+        await asyncio.sleep(0.05)
     assert rows[refused]["upstream_deleted_at"] is None
     assert "refused" in rows[refused]["upstream_delete_error"]
     assert rows[fine]["upstream_deleted_at"] is not None
