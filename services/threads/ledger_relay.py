@@ -12,13 +12,12 @@ exponentially and the rows wait. On shutdown it flushes what it can in time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass
 
 from services.common.metrics import LEDGER_BACKLOG
+from services.common.repeated_pass import PassSettings, RepeatedPass
 from services.threads.ports import AnswerLedger
 from services.threads.repository import ThreadsRepository
 
@@ -44,19 +43,22 @@ class LedgerRelay:
         self.repository = repository
         self.ledger = ledger
         self.settings = settings
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._loop = RepeatedPass(
+            "ledger relay", self.send_pending,
+            PassSettings(batch_size=settings.batch_size, interval_s=settings.interval_s,
+                         linger_s=settings.linger_s, backoff_s=settings.interval_s,
+                         max_backoff_s=settings.max_backoff_s),
+            after_pass=self._after_pass,
+        )
         self._backlog_checked = 0.0
         self.sent = 0
 
     def notify(self) -> None:
         """A record was just written: send soon rather than at the next tick."""
-        self._wake.set()
+        self._loop.notify()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ledger-relay")
+        self._loop.start()
 
     async def send_pending(self) -> int:
         """Sends one batch; returns how many records the ledger acknowledged."""
@@ -66,43 +68,8 @@ class LedgerRelay:
         self.sent += sent
         return sent
 
-    async def _run(self) -> None:
-        failures = 0
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                sent = await self.send_pending()
-            except Exception as exc:  # noqa: BLE001 - the relay outlives any one failure
-                failures += 1
-                delay = min(self.settings.max_backoff_s,
-                            self.settings.interval_s * 2 ** min(failures, 16))
-                delay *= random.uniform(0.5, 1.0)
-                log.warning("ledger relay failed; records kept",
-                            extra={"error": str(exc), "attempt": failures,
-                                   "retry_in_ms": round(delay * 1000)})
-                await self._refresh_backlog(force=failures == 1)
-                await self._sleep(delay, wake_early=False)
-                continue
-            if failures:
-                log.info("ledger relay recovered", extra={"attempts": failures})
-                failures = 0
-            await self._refresh_backlog()
-            if sent >= self.settings.batch_size:
-                continue  # more waiting: no pause
-            await self._sleep(self.settings.interval_s, wake_early=True)
-
-    async def _sleep(self, seconds: float, *, wake_early: bool) -> None:
-        if self._stopping:
-            return
-        if wake_early:
-            try:
-                await asyncio.wait_for(self._wake.wait(), seconds)
-            except TimeoutError:
-                return
-            if self.settings.linger_s > 0 and not self._stopping:
-                await asyncio.sleep(min(self.settings.linger_s, seconds))
-        else:
-            await asyncio.sleep(seconds)
+    async def _after_pass(self, failures: int) -> None:
+        await self._refresh_backlog(force=failures == 1)  # at once when the ledger goes
 
     async def _refresh_backlog(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -117,13 +84,7 @@ class LedgerRelay:
     async def stop(self, flush_seconds: float) -> None:
         """Stops the loop, then flushes what the ledger takes within ``flush_seconds``."""
         deadline = time.monotonic() + flush_seconds
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         flushed = 0
         while (remaining := deadline - time.monotonic()) > 0:
             try:

@@ -15,14 +15,12 @@ then stay upstream, as before).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
 from dataclasses import dataclass
 
 from services.common.errors import CoachError
 from services.common.metrics import CONVERSATIONS_DELETED
+from services.common.repeated_pass import PassSettings, RepeatedPass
 from services.threads.ports import ConversationProvider
 from services.threads.repository import ThreadsRepository
 
@@ -36,6 +34,7 @@ class RetireSettings:
     interval_s: float = 30.0
     # After a wake-up (a rotation), wait this long so the rotations meanwhile share a pass.
     linger_s: float = 1.0
+    backoff_s: float = 0.5
     max_backoff_s: float = 60.0
 
 
@@ -47,23 +46,23 @@ class ConversationRetirer:
         self.repository = repository
         self.provider = provider
         self.settings = settings
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = RepeatedPass(
+            "conversation retirer", self.retire_pending,
+            PassSettings(batch_size=settings.batch_size, interval_s=settings.interval_s,
+                         linger_s=settings.linger_s, backoff_s=settings.backoff_s,
+                         max_backoff_s=settings.max_backoff_s),
+        )
 
     def notify(self) -> None:
         """A conversation was just archived: delete it soon rather than at the next look."""
-        self._wake.set()
+        self._loop.notify()
 
     def start(self) -> None:
-        if self.settings.enabled and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="conversation-retirer")
+        if self.settings.enabled:
+            self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def retire_pending(self) -> int:
         """One pass over a batch; returns how many rows it settled (deleted, or refused for
@@ -90,25 +89,3 @@ class ConversationRetirer:
                      extra={"conversation_id": conversation.provider_conversation_id,
                             "api": conversation.api, "existed": existed})
         return done
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            self._wake.clear()
-            try:
-                done = await self.retire_pending()
-            except Exception as exc:  # noqa: BLE001 - the retirer outlives any one failure
-                failures += 1
-                delay = min(self.settings.max_backoff_s, 0.5 * 2 ** min(failures, 16))
-                delay *= random.uniform(0.5, 1.0)
-                log.warning("deleting rotated conversations failed; they wait",
-                            extra={"error": str(exc), "attempt": failures,
-                                   "retry_in_ms": round(delay * 1000)})
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            if done >= self.settings.batch_size:
-                continue  # more waiting: no pause
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.interval_s)
-                await asyncio.sleep(self.settings.linger_s)
