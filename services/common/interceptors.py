@@ -6,9 +6,10 @@ Server side, every RPC but health:
 - maps ``CoachError`` to its status code with rich details, transient database
   errors to UNAVAILABLE, anything else to INTERNAL (logged with a traceback);
 - logs one JSON line and records metrics.
-Client side: forwards the request id and the bearer token by wrapping a channel
-(``PeerChannel``, what ``services.common.clients.open_channel`` returns): no grpc.aio
-client-interceptor machinery per call.
+Client side: forwards the request id and the bearer token and times each unary call
+(``coach_peer_call_seconds``) by wrapping a channel (``PeerChannel``, what
+``services.common.clients.open_channel`` returns): no grpc.aio client-interceptor machinery
+per call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -37,7 +39,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.logs import request_id_var
-from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
+from services.common.metrics import PEER_CALL_LATENCY, RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger("coach.rpc")
 
@@ -316,6 +318,7 @@ class _PeerUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-ar
         self._inner = inner
         self._method = method
         self._auth = auth
+        self._latency = PEER_CALL_LATENCY.labels(method.rsplit("/", 1)[-1])
 
     def __call__(
         self,
@@ -327,16 +330,24 @@ class _PeerUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-ar
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
+        started = time.perf_counter()
         outgoing = _outgoing(metadata, self._auth)
         if tracing.enabled():
-            return self._traced(request, outgoing, timeout, credentials, wait_for_ready, compression)
-        return self._inner(request, timeout=timeout, metadata=tuple(outgoing),
+            return self._traced(request, outgoing, timeout, credentials, wait_for_ready, compression,
+                                started)
+        call = self._inner(request, timeout=timeout, metadata=tuple(outgoing),
                            credentials=credentials, wait_for_ready=wait_for_ready,
                            compression=compression)
+        # Timed to the end of the call, however it ends, without wrapping it in a coroutine.
+        call.add_done_callback(partial(self._observe, started))
+        return call
+
+    def _observe(self, started: float, _call: Any = None) -> None:
+        self._latency.observe(time.perf_counter() - started)
 
     async def _traced(self, request: Any, outgoing: list[tuple[str, Any]], timeout: float | None,
                       credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-                      compression: grpc.Compression | None) -> Any:
+                      compression: grpc.Compression | None, started: float) -> Any:
         carrier: dict[str, str] = {}
         with tracing.client_span(self._method, carrier) as span:
             outgoing.extend(carrier.items())
@@ -347,6 +358,8 @@ class _PeerUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-ar
             except grpc.aio.AioRpcError as exc:
                 tracing.set_code(span, exc.code().name)
                 raise
+            finally:
+                self._observe(started)
             tracing.set_code(span, "OK")
             return response
 

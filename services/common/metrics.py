@@ -16,11 +16,24 @@ log = logging.getLogger(__name__)
 RPC_REQUESTS = Counter(
     "coach_rpc_requests_total", "RPCs served, by method and status code", ["method", "code"]
 )
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                   30)
 RPC_LATENCY = Histogram(
-    "coach_rpc_latency_seconds",
-    "RPC latency as the server saw it",
-    ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "coach_rpc_latency_seconds", "RPC latency as the server saw it", ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+# The caller's side of the same calls: minus the callee's coach_rpc_latency_seconds, what the
+# hop itself costs (serialization, gRPC, the network, waiting for the callee's event loop).
+PEER_CALL_LATENCY = Histogram(
+    "coach_peer_call_seconds", "Unary calls to another coach service, as the caller saw them",
+    ["method"], buckets=LATENCY_BUCKETS,
+)
+# Each HTTP attempt at the upstream as the llm service saw it (the SDK's request, the network,
+# the upstream's answer): the upstream's share of llm's coach_rpc_latency_seconds.
+UPSTREAM_LATENCY = Histogram(
+    "coach_upstream_attempt_seconds",
+    "Upstream API attempts as the llm service saw them, by API and outcome (ok or failure kind)",
+    ["api", "outcome"], buckets=LATENCY_BUCKETS,
 )
 ROUTES = Counter("coach_routes_total", "Answers by route and message type", ["route", "message_type"])
 CRISIS_EVENTS = Counter("coach_crisis_events_total", "Messages classified as crisis")

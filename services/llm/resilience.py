@@ -9,7 +9,8 @@
 - ``CircuitBreaker`` per upstream tier: opens after N consecutive failed
   attempts, fails fast while open (UNAVAILABLE, reason UPSTREAM_CIRCUIT_OPEN),
   lets one probe through after a cool-down and closes when it succeeds.
-- ``Upstream.call`` ties them together for one logical call.
+- ``Upstream.call`` ties them together for one logical call, and times each attempt
+  (``coach_upstream_attempt_seconds``, by API and outcome).
 
 Errors reach the caller as domain errors (mapped to gRPC status by the shared
 interceptor):
@@ -56,7 +57,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from services.common.metrics import BREAKER_STATE, UPSTREAM_ERRORS
+from services.common.metrics import BREAKER_STATE, UPSTREAM_ERRORS, UPSTREAM_LATENCY
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,7 @@ class Upstream:
                     metadata={"upstream": self.name},
                 ) from None
             timeout = min(self.call_timeout_s, deadline.remaining())
+            started = time.perf_counter()
             try:
                 try:
                     async with asyncio.timeout(timeout):
@@ -350,12 +352,15 @@ class Upstream:
                     self._in_flight.release()
             except asyncio.CancelledError:
                 self.breaker.release()
+                UPSTREAM_LATENCY.labels(api, "cancelled").observe(time.perf_counter() - started)
                 raise
             except Exception as exc:
                 failure = self._failure(exc)
                 if failure is None:
                     self.breaker.release()
                     raise
+                UPSTREAM_LATENCY.labels(api, failure.kind.value).observe(
+                    time.perf_counter() - started)
                 UPSTREAM_ERRORS.labels(api, failure.metric_kind).inc()
                 if failure.is_outage:
                     self.breaker.record_failure()
@@ -379,6 +384,7 @@ class Upstream:
                     break  # the next try could not finish in time
                 await self.clock.sleep(delay)
                 continue
+            UPSTREAM_LATENCY.labels(api, "ok").observe(time.perf_counter() - started)
             self.breaker.record_success()
             return result
         if last is None:

@@ -325,12 +325,15 @@ class OfflineApi:
         if fault is not None:
             self.stats.faults_injected += 1
         response.headers["x-request-id"] = request_id
+        elapsed = time.perf_counter() - started
+        if counted:
+            self.stats.handling_s[endpoint] += elapsed
         fields: dict[str, Any] = {
             "event": "request",
             "request_id": request_id,
             "route": endpoint,
             "status": response.status,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "latency_ms": round(elapsed * 1000, 2),
         }
         if fault is not None:
             fields["fault"] = fault.mode.value

@@ -1,8 +1,9 @@
-"""Counters the offline server keeps: API requests per endpoint (not /_control) and tokens."""
+"""Counters the offline server keeps: API requests per endpoint (not /_control), the time it
+spent handling them, and tokens."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,9 @@ from typing import Any
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)  # "POST /v1/responses" -> n
     statuses: Counter[int] = field(default_factory=Counter)
+    # Seconds spent handling requests, per endpoint (from the request's arrival at the app to
+    # its answer being ready): with ``requests``, the server's own share of a client's wait.
+    handling_s: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     model_calls: int = 0
     input_tokens: int = 0
     cached_tokens: int = 0
@@ -26,6 +30,7 @@ class Stats:
     def reset(self) -> None:
         self.requests.clear()
         self.statuses.clear()
+        self.handling_s.clear()
         self.model_calls = self.input_tokens = self.cached_tokens = self.output_tokens = 0
         self.faults_injected = 0
 
@@ -34,6 +39,7 @@ class Stats:
             "requests": dict(self.requests),
             "total_requests": sum(self.requests.values()),
             "statuses": {str(code): n for code, n in self.statuses.items()},
+            "handling_ms": {endpoint: round(s * 1000, 3) for endpoint, s in self.handling_s.items()},
             "model_calls": self.model_calls,
             "input_tokens": self.input_tokens,
             "cached_tokens": self.cached_tokens,

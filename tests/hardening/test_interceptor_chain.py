@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from services.common.deadlines import deadline_var
 from services.common.errors import NotFound
-from services.common.interceptors import error_from_rpc
+from services.common.interceptors import PeerChannel, error_from_rpc
 from services.common.logs import request_id_var
 from services.common.server import CoachServer, Registration
 from services.common.settings import Env, server_settings
@@ -46,7 +46,8 @@ def add_fake(servicer: Fake, server: grpc.aio.Server) -> None:
 
 
 class Stub:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, address: str = "") -> None:
+        self.address = address
         self.Complete = channel.unary_unary(METHOD, pb.CompleteRequest.SerializeToString,
                                             pb.CompleteResponse.FromString)
 
@@ -58,7 +59,7 @@ async def stub() -> AsyncIterator[Stub]:
                          [Registration(add_fake, Fake(), "coach.test.v1.Chain")])
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield Stub(channel)
+    yield Stub(channel, f"127.0.0.1:{port}")
     await channel.close()
     await server.stop(0.1)
 
@@ -117,3 +118,32 @@ async def test_a_wrong_token_is_refused_before_and_after_the_wrapper_exists(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Complete(pb.CompleteRequest(message="hi"), metadata=metadata, timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def histogram(name: str, method: str) -> tuple[float, float]:
+    """(count, sum) of a latency histogram's series for ``method``."""
+    labels = {"method": method}
+    return (REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0,
+            REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0)
+
+
+async def test_a_peer_channel_times_every_call_as_the_caller_saw_it(stub: Stub) -> None:
+    """coach_peer_call_seconds: one observation per unary call through a PeerChannel, failed
+    calls too; for the same calls it is never less than what the server saw (the difference
+    is the hop)."""
+    channel = PeerChannel(grpc.aio.insecure_channel(stub.address), TOKEN)
+    peer = Stub(channel)
+    client_before = histogram("coach_peer_call_seconds", "ChainEcho")
+    server_before = histogram("coach_rpc_latency_seconds", "ChainEcho")
+    try:
+        for _ in range(3):
+            await peer.Complete(pb.CompleteRequest(message="hi"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await peer.Complete(pb.CompleteRequest(message="missing"), timeout=5)
+    finally:
+        await channel.close()
+    client = [a - b for a, b in zip(histogram("coach_peer_call_seconds", "ChainEcho"), client_before)]
+    server = [a - b for a, b in zip(histogram("coach_rpc_latency_seconds", "ChainEcho"),
+                                    server_before)]
+    assert client[0] == server[0] == 4
+    assert client[1] >= server[1] > 0

@@ -81,6 +81,17 @@ async def test_each_service_serves_its_metrics(pg_url: str, tmp_path: Path) -> N
     assert value(threads_m, "coach_rpc_requests_total", method="RunStatefulTurn", code="OK") == 1
     assert value(llm_m, "coach_rpc_requests_total", method="Complete", code="OK") == 2
     assert value(ledger_m, "coach_rpc_requests_total", method="RecordAnswers", code="OK") >= 1
+    # The callers' side of the same calls, and each upstream attempt with its outcome: the
+    # router saw llm's two Completes take at least as long as llm did (the difference is the hop).
+    assert value(router_m, "coach_peer_call_seconds_count", method="Complete") == 2
+    assert (value(router_m, "coach_peer_call_seconds_sum", method="Complete")
+            >= value(llm_m, "coach_rpc_latency_seconds_sum", method="Complete") > 0)
+    assert value(router_m, "coach_peer_call_seconds_count", method="RunStatefulTurn") == 1
+    assert value(threads_m, "coach_peer_call_seconds_count", method="StatefulTurn") >= 1
+    assert value(llm_m, "coach_upstream_attempt_seconds_count", api="chat.completions",
+                 outcome="ok") >= 2
+    assert value(llm_m, "coach_upstream_attempt_seconds_count", api="chat.completions",
+                 outcome="server_error") == 1
     # Routes (router), tokens by model (llm), cost by model and route and savings (ledger).
     for route in ("PATTERN", "COMPLETIONS", "ASSISTANT"):
         assert value(router_m, "coach_routes_total", route=route) >= 1, route

@@ -8,6 +8,7 @@ import random
 import httpx2
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.errors import (
     CoachError,
@@ -300,3 +301,34 @@ async def test_a_bulkhead_bounds_calls_in_flight_and_a_busy_caller_gets_a_clear_
     release.set()
     assert await asyncio.gather(*calls) == ["ok"] * 5
     assert peak == 2
+
+
+def attempts_timed(api: str, outcome: str) -> float:
+    labels = {"api": api, "outcome": outcome}
+    return REGISTRY.get_sample_value("coach_upstream_attempt_seconds_count", labels) or 0.0
+
+
+async def test_every_attempt_is_timed_with_its_outcome() -> None:
+    """coach_upstream_attempt_seconds: one observation per attempt, labelled ok or its failure;
+    an attempt its caller gave up on is 'cancelled', not a failure of the upstream."""
+    clock = FakeClock()
+    upstream = make_upstream(clock)
+    op = Scripted(clock, [status_error(500), status_error(429)])
+    assert await upstream.call("timed.api", op, Deadline.after(clock, 10)) == "ok"
+    assert [attempts_timed("timed.api", outcome)
+            for outcome in ("server_error", "rate_limited", "ok", "cancelled")] == [1, 1, 1, 0]
+
+    started = asyncio.Event()
+
+    async def hang(timeout: float) -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "late"
+
+    call = asyncio.create_task(upstream.call("timed.api", hang, Deadline.after(clock, 10)))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert attempts_timed("timed.api", "cancelled") == 1
+    assert attempts_timed("timed.api", "server_error") == 1

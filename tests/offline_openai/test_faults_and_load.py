@@ -133,6 +133,7 @@ async def test_control_endpoints_over_http(server: OfflineOpenAI,
             stats = await got.json()
         assert stats["requests"]["POST /v1/chat/completions"] == 2
         assert stats["statuses"] == {"429": 1, "200": 1}
+        assert 0 < stats["handling_ms"]["POST /v1/chat/completions"] < 5000
         assert stats["model_calls"] == 1
         assert stats["input_tokens"] == completion.usage.prompt_tokens
         assert stats["output_tokens"] == completion.usage.completion_tokens
