@@ -139,6 +139,11 @@ class BenchSuite:
 
     async def rpc_histograms(self) -> dict[tuple[str, str], Histo]:
         """(service, method) -> coach_rpc_latency_seconds histogram, from each /metrics."""
+        return await self.histograms("coach_rpc_latency_seconds", "method")
+
+    async def histograms(self, family_name: str, label: str) -> dict[tuple[str, str], Histo]:
+        """(service, the series' ``label``) -> that histogram family's series, from each
+        service's /metrics (series that differ only in other labels are added up)."""
         out: dict[tuple[str, str], Histo] = {}
         async with aiohttp.ClientSession() as http:
             for service, port in self.metrics_ports.items():
@@ -148,17 +153,17 @@ class BenchSuite:
                 except aiohttp.ClientError:
                     continue
                 for family in text_string_to_metric_families(text):
-                    if family.name != "coach_rpc_latency_seconds":
+                    if family.name != family_name:
                         continue
                     for sample in family.samples:
-                        method = sample.labels.get("method", "")
-                        h = out.setdefault((service, method), Histo())
+                        h = out.setdefault((service, sample.labels.get(label, "")), Histo())
                         if sample.name.endswith("_sum"):
-                            h.sum = sample.value
+                            h.sum += sample.value
                         elif sample.name.endswith("_count"):
-                            h.count = sample.value
+                            h.count += sample.value
                         elif sample.name.endswith("_bucket"):
-                            h.buckets[float(sample.labels["le"])] = sample.value
+                            le = float(sample.labels["le"])
+                            h.buckets[le] = h.buckets.get(le, 0.0) + sample.value
         return out
 
     async def cost_report(self, start_date: str, end_date: str) -> ledger_service_pb2.GetCostReportResponse:

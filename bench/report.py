@@ -172,6 +172,8 @@ def markdown(r: dict[str, Any]) -> str:
                      for k in RPC_ORDER if k in rpc]
             lines += ["", "Server-side means during the single-call rounds (canned and cheap calls "
                       "together): " + ", ".join(parts) + "."]
+        if lat.get("anatomy"):
+            lines += _anatomy(lat["anatomy"])
         lines.append("")
     sc = r.get("scale")
     lines += _scale(sc) if sc else []
@@ -212,6 +214,32 @@ def markdown(r: dict[str, Any]) -> str:
 RPC_ORDER = ("router.Chat", "threads.GetUserState", "threads.RecordExchanges",
              "threads.RecordExchange", "threads.RunStatefulTurn", "llm.Complete", "llm.StatefulTurn",
              "llm.CreateConversation", "llm.AppendTurns", "llm.Summarize", "ledger.RecordAnswers")
+
+
+def _anatomy(an: dict[str, Any]) -> list[str]:
+    """Where a cheap-tier message's time goes (bench/anatomy.py)."""
+    total = an["client_mean_ms"]
+    lines = [
+        "",
+        (f"Where a cheap-tier message's time goes ({an['calls']} sequential calls of one user, "
+         "0 ms upstream; means, each hop timed by its caller and by its callee, so the layers add "
+         f"up to the client's mean; {_mix_line(an)}):"),
+        "",
+        "| layer | mean (ms) | share |",
+        "|---|---:|---:|",
+    ]
+    for name, ms in an["layers_ms"].items():
+        lines.append(f"| {name} | {ms:.2f} | {ms / total:.0%} |")
+    lines.append(f"| **Router.Chat, cheap tier, as the client saw it** (p50 "
+                 f"{an['client_p50_ms']:.2f}) | **{total:.2f}** | 100% |")
+    return lines
+
+
+def _mix_line(an: dict[str, Any]) -> str:
+    if an["consistent"]:
+        return "every call answered on the cheap tier with one upstream attempt"
+    return (f"NOT one cheap answer per call (routes {an['routes']}): the layers mix "
+            "other paths in")
 
 
 def _scale(sc: dict[str, Any]) -> list[str]:

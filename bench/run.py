@@ -11,7 +11,8 @@ OpenAI server and the four services as processes, on ports of its own):
    OpenAI); costs from ChatResponse.cost_usd_nanos, cross-checked with the ledger's
    GetCostReport; upstream calls and cached tokens from the offline server's /_control/stats;
 3. latency: on the optimized suite, Router.Chat (canned, cheap tier) next to a bare
-   grpc.aio health server, interleaved;
+   grpc.aio health server, interleaved; then a cheap-tier message's time split by layer
+   (bench/anatomy.py);
 4. a long conversation on the other stateful backend (assistants);
 5. scale: 500 concurrent users with a 300 ms upstream, and where the time goes (the
    services' coach_rpc_latency_seconds histograms).
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.anatomy import cheap_anatomy
 from bench.harness import BareHealth, BenchSuite, RouterClient, histo_delta
 from bench.latency import make_targets, single_call_latency, throughput
 from bench.replay import (
@@ -69,6 +71,7 @@ class Size:
     scale_latency_ms: int
     classify_rounds: int
     assistants_long: bool
+    anatomy_calls: int = 300  # sequential cheap-tier calls whose time is split by layer
     window_s: int = 900  # lockstep window of simulated time in the cost replay
 
 
@@ -79,7 +82,7 @@ FULL = Size(users=80, days=21, concurrency=48, long_turns=210, checkpoints=(10, 
 QUICK = Size(users=10, days=3, concurrency=10, long_turns=34, checkpoints=(10, 30),
              lat_rounds=6, lat_per_round=5, tput_slice_s=0.5, tput_rounds=1,
              scale_users=40, scale_days=1, scale_latency_ms=300, classify_rounds=3,
-             assistants_long=False)
+             assistants_long=False, anatomy_calls=40)
 
 
 def routes_by_type(samples: list[Any]) -> dict[str, dict[str, int]]:
@@ -191,7 +194,8 @@ async def latency_phase(suite: BenchSuite, size: Size, seed: int) -> dict[str, A
             await targets.close()
     finally:
         await bare.stop()
-    return {"single": single, "throughput": tput, "workers": 16, "rpc": rpc}
+    anatomy = await cheap_anatomy(suite, size.anatomy_calls)
+    return {"single": single, "throughput": tput, "workers": 16, "rpc": rpc, "anatomy": anatomy}
 
 
 async def scale_phase(suite: BenchSuite, size: Size, seed: int, log: logging.Logger) -> dict[str, Any]:

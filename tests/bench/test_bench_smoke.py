@@ -29,7 +29,8 @@ def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
                 "upstream model calls per 1,000 messages",
                 "stateful input tokens per turn, turn 30", "Chat latency p50 / p99",
                 "messages per second", "bare grpc.aio health Check", "Router.Chat, canned reply",
-                "Router.Chat, cheap tier", "**Scale**", "router.Chat", "**Quality**",
+                "Router.Chat, cheap tier", "Where a cheap-tier message's time goes",
+                "openai SDK + HTTP, both ends", "**Scale**", "router.Chat", "**Quality**",
                 "pattern precision", "**Targets**", "Machine:", "make bench"):
         assert row in report, f"missing {row!r} in the report"
     assert report in proc.stdout  # printed too
@@ -44,3 +45,9 @@ def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
     errors = {t["name"]: t for t in results["targets"]}["errors, every phase"]
     assert errors["pass"], errors
     assert results["scale"]["summary"]["errors"] == 0
+    # The cheap-tier anatomy: one cheap answer and one upstream attempt per call, and every
+    # layer a caller's view minus its callee's, never negative (the callee's time is inside).
+    anatomy = results["latency"]["anatomy"]
+    assert anatomy["consistent"], anatomy
+    assert all(ms >= 0 for ms in anatomy["layers_ms"].values()), anatomy["layers_ms"]
+    assert abs(sum(anatomy["layers_ms"].values()) - anatomy["client_mean_ms"]) < 1e-6
