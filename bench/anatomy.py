@@ -3,10 +3,10 @@
     bench client ──Chat──▶ router ──Complete──▶ llm ──POST /v1/chat/completions──▶ upstream
 
 One user sends one text the router answers on the cheap tier, one call at a time. Every hop
-is timed by its
-caller (the client, ``coach_peer_call_seconds``, ``coach_upstream_attempt_seconds``) and by its
-callee (``coach_rpc_latency_seconds``, the offline server's own handling time), so the means
-telescope: the layers below add up to the client's mean exactly.
+is timed by its caller (the client, ``coach_peer_call_seconds``,
+``coach_upstream_attempt_seconds``) and by its callee (``coach_rpc_latency_seconds``, the
+offline server's own handling time), so the means telescope: the layers below add up to the
+client's mean exactly.
 
     hop: bench client <-> router   client's Chat           - router's Chat (served)
     router's own work              router's Chat (served)  - router's Complete (called)
@@ -61,8 +61,9 @@ def _mean(delta: dict[tuple[str, str], Histo], key: tuple[str, str]) -> tuple[fl
 
 
 async def cheap_anatomy(suite: BenchSuite, calls: int) -> dict[str, Any]:
-    """Sequential cheap-tier Chats, and the mean time of each layer. ``consistent`` is False when a call took another route or an upstream call
-    was retried: the layers would then not be those of one cheap answer."""
+    """Sequential cheap-tier Chats, and the mean time of each layer. ``consistent`` is False
+    when a call took another route or an upstream call was retried: the layers would then
+    not be those of one cheap answer."""
     text = cheap_texts()[0]
     user = f"{suite.name}-anatomy-{uuid.uuid4().hex[:6]}"
     ctx = types_pb2.UserContext(display_name="Sam", current_streak=STREAK, local_hour=HOUR)
