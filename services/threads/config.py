@@ -77,6 +77,8 @@ class Settings:
         server = server_settings(env, "threads")
         max_bytes = env.int("COACH_THREADS_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES,
                             minimum=64 * 1024) or DEFAULT_MAX_MESSAGE_BYTES
+        # The relay's first pause after a failed pass is one interval.
+        relay_interval = env.float("COACH_THREADS_RELAY_INTERVAL_SECONDS", 0.1, minimum=0.001)
         return cls(
             server=dataclasses.replace(
                 server, max_message_bytes=max(server.max_message_bytes, max_bytes)),
@@ -93,7 +95,8 @@ class Settings:
             summary_model=env.str("COACH_SUMMARY_MODEL", DEFAULT_SUMMARY_MODEL),
             relay=RelaySettings(
                 batch_size=env.int("COACH_THREADS_RELAY_BATCH", 200, minimum=1) or 200,
-                interval_s=env.float("COACH_THREADS_RELAY_INTERVAL_SECONDS", 0.1, minimum=0.001),
+                interval_s=relay_interval,
+                backoff_s=relay_interval,
                 linger_s=env.float("COACH_THREADS_RELAY_LINGER_SECONDS", 0.05),
                 max_backoff_s=env.float("COACH_THREADS_RELAY_MAX_BACKOFF_SECONDS", 5.0,
                                         minimum=0.01),

@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RelaySettings:
+class RelaySettings(PassSettings):
     batch_size: int = 200
     interval_s: float = 0.1
     # After a wake-up (a record was stored), wait this long so the records stored
     # meanwhile go in the same batch: one ledger call and one outbox delete per
     # batch rather than per answer (each is a commit, i.e. a WAL flush).
     linger_s: float = 0.05
+    backoff_s: float = 0.1  # the first pause after a failed pass
     max_backoff_s: float = 5.0
     backlog_refresh_s: float = 1.0
 
@@ -43,13 +44,8 @@ class LedgerRelay:
         self.repository = repository
         self.ledger = ledger
         self.settings = settings
-        self._loop = RepeatedPass(
-            "ledger relay", self.send_pending,
-            PassSettings(batch_size=settings.batch_size, interval_s=settings.interval_s,
-                         linger_s=settings.linger_s, backoff_s=settings.interval_s,
-                         max_backoff_s=settings.max_backoff_s),
-            after_pass=self._after_pass,
-        )
+        self._loop = RepeatedPass("ledger relay", self.send_pending, settings,
+                                  after_pass=self._after_pass)
         self._backlog_checked = 0.0
         self.sent = 0
 

@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RetireSettings:
-    enabled: bool = True
+class RetireSettings(PassSettings):
     batch_size: int = 50
     interval_s: float = 30.0
     # After a wake-up (a rotation), wait this long so the rotations meanwhile share a pass.
     linger_s: float = 1.0
     backoff_s: float = 0.5
     max_backoff_s: float = 60.0
+    enabled: bool = True
 
 
 class ConversationRetirer:
@@ -46,12 +46,7 @@ class ConversationRetirer:
         self.repository = repository
         self.provider = provider
         self.settings = settings
-        self._loop = RepeatedPass(
-            "conversation retirer", self.retire_pending,
-            PassSettings(batch_size=settings.batch_size, interval_s=settings.interval_s,
-                         linger_s=settings.linger_s, backoff_s=settings.backoff_s,
-                         max_backoff_s=settings.max_backoff_s),
-        )
+        self._loop = RepeatedPass("conversation retirer", self.retire_pending, settings)
 
     def notify(self) -> None:
         """A conversation was just archived: delete it soon rather than at the next look."""

@@ -112,7 +112,7 @@ class _Ledger:
 async def test_shutdown_flushes_what_the_ledger_takes() -> None:
     outbox, ledger = _MemoryOutbox(450), _Ledger()
     relay = LedgerRelay(outbox, ledger, RelaySettings(batch_size=200, interval_s=0.01,  # type: ignore[arg-type]
-                                                      max_backoff_s=0.05))
+                                                      backoff_s=0.01, max_backoff_s=0.05))
     relay.start()
     await asyncio.sleep(0.2)
     assert len(outbox.rows) == 450 and ledger.calls >= 2
@@ -123,7 +123,7 @@ async def test_shutdown_flushes_what_the_ledger_takes() -> None:
 
 async def test_shutdown_with_the_ledger_down_keeps_the_records() -> None:
     outbox, ledger = _MemoryOutbox(5), _Ledger()
-    relay = LedgerRelay(outbox, ledger, RelaySettings(interval_s=0.01))  # type: ignore[arg-type]
+    relay = LedgerRelay(outbox, ledger, RelaySettings(interval_s=0.01, backoff_s=0.01))  # type: ignore[arg-type]
     relay.start()
     await relay.stop(flush_seconds=0.5)
     assert len(outbox.rows) == 5
