@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 from coach.router.v1 import router_service_pb2, router_service_pb2_grpc, types_pb2
 
-from bench.harness import BenchSuite, Histo, histo_delta
+from bench.harness import BenchSuite, Histo, histo_delta, histograms
 from bench.latency import HOUR, STREAK, cheap_texts
 
 ENDPOINT = "POST /v1/chat/completions"
@@ -45,11 +45,11 @@ class Snapshot:
 
     @classmethod
     async def take(cls, suite: BenchSuite) -> Snapshot:
-        stats = await suite.offline_stats()
+        scraped, stats = await suite.scrape(), await suite.offline_stats()
         return cls(
-            served=await suite.rpc_histograms(),
-            called=await suite.histograms("coach_peer_call_seconds", "method"),
-            upstream=await suite.histograms("coach_upstream_attempt_seconds", "api"),
+            served=histograms(scraped, "coach_rpc_latency_seconds", "method"),
+            called=histograms(scraped, "coach_peer_call_seconds", "method"),
+            upstream=histograms(scraped, "coach_upstream_attempt_seconds", "api"),
             handling_ms=float(stats.get("handling_ms", {}).get(ENDPOINT, 0.0)),
             requests=int(stats.get("requests", {}).get(ENDPOINT, 0)),
         )

@@ -139,31 +139,18 @@ class BenchSuite:
 
     async def rpc_histograms(self) -> dict[tuple[str, str], Histo]:
         """(service, method) -> coach_rpc_latency_seconds histogram, from each /metrics."""
-        return await self.histograms("coach_rpc_latency_seconds", "method")
+        return histograms(await self.scrape(), "coach_rpc_latency_seconds", "method")
 
-    async def histograms(self, family_name: str, label: str) -> dict[tuple[str, str], Histo]:
-        """(service, the series' ``label``) -> that histogram family's series, from each
-        service's /metrics (series that differ only in other labels are added up)."""
-        out: dict[tuple[str, str], Histo] = {}
+    async def scrape(self) -> dict[str, str]:
+        """service -> the text of its /metrics (services that do not answer are left out)."""
+        out: dict[str, str] = {}
         async with aiohttp.ClientSession() as http:
             for service, port in self.metrics_ports.items():
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                        text = await resp.text()
+                        out[service] = await resp.text()
                 except aiohttp.ClientError:
                     continue
-                for family in text_string_to_metric_families(text):
-                    if family.name != family_name:
-                        continue
-                    for sample in family.samples:
-                        h = out.setdefault((service, sample.labels.get(label, "")), Histo())
-                        if sample.name.endswith("_sum"):
-                            h.sum += sample.value
-                        elif sample.name.endswith("_count"):
-                            h.count += sample.value
-                        elif sample.name.endswith("_bucket"):
-                            le = float(sample.labels["le"])
-                            h.buckets[le] = h.buckets.get(le, 0.0) + sample.value
         return out
 
     async def cost_report(self, start_date: str, end_date: str) -> ledger_service_pb2.GetCostReportResponse:
@@ -209,6 +196,27 @@ class Histo:
             if self.buckets[le] >= q * self.count:
                 return 1000 * le
         return float("inf")
+
+
+def histograms(scraped: Mapping[str, str], family_name: str,
+               label: str) -> dict[tuple[str, str], Histo]:
+    """(service, the series' ``label``) -> that histogram family's series, from scraped
+    /metrics texts (series that differ only in other labels are added up)."""
+    out: dict[tuple[str, str], Histo] = {}
+    for service, text in scraped.items():
+        for family in text_string_to_metric_families(text):
+            if family.name != family_name:
+                continue
+            for sample in family.samples:
+                h = out.setdefault((service, sample.labels.get(label, "")), Histo())
+                if sample.name.endswith("_sum"):
+                    h.sum += sample.value
+                elif sample.name.endswith("_count"):
+                    h.count += sample.value
+                elif sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    h.buckets[le] = h.buckets.get(le, 0.0) + sample.value
+    return out
 
 
 def histo_delta(after: dict[tuple[str, str], Histo],
