@@ -255,9 +255,10 @@ class RouterClient:
 
 
 class BareHealth:
-    """bench/bare_health.py as a separate process."""
+    """bench/bare_health.py as a separate process (``args``: its role, see that module)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
+        self.args = args
         self.port = free_ports(1)[0]
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -267,12 +268,34 @@ class BareHealth:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.bare_health", "--port", str(self.port), cwd=REPO_ROOT)
+            sys.executable, "-m", "bench.bare_health", "--port", str(self.port), *self.args,
+            cwd=REPO_ROOT)
         status = await wait_serving(self.address, timeout=20)
         if status != SERVING:
-            raise RuntimeError(f"bare health server did not start: {status}")
+            raise RuntimeError(f"bare health server {' '.join(self.args)} did not start: {status}")
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
             await self.proc.wait()
+
+
+class Floor:
+    """The cheap tier's path with none of the suite's code: two bare servers in a chain,
+    the second calling ``upstream_url`` (bench/bare_health.py); Check the head."""
+
+    def __init__(self, upstream_url: str) -> None:
+        self.tail = BareHealth("--upstream", upstream_url)
+        self.head = BareHealth("--forward", self.tail.address)
+
+    @property
+    def address(self) -> str:
+        return self.head.address
+
+    async def start(self) -> None:
+        await self.tail.start()
+        await self.head.start()
+
+    async def stop(self) -> None:
+        await self.head.stop()
+        await self.tail.stop()

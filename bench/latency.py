@@ -20,6 +20,8 @@ import grpc
 from coach.router.v1 import router_service_pb2, router_service_pb2_grpc, types_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.bare_health import HTTP as FLOOR_HTTP
+from bench.bare_health import SDK as FLOOR_SDK
 from bench.replay import percentile
 from services.router.decision import MessageContext, Route, Router
 
@@ -35,7 +37,8 @@ CHEAP_CANDIDATES = (
     "got my study block done at lunch today",
 )
 HOUR, STREAK = 9, 5
-EXPECTED_ROUTE = {"health": "", "canned": "PATTERN", "cheap": "COMPLETIONS"}
+EXPECTED_ROUTE = {"health": "", "canned": "PATTERN", "cheap": "COMPLETIONS", "floor_sdk": "",
+                  "floor_http": ""}
 
 
 def cheap_texts() -> tuple[str, ...]:
@@ -62,8 +65,13 @@ class Targets:
             await c.close()
 
 
-async def make_targets(router_addr: str, health_addr: str, users: int, tag: str) -> Targets:
-    """Same client code for all: a grpc.aio channel and a unary call with a 5 s timeout."""
+async def make_targets(router_addr: str, health_addr: str, users: int, tag: str,
+                       floor_addr: str | None = None) -> Targets:
+    """Same client code for all: a grpc.aio channel and a unary call with a 5 s timeout.
+
+    With ``floor_addr`` (a ``harness.Floor``), two more: the cheap tier's path with no suite
+    code, its upstream call made by the openai SDK (``floor_sdk``) or by raw HTTP
+    (``floor_http``)."""
     health_ch = grpc.aio.insecure_channel(health_addr)
     router_ch = grpc.aio.insecure_channel(router_addr)
     health = health_pb2_grpc.HealthStub(health_ch)
@@ -96,8 +104,23 @@ async def make_targets(router_addr: str, health_addr: str, users: int, tag: str)
             return types_pb2.Route.Name(reply.route).removeprefix("ROUTE_")
         return call
 
-    return Targets({"health": health_call, "canned": chat_call(CANNED_TEXTS),
-                    "cheap": chat_call(cheap)}, [health_ch, router_ch])
+    calls = {"health": health_call, "canned": chat_call(CANNED_TEXTS), "cheap": chat_call(cheap)}
+    channels = [health_ch, router_ch]
+    if floor_addr:
+        floor_ch = grpc.aio.insecure_channel(floor_addr)
+        floor = health_pb2_grpc.HealthStub(floor_ch)
+        channels.append(floor_ch)
+
+        def floor_call(via: str) -> Call:
+            request = health_pb2.HealthCheckRequest(service=via)
+
+            async def call() -> str:
+                await floor.Check(request, timeout=5)
+                return ""
+            return call
+
+        calls |= {"floor_sdk": floor_call(FLOOR_SDK), "floor_http": floor_call(FLOOR_HTTP)}
+    return Targets(calls, channels)
 
 
 async def single_call_latency(targets: Targets, rounds: int, per_round: int,

@@ -11,7 +11,8 @@ OpenAI server and the four services as processes, on ports of its own):
    OpenAI); costs from ChatResponse.cost_usd_nanos, cross-checked with the ledger's
    GetCostReport; upstream calls and cached tokens from the offline server's /_control/stats;
 3. latency: on the optimized suite, Router.Chat (canned, cheap tier) next to a bare
-   grpc.aio health server, interleaved; then a cheap-tier message's time split by layer
+   grpc.aio health server and the cheap tier's floor (its path through bare servers, no
+   suite code: bench/bare_health.py), interleaved; then a cheap-tier message's time split by layer
    (bench/anatomy.py);
 4. a long conversation on the other stateful backend (assistants);
 5. scale: 500 concurrent users with a 300 ms upstream, and where the time goes (the
@@ -35,7 +36,7 @@ from typing import Any
 
 from bench import report
 from bench.anatomy import cheap_anatomy
-from bench.harness import BareHealth, BenchSuite, RouterClient, histo_delta
+from bench.harness import BareHealth, BenchSuite, Floor, RouterClient, histo_delta
 from bench.latency import make_targets, single_call_latency, throughput
 from bench.replay import (
     WindowedRun,
@@ -180,9 +181,12 @@ async def long_only(suite: BenchSuite, size: Size, seed: int) -> dict[str, Any]:
 
 async def latency_phase(suite: BenchSuite, size: Size, seed: int) -> dict[str, Any]:
     bare = BareHealth()
-    await bare.start()
+    floor = Floor(f"http://{suite.offline_addr}/v1")
     try:
-        targets = await make_targets(suite.address("router"), bare.address, 32, suite.name)
+        await bare.start()
+        await floor.start()
+        targets = await make_targets(suite.address("router"), bare.address, 32, suite.name,
+                                     floor.address)
         try:
             before = await suite.rpc_histograms()
             single = await single_call_latency(targets, size.lat_rounds, size.lat_per_round, seed)
@@ -193,6 +197,7 @@ async def latency_phase(suite: BenchSuite, size: Size, seed: int) -> dict[str, A
         finally:
             await targets.close()
     finally:
+        await floor.stop()
         await bare.stop()
     anatomy = await cheap_anatomy(suite, size.anatomy_calls)
     return {"single": single, "throughput": tput, "workers": 16, "rpc": rpc, "anatomy": anatomy}

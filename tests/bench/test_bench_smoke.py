@@ -29,7 +29,7 @@ def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
                 "upstream model calls per 1,000 messages",
                 "stateful input tokens per turn, turn 30", "Chat latency p50 / p99",
                 "messages per second", "bare grpc.aio health Check", "Router.Chat, canned reply",
-                "Router.Chat, cheap tier", "Where a cheap-tier message's time goes",
+                "Router.Chat, cheap tier", "floor of the cheap tier", "raw aiohttp POST", "Where a cheap-tier message's time goes",
                 "openai SDK + HTTP, both ends", "**Scale**", "router.Chat", "**Quality**",
                 "pattern precision", "**Targets**", "Machine:", "make bench"):
         assert row in report, f"missing {row!r} in the report"
@@ -45,6 +45,9 @@ def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
     errors = {t["name"]: t for t in results["targets"]}["errors, every phase"]
     assert errors["pass"], errors
     assert results["scale"]["summary"]["errors"] == 0
+    single = results["latency"]["single"]
+    for floor in ("floor_sdk", "floor_http"):
+        assert single[floor]["calls"] > 0 and single[floor]["errors"] == 0, single[floor]
     # The cheap-tier anatomy: one cheap answer and one upstream attempt per call, and every
     # layer a caller's view minus its callee's, never negative (the callee's time is inside).
     anatomy = results["latency"]["anatomy"]
