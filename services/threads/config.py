@@ -104,6 +104,7 @@ class Settings:
             retire=RetireSettings(
                 enabled=env.bool("COACH_DELETE_ROTATED_CONVERSATIONS", True),
                 interval_s=env.float("COACH_THREADS_RETIRE_INTERVAL_SECONDS", 30.0, minimum=0.01),
+                orphan_grace_s=env.float("COACH_THREADS_ORPHAN_GRACE_SECONDS", 3600.0, minimum=0.0),
             ),
             flush_seconds=env.float("COACH_THREADS_FLUSH_SECONDS", 5.0),
             llm_timeout_s=env.float("COACH_THREADS_LLM_TIMEOUT_SECONDS", 60.0, minimum=0.1),

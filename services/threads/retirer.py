@@ -1,4 +1,4 @@
-"""Deletes provider conversations a rotation archived, upstream, at least once.
+"""Deletes provider conversations we no longer use, upstream, at least once.
 
 A rotation swaps in a new provider conversation; the old one stays upstream with
 the user's messages in it (the full history lives in ``threads.messages``, and
@@ -8,6 +8,11 @@ and marks it ``upstream_deleted_at`` (or ``upstream_delete_error`` when the upst
 refuses for good, a 400: not tried again). A rotation wakes it; otherwise it looks
 every ``interval_s``. While the llm service or the upstream is down it backs off
 and the rows wait. Several replicas may delete the same conversation: harmless.
+
+It also deletes the conversations a rotation created and could not map (the mapping
+changed meanwhile, the turn lease was lost, the transaction failed: see
+``threads.orphaned_conversations``), once they are older than ``orphan_grace_s`` and
+while no mapping names them.
 
 Off with ``COACH_DELETE_ROTATED_CONVERSATIONS=false`` (archived conversations
 then stay upstream, as before).
@@ -22,7 +27,7 @@ from services.common.errors import CoachError
 from services.common.metrics import CONVERSATIONS_DELETED
 from services.common.repeated_pass import PassSettings, RepeatedPass
 from services.threads.ports import ConversationProvider
-from services.threads.repository import ThreadsRepository
+from services.threads.repository import RetiredConversation, ThreadsRepository
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,10 @@ class RetireSettings(PassSettings):
     backoff_s: float = 0.5
     max_backoff_s: float = 60.0
     enabled: bool = True
+    # An orphaned conversation (a rotation created it, its mapping was not saved) is deleted
+    # once older than this: longer than the llm service remembers a CreateConversation
+    # (10 minutes), so no retry of that rotation can be handed it again.
+    orphan_grace_s: float = 3600.0
 
 
 class ConversationRetirer:
@@ -60,27 +69,43 @@ class ConversationRetirer:
         await self._loop.stop()
 
     async def retire_pending(self) -> int:
-        """One pass over a batch; returns how many rows it settled (deleted, or refused for
-        good)."""
+        """One pass over a batch of each kind; returns how many rows it settled (deleted, or
+        refused for good)."""
         done = 0
         for conversation in await self.repository.conversations_to_retire(self.settings.batch_size):
-            try:
-                existed = await self.provider.delete_conversation(
-                    conversation_id=conversation.provider_conversation_id, api=conversation.api)
-            except CoachError as refused:
-                if refused.code != "INVALID_ARGUMENT":
-                    raise  # down, rate-limited, the operator's key: try again later
-                # Refused for good (a 400): retrying cannot help, and must not hold up the rest.
-                await self.repository.mark_delete_refused(conversation.id, str(refused))
-                log.warning("the upstream refused to delete a rotated conversation",
-                            extra={"conversation_id": conversation.provider_conversation_id,
-                                   "error": str(refused)})
-                done += 1
-                continue
-            await self.repository.mark_deleted_upstream(conversation.id)
-            CONVERSATIONS_DELETED.inc()
+            refusal = await self._delete(conversation, "rotated")
+            if refusal is None:
+                await self.repository.mark_deleted_upstream(conversation.id)
+            else:
+                await self.repository.mark_delete_refused(conversation.id, refusal)
             done += 1
-            log.info("rotated conversation deleted upstream",
-                     extra={"conversation_id": conversation.provider_conversation_id,
-                            "api": conversation.api, "existed": existed})
+        for orphan in await self.repository.orphans_to_delete(self.settings.orphan_grace_s,
+                                                              self.settings.batch_size):
+            refusal = await self._delete(orphan, "orphaned")
+            if refusal is None:
+                await self.repository.orphan_deleted(orphan.id)
+            else:
+                await self.repository.orphan_delete_refused(orphan.id, refusal)
+            done += 1
         return done
+
+    async def _delete(self, conversation: RetiredConversation, kind: str) -> str | None:
+        """Deletes the conversation upstream: None once it is gone there, the reason when the
+        upstream refuses for good (a 400: retrying cannot help, and must not hold up the
+        rest). Raises while the upstream is down, rate-limited or the key is wrong: the pass
+        backs off and the rows wait."""
+        try:
+            existed = await self.provider.delete_conversation(
+                conversation_id=conversation.provider_conversation_id, api=conversation.api)
+        except CoachError as refused:
+            if refused.code != "INVALID_ARGUMENT":
+                raise
+            log.warning("the upstream refused to delete a conversation",
+                        extra={"kind": kind, "conversation_id": conversation.provider_conversation_id,
+                               "error": str(refused)})
+            return str(refused)
+        CONVERSATIONS_DELETED.inc()
+        log.info("conversation deleted upstream",
+                 extra={"kind": kind, "conversation_id": conversation.provider_conversation_id,
+                        "api": conversation.api, "existed": existed})
+        return None

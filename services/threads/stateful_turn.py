@@ -90,6 +90,8 @@ LEASE_POLL_FIRST_S = 0.01
 LEASE_POLL_MAX_S = 0.2
 # Give up waiting this long before the caller's deadline, so the caller gets our reason.
 LEASE_WAIT_SLACK_S = 0.1
+# Noting an orphaned conversation must not hold up the failure being reported.
+ORPHAN_NOTE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -347,6 +349,20 @@ class StatefulTurns:
             return refreshed
         return conversation
 
+    async def _orphaned(self, user_id: str, provider_id: str, why: str) -> None:
+        """A provider conversation this rotation created and could not map: remembered for
+        the retirer to delete upstream later (it holds the user's summary and seed turns),
+        when the database takes the note; logged either way."""
+        note_error = ""
+        try:
+            await asyncio.wait_for(self.repository.record_orphan(user_id, provider_id, self.api),
+                                   ORPHAN_NOTE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - best effort (the database may be what failed); logged
+            note_error = repr(exc)
+        log.warning(f"provider conversation orphaned: {why}",
+                    extra={"user_id": user_id, "conversation_id": provider_id,
+                           "noted_for_deletion": not note_error, "note_error": note_error})
+
     async def _rotate(
         self,
         lease: TurnLease,
@@ -360,7 +376,7 @@ class StatefulTurns:
         Crash-safe: until the final transaction the old mapping stays active, so
         a failure anywhere leaves the user exactly one active conversation and
         the next turn retries (a provider conversation created meanwhile is
-        orphaned and logged). The summary is saved as it is written, so a retry
+        orphaned: noted for the retirer, which deletes it upstream later). The summary is saved as it is written, so a retry
         only folds in what is new.
         """
         keep = BASELINE_SEED_LIMIT if request.baseline else self.prune.keep_messages
@@ -412,15 +428,13 @@ class StatefulTurns:
                 seed_turns=len(plan.seed),
             )
         except ConversationConflict:
-            log.warning("provider conversation orphaned: the mapping changed meanwhile",
-                        extra={"user_id": request.user_id, "conversation_id": provider_id})
+            await self._orphaned(request.user_id, provider_id, "the mapping changed meanwhile")
             current = await self.repository.active_conversation(request.user_id)
             if current is None:
                 raise
             return current
         except BaseException:
-            log.warning("provider conversation orphaned: the mapping was not saved",
-                        extra={"user_id": request.user_id, "conversation_id": provider_id})
+            await self._orphaned(request.user_id, provider_id, "the mapping was not saved")
             raise
         log.info(
             "conversation rotated",

@@ -51,6 +51,7 @@ def threads_env(pg_url: str, llm_port: int, ledger_port: int) -> dict[str, str]:
         "COACH_THREADS_LEDGER_TIMEOUT_SECONDS": "2",
         "COACH_THREADS_FLUSH_SECONDS": "2",
         "COACH_THREADS_RETIRE_INTERVAL_SECONDS": "0.2",
+        "COACH_THREADS_ORPHAN_GRACE_SECONDS": "0.5",
         # The pruning tests work with a window of their own (test_threads_stateful.KEEP,
         # PRUNE_AT), whatever the service's default is.
         "COACH_PRUNE_KEEP_MESSAGES": "20",

@@ -13,7 +13,7 @@ from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
 
 from services.common.interceptors import error_from_rpc
 from tests.threads.builders import cheap, exchange, rid, turn_request
-from tests.threads.fakes import FakeLedger, FakeLlm, conversations_of, per_user
+from tests.threads.fakes import FakeConversation, FakeLedger, FakeLlm, conversations_of, per_user
 from tests.threads.test_threads_exchanges import wait_for
 
 Stub = pb_grpc.ThreadsServiceStub
@@ -269,6 +269,94 @@ async def wait_for_rows(db: asyncpg.Connection, user_id: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"conversation rows: {[dict(r) for r in rows]}")
+
+
+async def rotation_held_at_create(stub: Stub, llm: FakeLlm, user_id: str,
+                                  message: str) -> tuple[asyncio.Task[pb.RunStatefulTurnResponse], str]:
+    """A rotating turn held while its new provider conversation is being created; that
+    conversation's id (it exists once the gate opens)."""
+    await drive_to_rotation(stub, user_id)
+    llm.create_gate = asyncio.Event()
+    llm.create_entered.clear()
+    turn = asyncio.ensure_future(stub.RunStatefulTurn(turn_request(user_id, message)))
+    await asyncio.wait_for(llm.create_entered.wait(), 5)
+    return turn, f"conv_{len(llm.create_calls)}"
+
+
+async def orphan_rows(db: asyncpg.Connection, user_id: str) -> list[str]:
+    return [r["provider_conversation_id"] for r in await db.fetch(
+        """SELECT provider_conversation_id FROM threads.orphaned_conversations
+            WHERE user_id = $1""", user_id)]
+
+
+async def test_a_conversation_whose_mapping_was_not_saved_is_deleted_upstream_later(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    """The rotation lost the user's turn lease while creating the new conversation: nothing
+    maps it, but it holds the user's summary and seed turns upstream. It is noted, then
+    deleted there once the grace period (0.5 s here) is over."""
+    turn, created = await rotation_held_at_create(stub, llm, user_id, "this one loses its lease")
+    active = await db.fetchval(
+        """SELECT provider_conversation_id FROM threads.conversations
+            WHERE user_id = $1 AND status = 'active'""", user_id)
+    await db.execute("DELETE FROM threads.turn_leases WHERE user_id = $1", user_id)
+    llm.create_gate.set()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await turn
+    assert error_from_rpc(err.value)[:2] == ("UNAVAILABLE", "TURN_LEASE_LOST")
+    assert await orphan_rows(db, user_id) == [created]
+    await wait_for(lambda: created in llm.deleted, timeout=10)
+    for _ in range(100):  # the note goes once the llm service said it is gone
+        if not await orphan_rows(db, user_id):
+            break
+        await asyncio.sleep(0.05)
+    assert await orphan_rows(db, user_id) == []
+    assert active not in llm.deleted  # the mapping in place stays
+    done = await stub.RunStatefulTurn(turn_request(user_id, "and again"))
+    assert done.created and done.exchange.conversation_id not in (created, active)
+
+
+async def test_a_conversation_that_lost_a_rotation_race_is_deleted_upstream_later(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    """Another rotation mapped the user's conversation meanwhile: the turn goes on in that
+    one, and the conversation this rotation created is deleted upstream."""
+    turn, created = await rotation_held_at_create(stub, llm, user_id, "this one loses a race")
+    winner = f"conv_winner_{user_id}"
+    llm.conversations[winner] = FakeConversation(winner, user_id, 0, "")
+    await db.execute(
+        """UPDATE threads.conversations SET status = 'archived', archived_at = now()
+            WHERE user_id = $1 AND status = 'active'""", user_id)
+    await db.execute(
+        """INSERT INTO threads.conversations (user_id, provider_conversation_id, api, generation)
+           VALUES ($1, $2, 'responses', 3)""", user_id, winner)
+    llm.create_gate.set()
+    done = await turn
+    assert done.exchange.conversation_id == winner
+    await wait_for(lambda: created in llm.deleted, timeout=10)
+    assert winner not in llm.deleted
+
+
+async def test_an_orphan_note_for_a_conversation_that_is_mapped_after_all_deletes_nothing(
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    """A failure after the commit (its acknowledgement lost) notes a conversation that is
+    mapped: the retirer drops the note and leaves the conversation alone."""
+    done = await stub.RunStatefulTurn(turn_request(user_id, "hello"))
+    mapped = done.exchange.conversation_id
+    await db.execute(
+        """INSERT INTO threads.orphaned_conversations (user_id, provider_conversation_id, api,
+               created_at) VALUES ($1, $2, 'responses', now() - interval '1 hour')""",
+        user_id, mapped)
+    for _ in range(100):
+        if not await orphan_rows(db, user_id):
+            break
+        await asyncio.sleep(0.05)
+    assert await orphan_rows(db, user_id) == []
+    await asyncio.sleep(0.3)
+    assert mapped not in llm.deleted
+    again = await stub.RunStatefulTurn(turn_request(user_id, "still here"))
+    assert again.exchange.conversation_id == mapped
 
 
 async def test_a_failed_first_conversation_does_not_pay_for_its_summary_twice(
