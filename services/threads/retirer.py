@@ -21,6 +21,7 @@ then stay upstream, as before).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.common.errors import CoachError
@@ -71,23 +72,26 @@ class ConversationRetirer:
     async def retire_pending(self) -> int:
         """One pass over a batch of each kind; returns how many rows it settled (deleted, or
         refused for good)."""
-        done = 0
-        for conversation in await self.repository.conversations_to_retire(self.settings.batch_size):
-            refusal = await self._delete(conversation, "rotated")
+        repo = self.repository
+        rotated = await repo.conversations_to_retire(self.settings.batch_size)
+        done = await self._delete_all(rotated, "rotated", repo.mark_deleted_upstream,
+                                      repo.mark_delete_refused)
+        orphans = await repo.orphans_to_delete(self.settings.orphan_grace_s, self.settings.batch_size)
+        return done + await self._delete_all(orphans, "orphaned", repo.orphan_deleted,
+                                             repo.orphan_delete_refused)
+
+    async def _delete_all(
+        self, conversations: list[RetiredConversation], kind: str,
+        deleted: Callable[[int], Awaitable[None]], refused: Callable[[int, str], Awaitable[None]],
+    ) -> int:
+        """Deletes each upstream and settles its row: ``deleted(id)`` or ``refused(id, why)``."""
+        for conversation in conversations:
+            refusal = await self._delete(conversation, kind)
             if refusal is None:
-                await self.repository.mark_deleted_upstream(conversation.id)
+                await deleted(conversation.id)
             else:
-                await self.repository.mark_delete_refused(conversation.id, refusal)
-            done += 1
-        for orphan in await self.repository.orphans_to_delete(self.settings.orphan_grace_s,
-                                                              self.settings.batch_size):
-            refusal = await self._delete(orphan, "orphaned")
-            if refusal is None:
-                await self.repository.orphan_deleted(orphan.id)
-            else:
-                await self.repository.orphan_delete_refused(orphan.id, refusal)
-            done += 1
-        return done
+                await refused(conversation.id, refusal)
+        return len(conversations)
 
     async def _delete(self, conversation: RetiredConversation, kind: str) -> str | None:
         """Deletes the conversation upstream: None once it is gone there, the reason when the
