@@ -12,8 +12,8 @@ OpenAI server and the four services as processes, on ports of its own):
    GetCostReport; upstream calls and cached tokens from the offline server's /_control/stats;
 3. latency: on the optimized suite, Router.Chat (canned, cheap tier) next to a bare
    grpc.aio health server and the cheap tier's floor (its path through bare servers, no
-   suite code: bench/bare_health.py), interleaved; then a cheap-tier message's time split by layer
-   (bench/anatomy.py);
+   suite code: bench/bare_health.py), interleaved; then a cheap-tier message's time split
+   by layer (bench/anatomy.py);
 4. a long conversation on the other stateful backend (assistants);
 5. scale: 500 concurrent users with a 300 ms upstream, and where the time goes (the
    services' coach_rpc_latency_seconds histograms).

@@ -14,8 +14,8 @@ changed meanwhile, the turn lease was lost, the transaction failed: see
 ``threads.orphaned_conversations``), once they are older than ``orphan_grace_s`` and
 while no mapping names them.
 
-Off with ``COACH_DELETE_ROTATED_CONVERSATIONS=false`` (archived conversations
-then stay upstream, as before).
+Off with ``COACH_DELETE_ROTATED_CONVERSATIONS=false`` (archived and orphaned
+conversations then stay upstream).
 """
 
 from __future__ import annotations

@@ -376,8 +376,8 @@ class StatefulTurns:
         Crash-safe: until the final transaction the old mapping stays active, so
         a failure anywhere leaves the user exactly one active conversation and
         the next turn retries (a provider conversation created meanwhile is
-        orphaned: noted for the retirer, which deletes it upstream later). The summary is saved as it is written, so a retry
-        only folds in what is new.
+        orphaned: noted for the retirer, which deletes it upstream later). The
+        summary is saved as it is written, so a retry only folds in what is new.
         """
         keep = BASELINE_SEED_LIMIT if request.baseline else self.prune.keep_messages
         recent = await self.repository.recent_messages(request.user_id, keep)
