@@ -9,6 +9,7 @@ period), then the service's own clean-up runs (pools closed, queues flushed).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -148,6 +149,18 @@ class HasServerSettings(Protocol):
 SettingsT = TypeVar("SettingsT", bound=HasServerSettings)
 
 
+def freeze_startup_heap() -> None:
+    """Keeps what start-up built (modules, the SDKs' and protobuf's classes, data files,
+    pools) out of every later garbage collection: collected once, then frozen.
+
+    A full collection walks every tracked object; in the llm service that is ~180,000
+    objects of start-up, and one such collection took 230 ms during `make bench`'s latency
+    phase, stalling every call in flight. Frozen, later collections walk only what serving
+    created. What start-up leaves behind as garbage is collected just before."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_service(
     service: str,
     load_settings: Callable[[], SettingsT],
@@ -175,6 +188,7 @@ def run_service(
             log.error("invalid configuration", extra={"error": str(err)})
             sys.exit(2)
         await server.start()
+        freeze_startup_heap()
         await server.serve_until_signal()
 
     try:
