@@ -69,7 +69,8 @@ JOURNAL_STORED = Counter("coach_router_journal_stored_total",
                          "Journaled answers stored in threads by the router's write-behind")
 CONVERSATIONS_DELETED = Counter(
     "coach_threads_conversations_deleted_total",
-    "Rotated provider conversations deleted upstream by threads' retirer")
+    "Provider conversations deleted upstream by threads' retirer (rotated out, or orphaned "
+    "by a rotation whose mapping was not saved)")
 USER_CACHE = Counter("coach_router_user_cache_total",
                      "Router user-state lookups by outcome (hit, miss, off)", ["outcome"])
 

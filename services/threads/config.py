@@ -50,7 +50,8 @@ class Settings:
     prune: PruneSettings
     summary_model: str
     relay: RelaySettings
-    # Deleting rotated provider conversations upstream (COACH_DELETE_ROTATED_CONVERSATIONS).
+    # Deleting rotated and orphaned provider conversations upstream
+    # (COACH_DELETE_ROTATED_CONVERSATIONS, COACH_THREADS_ORPHAN_GRACE_SECONDS).
     retire: RetireSettings
     # Seconds the relay keeps flushing at shutdown.
     flush_seconds: float

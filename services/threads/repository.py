@@ -91,7 +91,8 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class RetiredConversation:
-    """An archived provider conversation still upstream: to delete there."""
+    """A provider conversation no longer used (archived by a rotation, or orphaned by one)
+    and still upstream: to delete there. ``id`` is its row in the table it came from."""
 
     id: int
     provider_conversation_id: str
