@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from services.common.after_reply import after_reply
 from services.common.errors import CoachError, ResourceExhausted
 from services.common.metrics import CRISIS_EVENTS, ROUTES
 from services.common.unattended import Unattended
@@ -58,6 +59,11 @@ class Answer:
     charges: tuple[Charge, ...] = ()
     conversation_id: str = ""
     latency_ms: int = 0
+
+    @property
+    def coach_turn(self) -> str:
+        """The coach's side of the exchange as one turn of the history."""
+        return "\n\n".join(self.coach_texts)
 
     @property
     def answer_usage(self) -> Usage:
@@ -274,6 +280,18 @@ class ChatService:
             answer = await self._answer_and_keep(
                 request, request_id, decision, state, deadline, started)
         cost = self.cost_of(answer)
+        after_reply(self._after_reply, request.user_id, answer, cost)
+        return ChatResult(answer, cost)
+
+    def _after_reply(self, user_id: str, answer: Answer, cost: int) -> None:
+        """Once the reply is on its way: the answer's log line, and the coach's turn read ahead
+        for the user's next message (which will answer it)."""
+        self._log_answer(user_id, answer, cost)
+        if answer.coach_turn.strip():
+            self.router.read_coach_turn(answer.coach_turn)
+
+    @staticmethod
+    def _log_answer(user_id: str, answer: Answer, cost: int) -> None:
         # Every answer from the upstream is logged at INFO with its tokens and cost. A canned
         # reply (no upstream call, no cost) only at DEBUG: it is counted in
         # coach_routes_total and stored with its pattern by threads, and its line was ~8% of
@@ -285,7 +303,7 @@ class ChatService:
                 level,
                 "answered",
                 extra={
-                    "user_id": request.user_id,
+                    "user_id": user_id,
                     "route": answer.route.name,
                     "message_type": answer.message_type.name,
                     "model": answer.model,
@@ -296,7 +314,6 @@ class ChatService:
                     "latency_ms": answer.latency_ms,
                 },
             )
-        return ChatResult(answer, cost)
 
     async def _answer_and_keep(
         self, request: ChatInput, request_id: str, decision: Decision, state: UserState,

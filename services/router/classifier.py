@@ -51,7 +51,7 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -649,6 +649,20 @@ def _message_type(data: DataFile, value: Any, where: str) -> MessageType:
 
 
 @dataclass(frozen=True)
+class CoachTurn:
+    """What a coach's turn asks of the reply that follows it (a function of its text alone)."""
+
+    did_you_question: bool = False  # "did u do it?": a yes is a completion, a no a miss
+    simple_question: bool = False  # the reply is read on its own
+    open_thread: MessageType | None = None  # the coaching question the reply answers
+
+
+# Coach turns read and kept (oldest dropped first): a user's next message reads the coach's
+# last turn again, and the router reads each of its answers right after replying.
+COACH_TURNS_KEPT = 8192
+
+
+@dataclass(frozen=True)
 class Classifier:
     """Rule-based message classifier; build with :meth:`from_data`, then :meth:`classify`."""
 
@@ -666,6 +680,8 @@ class Classifier:
     short_greeting_words: int
     # A reply this short to a coach's open question is read as an answer to it.
     short_reply_words: int = 5
+    _coach_turns: dict[str, CoachTurn] = field(default_factory=dict, init=False, repr=False,
+                                               compare=False)
 
     # -- loading --------------------------------------------------------------------
 
@@ -820,9 +836,9 @@ class Classifier:
         if not coach:
             return own
 
-        coach_norm = self.normalizer.normalize(coach)
+        turn = self.read_coach_turn(coach)
         # A yes/no answer to "did u do it?" is a completion or a miss.
-        if self.did_you_questions.search(coach_norm.text) is not None:
+        if turn.did_you_question:
             if self.affirmative.matches(norm) or (
                 own.canned_eligible and own.message_type is MessageType.CHECK_IN
             ):
@@ -834,9 +850,9 @@ class Classifier:
                                       "no to the coach's check-in: a missed commitment",
                                       did_you_answer="no")
             return own
-        if self.simple_questions.search(coach_norm.text) is not None:
+        if turn.simple_question:
             return own
-        thread = self._open_thread(coach_norm)
+        thread = turn.open_thread
         if thread is None:
             return own
         if own.canned_eligible and own.message_type is not MessageType.ACKNOWLEDGEMENT:
@@ -860,11 +876,26 @@ class Classifier:
             )
         return own
 
-    def _open_thread(self, coach: NormalizedText) -> MessageType | None:
+    def read_coach_turn(self, text: str) -> CoachTurn:
+        """What the coach's turn ``text`` asks of the next reply; kept, so reading the same turn
+        again (the router reads its own answers ahead, off the reply's path) is a lookup."""
+        turn = self._coach_turns.get(text)
+        if turn is None:
+            turn = self._read_coach_turn(self.normalizer.normalize(text))
+            if len(self._coach_turns) >= COACH_TURNS_KEPT:
+                del self._coach_turns[next(iter(self._coach_turns))]
+            self._coach_turns[text] = turn
+        return turn
+
+    def _read_coach_turn(self, coach: NormalizedText) -> CoachTurn:
+        if self.did_you_questions.search(coach.text) is not None:
+            return CoachTurn(did_you_question=True)
+        if self.simple_questions.search(coach.text) is not None:
+            return CoachTurn(simple_question=True)
         for rule in self.threads:
             if (coach.question or rule.proposal) and rule.phrases.search(coach.text) is not None:
-                return rule.message_type
-        return None
+                return CoachTurn(open_thread=rule.message_type)
+        return CoachTurn()
 
     def _own(self, norm: NormalizedText) -> Classification:
         text = norm.text

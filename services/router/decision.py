@@ -178,6 +178,11 @@ class Router:
         """Every model a decision may name (for checking prices at start-up)."""
         return self._tiers.models()
 
+    def read_coach_turn(self, text: str) -> None:
+        """Reads a coach's turn ahead (it is kept), so deciding the message that answers it
+        does not have to."""
+        self._classifier.read_coach_turn(text)
+
     def classify(self, message: str, history: tuple[PriorTurn, ...] = ()) -> Classification:
         """The classifier's verdict alone (no tier choice)."""
         return self._classifier.classify(message, history)

@@ -123,7 +123,7 @@ class UserStateCache:
         user.day = today
         user.message_count += 1
         user.recent.append(PriorTurn("user", answer.user_text))
-        coach_text = "\n\n".join(answer.coach_texts)
+        coach_text = answer.coach_turn
         if coach_text.strip():
             user.recent.append(PriorTurn("coach", coach_text))
         if answer.route is Route.PATTERN:

@@ -1,8 +1,10 @@
 """The router's line per answer: every upstream answer at INFO with its tokens and cost; a
-canned reply (no upstream call, no cost) only at DEBUG."""
+canned reply (no upstream call, no cost) only at DEBUG. The line is written once the reply
+is on its way (the loop's next turn), not on the reply's path."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -81,6 +83,9 @@ async def answered(service: ChatService, caplog: pytest.LogCaptureFixture,
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="services.router.answering"):
         await service.chat(ChatInput("u1", text, context=CONTEXT), 5.0)
+        assert not [r for r in caplog.records if r.getMessage() == "answered"], \
+            "the line is written after the reply, not before"
+        await asyncio.sleep(0)  # the loop's next turn: after the reply
     return [r for r in caplog.records if r.getMessage() == "answered"]
 
 
@@ -102,3 +107,13 @@ async def test_a_canned_reply_is_logged_at_debug_only(
     with caplog.at_level(logging.INFO, logger="services.router.answering"):
         await service.chat(ChatInput("u1", "hey", context=CONTEXT), 5.0)
     assert not [r for r in caplog.records if r.getMessage() == "answered"]
+
+
+async def test_the_coach_turn_of_an_answer_is_read_ahead_after_the_reply() -> None:
+    router = Router.from_files()
+    service = ChatService(router, Threads(), Llm(), Ledger(), PriceBook.load(), ChatPolicy(),
+                          Cache(), Journal())
+    await service.chat(ChatInput("u1", "did my run this morning, felt decent", context=CONTEXT), 5.0)
+    assert "Nice. What's next?" not in router._classifier._coach_turns
+    await asyncio.sleep(0)
+    assert "Nice. What's next?" in router._classifier._coach_turns

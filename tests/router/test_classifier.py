@@ -115,6 +115,33 @@ def test_only_the_last_turn_counts_and_only_if_the_coach_said_it(router: Router)
     assert not router.classify("ok", history).continues_thread
 
 
+def test_a_coach_turn_is_read_once_and_kept_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.router import classifier as module
+
+    classifier = Router.from_files()._classifier
+    reads: list[str] = []
+    normalize = classifier.normalizer.normalize
+    monkeypatch.setattr(classifier.normalizer, "normalize",
+                        lambda text: reads.append(text) or normalize(text))
+    turn = classifier.read_coach_turn("Did u do what u said?")
+    assert turn == module.CoachTurn(did_you_question=True)
+    assert classifier.read_coach_turn("Did u do what u said?") is turn
+    assert reads == ["Did u do what u said?"]
+    # The reply to it reads only itself.
+    assert classifier.classify("yes", (PriorTurn("coach", "Did u do what u said?"),)).did_you_answer
+    assert reads == ["Did u do what u said?", "yes"]
+    assert classifier.read_coach_turn("How about a 10 minute walk every morning?").open_thread \
+        is MessageType.GOAL_SETTING
+    assert classifier.read_coach_turn("Nice work today.") == module.CoachTurn()
+
+    monkeypatch.setattr(module, "COACH_TURNS_KEPT", 3)
+    for i in range(5):
+        classifier.read_coach_turn(f"turn {i}?")
+    assert list(classifier._coach_turns) == ["turn 2?", "turn 3?", "turn 4?"]
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(text.lower().split())
 
