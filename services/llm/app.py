@@ -14,7 +14,14 @@ from services.llm.responses_backend import ResponsesBackend
 from services.llm.servicer import LlmServicer
 from services.llm.stateful import StatefulApi, StatefulBackend, StatefulTier, TurnPlanner
 from services.llm.tools import load_tools
-from services.llm.upstream import classify, create_client, prepare
+from services.llm.upstream import (
+    ChatCompletions,
+    DirectChatCompletions,
+    SdkChatCompletions,
+    classify,
+    create_client,
+    prepare,
+)
 
 FULL_NAME = llm_service_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
 
@@ -42,8 +49,12 @@ async def create_server(settings: Settings) -> CoachServer:
     stateful_client = create_client(settings.stateful, timeout)
     for client in (cheap_client, stateful_client):
         prepare(client)
+    chat: ChatCompletions = (
+        DirectChatCompletions(cheap_client, settings.cheap.max_connections)
+        if settings.cheap_http == "direct" else SdkChatCompletions(cheap_client)
+    )
     cheap = CheapTier(
-        cheap_client,
+        chat,
         _upstream(settings, settings.cheap, clock),
         persona,
         history_turns=settings.history_turns,
@@ -81,6 +92,7 @@ async def create_server(settings: Settings) -> CoachServer:
 
     async def close_clients() -> None:
         await stateful.close()
+        await chat.close()
         await cheap_client.close()
         await stateful_client.close()
 

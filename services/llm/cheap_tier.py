@@ -16,13 +16,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import openai
-
 from services.common.usage import Usage
 from services.llm.persona import Persona
 from services.llm.resilience import Deadline, Upstream
 from services.llm.turns import Audience, Generation, Reply, Turn
-from services.llm.upstream import create_chat_completion
+from services.llm.upstream import ChatCompletions
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ SUMMARY_REQUEST = (
 class CheapTier:
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        chat: ChatCompletions,
         upstream: Upstream,
         persona: Persona,
         *,
@@ -87,7 +85,7 @@ class CheapTier:
         summary_max_tokens: int,
         default_model: str,
     ) -> None:
-        self.client = client
+        self.chat = chat
         self.upstream = upstream
         self.persona = persona
         self.history_turns = history_turns
@@ -113,7 +111,7 @@ class CheapTier:
 
     async def _create(self, api: str, deadline: Deadline, **params: Any) -> dict[str, Any]:
         async def attempt(timeout: float) -> dict[str, Any]:
-            return await create_chat_completion(self.client, params, timeout)
+            return await self.chat.create(params, timeout)
 
         return await self.upstream.call(api, attempt, deadline)
 

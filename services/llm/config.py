@@ -45,6 +45,9 @@ Other variables (defaults in brackets):
   HTTP pool per tier.
 - ``COACH_UPSTREAM_HTTP`` [aiohttp]: the SDK's HTTP transport, ``aiohttp`` (the SDK's
   ``DefaultAioHttpClient``: ~0.7 ms less CPU per call here) or ``httpx`` (its default).
+- ``COACH_CHEAP_HTTP`` [direct]: how the cheap tier posts its Chat Completions request:
+  ``direct`` (on aiohttp with the SDK client's URL, headers and error classes; ~1 ms less
+  CPU per answer) or ``sdk`` (through the SDK's request pipeline). See ``upstream.py``.
 - ``COACH_RUN_POLL_SECONDS`` [0.05] → ``COACH_RUN_POLL_MAX_SECONDS`` [1.0]:
   Assistants run polling, growing by half each poll.
 - ``COACH_LLM_PERSONA_FILE``, ``COACH_LLM_TOOLS_FILE``: replace the data files.
@@ -61,6 +64,7 @@ from services.common.settings import Env, ServerSettings, server_settings
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 STATEFUL_APIS = ("responses", "assistants")
+CHEAP_HTTP = ("direct", "sdk")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class Settings:
     assistant_id: str | None
     assistant_name: str
     history_turns: int
+    cheap_http: str  # "direct" or "sdk"
     cheap_max_output_tokens: int
     stateful_max_output_tokens: int
     summary_max_tokens: int
@@ -157,6 +162,7 @@ class Settings:
             assistant_id=env.optional("COACH_ASSISTANT_ID"),
             assistant_name=env.str("COACH_ASSISTANT_NAME", "coach-suite coach"),
             history_turns=env.int("COACH_LLM_HISTORY_TURNS", 6, minimum=0) or 0,
+            cheap_http=env.choice("COACH_CHEAP_HTTP", "direct", CHEAP_HTTP),
             cheap_max_output_tokens=env.int("COACH_CHEAP_MAX_OUTPUT_TOKENS", 150, minimum=1) or 150,
             stateful_max_output_tokens=(
                 env.int("COACH_STATEFUL_MAX_OUTPUT_TOKENS", 400, minimum=1) or 400

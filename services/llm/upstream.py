@@ -1,4 +1,5 @@
-"""The openai SDK clients of the two tiers, and how their errors are classified.
+"""The openai SDK clients of the two tiers, the cheap tier's one request, and how their
+errors are classified.
 
 One ``AsyncOpenAI`` per tier, created once at start-up, each with its own
 HTTP connection pool sized for hundreds of concurrent calls: by default on the
@@ -9,23 +10,40 @@ on this machine), or on that default with ``COACH_UPSTREAM_HTTP=httpx``. The SDK
 (``max_retries=0``): ``services.llm.resilience`` retries, with the caller's
 deadline in mind.
 
-The cheap tier calls Chat Completions through ``create_chat_completion``: the
-request ``client.chat.completions.create`` would send, without the SDK's per-call
-type-driven walk over the body (a third of the service's CPU per ``Complete`` at a
-zero-latency upstream; our bodies are plain JSON, which it returns unchanged) and
-without building a ``ChatCompletion`` model from the answer (about half a
-millisecond more); ``services.llm.cheap_tier`` reads the few fields it needs.
+The cheap tier makes one kind of request, ``POST /chat/completions`` with a body of
+plain JSON, and reads four fields of the answer. It goes out one of two ways
+(``COACH_CHEAP_HTTP``), the same request either way:
+
+- ``direct`` (default, ``DirectChatCompletions``): on one aiohttp session, with the
+  URL and headers the tier's SDK client makes (base URL, key, organization and
+  project, user agent) and the body as the SDK serializes it; failures are raised
+  as the SDK's own exceptions, so they are classified and retried exactly as the
+  SDK's. It leaves out the SDK's per-call request pipeline (options, URL merging,
+  header building, httpx2 request and response objects around aiohttp), which cost
+  about 1 ms of CPU per answer here: half of the service's work for a cheap answer,
+  and a fifth of the cheap tier's whole latency at a zero-latency upstream.
+- ``sdk`` (``SdkChatCompletions``): through the SDK's pipeline (``client.post``),
+  for an endpoint that needs something only the SDK does.
+
+Both skip building a ``ChatCompletion`` model from the answer (the SDK's recursive
+model construction costs about half a millisecond); ``services.llm.cheap_tier``
+reads the few fields it needs. The stateful tier's APIs (Responses, Conversations,
+Assistants: tools, polling, many request kinds) go through the SDK.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import time
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import httpx2
 import openai
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 
 from services.llm.config import UpstreamSettings
 from services.llm.resilience import FailureKind, UpstreamFailure
@@ -86,6 +104,114 @@ async def create_chat_completion(
             response, response.text[:500], message="the upstream answer is not a JSON object"
         )
     return data
+
+
+class ChatCompletions(Protocol):
+    """How the cheap tier posts its Chat Completions request (``COACH_CHEAP_HTTP``)."""
+
+    async def create(self, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """The answer's JSON object; failures raise the SDK's exceptions."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SdkChatCompletions:
+    """Through the SDK's request pipeline (``create_chat_completion``)."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self.client = client
+
+    async def create(self, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await create_chat_completion(self.client, params, timeout)
+
+    async def close(self) -> None:
+        """Nothing of its own: the client is closed by whoever made it."""
+
+
+class DirectChatCompletions:
+    """``POST {base_url}/chat/completions`` on one aiohttp session, as the SDK sends it.
+
+    The URL and headers are taken once from the tier's SDK client (so ``OPENAI_BASE_URL``,
+    the key, organization, project and any default headers apply as they do to the SDK);
+    the SDK's per-request ``x-stainless-retry-count`` / ``-read-timeout`` telemetry headers
+    are not sent. The body is serialized as the SDK does (byte for byte). A status of 400 or
+    more raises ``openai.APIStatusError``, a timeout ``openai.APITimeoutError``, a connection
+    failure ``openai.APIConnectionError`` and an answer that is not a JSON object
+    ``openai.APIResponseValidationError``, with the status, headers (``retry-after``) and
+    error body the SDK would give them, so ``classify`` reads them the same way.
+    """
+
+    def __init__(self, client: openai.AsyncOpenAI, max_connections: int) -> None:
+        self.url = str(client.base_url).rstrip("/") + "/chat/completions"
+        headers: dict[str, object] = {**client.default_headers, **client.auth_headers}
+        # As the SDK does: a header set to Omit (e.g. no project) is not sent.
+        self.headers = {k: v for k, v in headers.items() if isinstance(v, str)}
+        # HTTPS_PROXY / NO_PROXY, as httpx honours them for the SDK: looked up once here
+        # (aiohttp's trust_env would look them up in a worker thread on every request).
+        self.proxy: yarl.URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
+        with contextlib.suppress(LookupError):
+            self.proxy, self._proxy_auth = get_env_proxy_for_url(yarl.URL(self.url))
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30.0))
+        return self._session
+
+    async def create(self, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        session = self._session or self._open()
+        body = json.dumps(params, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode()
+        limits = aiohttp.ClientTimeout(total=timeout, sock_connect=min(CONNECT_TIMEOUT_S, timeout))
+        try:
+            async with session.post(self.url, data=body, headers=self.headers,
+                                    allow_redirects=False, timeout=limits, proxy=self.proxy,
+                                    proxy_auth=self._proxy_auth) as response:
+                raw = await response.read()
+                status, response_headers = response.status, response.headers
+        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
+            raise openai.APITimeoutError(request=self._request()) from exc
+        except aiohttp.ClientError as exc:
+            raise openai.APIConnectionError(message=str(exc) or type(exc).__name__,
+                                            request=self._request()) from exc
+        if status >= 400:
+            raise self._status_error(status, response_headers, raw)
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise openai.APIResponseValidationError(
+                self._response(status, response_headers, raw), raw.decode(errors="replace")[:500],
+                message="the upstream answer is not a JSON object")
+        return data
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- failures: the SDK's exceptions, built only when something failed ----------------
+
+    def _request(self) -> httpx2.Request:
+        return httpx2.Request("POST", self.url)
+
+    def _response(self, status: int, headers: Any, raw: bytes) -> httpx2.Response:
+        return httpx2.Response(status, headers=list(headers.items()), content=raw,
+                               request=self._request())
+
+    def _status_error(self, status: int, headers: Any, raw: bytes) -> openai.APIStatusError:
+        try:
+            body: object = json.loads(raw)
+        except ValueError:
+            body = raw.decode(errors="replace") or None
+        # As the SDK's _make_status_error: the "error" object is the body it keeps.
+        error = body.get("error", body) if isinstance(body, dict) else body
+        return openai.APIStatusError(f"Error code: {status} - {body}",
+                                     response=self._response(status, headers, raw), body=error)
 
 
 def retry_after_seconds(headers: httpx2.Headers | None) -> float | None:

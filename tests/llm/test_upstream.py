@@ -1,18 +1,29 @@
-"""The cheap tier's direct Chat Completions call: what the SDK's ``create`` sends, read lightly."""
+"""The cheap tier's Chat Completions request, both ways (through the SDK's pipeline, and
+direct on aiohttp): what the SDK's ``create`` sends, read lightly, failing as the SDK fails."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
 import openai
 import pytest
+from aiohttp import web
 
 from services.common.usage import Usage
 from services.llm.cheap_tier import chat_model, chat_text, chat_usage
 from services.llm.config import UpstreamSettings
 from services.llm.resilience import FailureKind
-from services.llm.upstream import classify, create_chat_completion, create_client
+from services.llm.upstream import (
+    DirectChatCompletions,
+    SdkChatCompletions,
+    classify,
+    create_chat_completion,
+    create_client,
+)
 
 PARAMS: dict[str, Any] = {
     "model": "gpt-5.4-mini",
@@ -104,3 +115,184 @@ def test_missing_fields_read_as_empty() -> None:
     assert chat_usage({"usage": {"prompt_tokens": 7, "completion_tokens": 2,
                                  "prompt_tokens_details": None}}) == Usage(7, 0, 2, 0)
     assert chat_model({"model": ""}, "gpt-5.4-mini") == "gpt-5.4-mini"
+
+
+# -- the direct way (COACH_CHEAP_HTTP=direct) ------------------------------------------------
+
+COMPLETION = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-5.4-mini-2026",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": " Nice run! "}}],
+    "usage": {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43,
+              "prompt_tokens_details": {"cached_tokens": 0}},
+}
+
+
+@asynccontextmanager
+async def recording_upstream(
+    answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[tuple[str, list[tuple[str, dict[str, str], bytes]]]]:
+    """An HTTP server answering ``/v1/chat/completions`` with ``answer``; its base URL and
+    what it received (path, headers, body)."""
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, {k.lower(): v for k, v in request.headers.items()},
+                     await request.read()))
+        return await answer(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/v1", seen
+    finally:
+        await runner.cleanup()
+
+
+def _tier_client(base_url: str, **extra: Any) -> openai.AsyncOpenAI:
+    settings = UpstreamSettings(name="cheap", base_url=base_url, api_key="test-key",
+                                default_model="gpt-5.4-mini", max_connections=4, max_keepalive=4)
+    client = create_client(settings, 5.0)
+    return client.with_options(**extra) if extra else client
+
+
+async def test_direct_sends_what_the_sdk_sends_and_reads_the_same_answer() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response(COMPLETION)
+
+    async with recording_upstream(ok) as (base_url, seen):
+        client = _tier_client(base_url, organization="org-1", default_headers={"X-Team": "coach"})
+        direct = DirectChatCompletions(client, 4)
+        try:
+            by_sdk = await SdkChatCompletions(client).create(dict(PARAMS), 5.0)
+            by_direct = await direct.create(dict(PARAMS), 5.0)
+            await client.chat.completions.create(timeout=5.0, **PARAMS)  # the SDK's own create
+        finally:
+            await direct.close()
+            await client.close()
+    (sdk_path, sdk_headers, sdk_body), (path, headers, body), (_, _, create_body) = seen
+    assert path == sdk_path == "/v1/chat/completions"
+    assert body == sdk_body == create_body  # byte for byte, non-ASCII text included
+    telemetry = {"x-stainless-retry-count", "x-stainless-read-timeout"}
+    transport = {"host", "content-length", "accept-encoding", "connection"}
+    assert {k: v for k, v in headers.items() if k not in transport} == {
+        k: v for k, v in sdk_headers.items() if k not in transport | telemetry}
+    assert headers["authorization"] == "Bearer test-key"
+    assert headers["openai-organization"] == "org-1" and headers["x-team"] == "coach"
+    assert "openai-project" not in headers  # not set: not sent, as by the SDK
+    assert by_direct == by_sdk == COMPLETION
+    assert chat_text(by_direct) == "Nice run!" and chat_usage(by_direct) == Usage(40, 0, 3, 0)
+
+
+async def _fail_both_ways(answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                          timeout: float = 5.0) -> tuple[BaseException, BaseException]:
+    caught: list[BaseException] = []
+    async with recording_upstream(answer) as (base_url, _):
+        client = _tier_client(base_url)
+        for way in (SdkChatCompletions(client), DirectChatCompletions(client, 4)):
+            try:
+                await way.create(dict(PARAMS), timeout)
+            except Exception as exc:  # noqa: BLE001 - compared below
+                caught.append(exc)
+            else:
+                raise AssertionError(f"{type(way).__name__} did not fail")
+            finally:
+                await way.close()
+        await client.close()
+    by_sdk, by_direct = caught
+    return by_sdk, by_direct
+
+
+@pytest.mark.parametrize("status,headers,kind,retry_after", [
+    (429, {"retry-after": "3"}, FailureKind.RATE_LIMITED, 3.0),
+    (429, {"retry-after-ms": "250"}, FailureKind.RATE_LIMITED, 0.25),
+    (500, {}, FailureKind.SERVER_ERROR, None),
+    (503, {"retry-after": "1"}, FailureKind.SERVER_ERROR, 1.0),
+    (400, {}, FailureKind.REJECTED, None),
+    (401, {}, FailureKind.AUTH, None),
+    (404, {}, FailureKind.NOT_FOUND, None),
+])
+async def test_direct_failures_are_classified_as_the_sdks(
+    status: int, headers: dict[str, str], kind: FailureKind, retry_after: float | None,
+) -> None:
+    async def fail(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": f"nope {status}", "type": "x"}},
+                                 status=status, headers=headers)
+
+    by_sdk, by_direct = await _fail_both_ways(fail)
+    assert isinstance(by_direct, openai.APIStatusError) and by_direct.status_code == status
+    sdk_failure, direct_failure = classify(by_sdk), classify(by_direct)
+    assert direct_failure == sdk_failure
+    assert direct_failure is not None and direct_failure.kind is kind
+    assert direct_failure.message == f"nope {status}"
+    assert direct_failure.retry_after_s == retry_after
+
+
+@pytest.mark.parametrize("body", [b"<html>bad gateway</html>", b"[1, 2]", b""])
+async def test_direct_answer_that_is_not_a_json_object_is_a_server_error(body: bytes) -> None:
+    async def odd(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    by_sdk, by_direct = await _fail_both_ways(odd)
+    assert isinstance(by_direct, openai.APIResponseValidationError)
+    assert classify(by_direct) == classify(by_sdk)
+    failure = classify(by_direct)
+    assert failure is not None and failure.kind is FailureKind.SERVER_ERROR
+
+
+async def test_direct_timeout_and_connection_failures() -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.json_response(COMPLETION)
+
+    by_sdk, by_direct = await _fail_both_ways(hang, timeout=0.2)
+    assert isinstance(by_direct, openai.APITimeoutError)
+    failure = classify(by_direct)
+    assert failure is not None and failure.kind is FailureKind.TIMEOUT == classify(by_sdk).kind  # type: ignore[union-attr]
+
+    async with recording_upstream(hang) as (base_url, _):
+        pass  # the port is free again: nobody listens there
+    client = _tier_client(base_url)
+    direct = DirectChatCompletions(client, 4)
+    try:
+        with pytest.raises(openai.APIConnectionError) as caught:
+            await direct.create(dict(PARAMS), 2.0)
+    finally:
+        await direct.close()
+        await client.close()
+    assert not isinstance(caught.value, openai.APITimeoutError)
+    refused = classify(caught.value)
+    assert refused is not None and refused.kind is FailureKind.CONNECTION and refused.retryable
+
+
+async def test_direct_reuses_its_connection_and_closes() -> None:
+    peers: set[object] = set()
+
+    async def ok(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.json_response(COMPLETION)
+
+    async with recording_upstream(ok) as (base_url, seen):
+        client = _tier_client(base_url)
+        direct = DirectChatCompletions(client, 4)
+        for _ in range(5):
+            await direct.create(dict(PARAMS), 5.0)
+        await direct.close()
+        await direct.close()  # twice is harmless
+        await client.close()
+    assert len(seen) == 5 and len(peers) == 1  # one keep-alive connection for all five
+
+
+def test_direct_takes_the_proxy_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    remote = DirectChatCompletions(openai.AsyncOpenAI(api_key="k"), 4)
+    assert remote.url == "https://api.openai.com/v1/chat/completions"
+    assert str(remote.proxy) == "http://proxy.test:3128"
+    local = DirectChatCompletions(openai.AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:9/v1"), 4)
+    assert local.proxy is None
