@@ -181,8 +181,10 @@ def markdown(r: dict[str, Any]) -> str:
                       "-> a bare one that sends the cheap tier's Chat Completions request (same "
                       "shape and size, to the same offline server) -> back; two gRPC hops and one "
                       "HTTP exchange, as a cheap-tier Chat, and none of the router's or llm's work "
-                      "(bench/bare_health.py). The SDK row uses the llm service's own client and "
-                      "send function.")]
+                      "(bench/bare_health.py). The SDK row sends the request through the openai "
+                      "SDK's request pipeline, as the llm service does with COACH_CHEAP_HTTP=sdk; "
+                      "the raw row as one aiohttp POST, as its default (direct) does, with the "
+                      "SDK client's headers and error handling around it.")]
         rpc = lat.get("rpc", {})
         if rpc:
             parts = [f"{k} {rpc[k]['mean_ms']:.2f} ms ×{rpc[k]['count']:,.0f}"
