@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.bare_health import HTTP, SDK
 from bench.harness import Floor
+from tests.http_upstream import serving
 
 COMPLETION = {
     "id": "chatcmpl-floor", "object": "chat.completion", "created": 1, "model": "gpt-5.4-mini",
@@ -29,19 +30,14 @@ async def floor_over(handler: Callable[[web.Request], Awaitable[web.Response]]
     """A started floor whose upstream is ``handler``; a stub of its head."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    floor = Floor(f"http://127.0.0.1:{port}/v1")
-    try:
-        await floor.start()
-        async with grpc.aio.insecure_channel(floor.address) as channel:
-            yield health_pb2_grpc.HealthStub(channel)
-    finally:
-        await floor.stop()
-        await runner.cleanup()
+    async with serving(app) as origin:
+        floor = Floor(f"{origin}/v1")
+        try:
+            await floor.start()
+            async with grpc.aio.insecure_channel(floor.address) as channel:
+                yield health_pb2_grpc.HealthStub(channel)
+        finally:
+            await floor.stop()
 
 
 async def test_a_floor_check_is_one_upstream_request_through_both_hops() -> None:

@@ -24,6 +24,7 @@ from services.llm.upstream import (
     create_chat_completion,
     create_client,
 )
+from tests.http_upstream import serving
 
 PARAMS: dict[str, Any] = {
     "model": "gpt-5.4-mini",
@@ -143,15 +144,8 @@ async def recording_upstream(
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1", seen
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield f"{origin}/v1", seen
 
 
 def _tier_client(base_url: str, **extra: Any) -> openai.AsyncOpenAI:
