@@ -12,7 +12,7 @@ client's mean exactly.
     router's own work              router's Chat (served)  - router's Complete (called)
     hop: router <-> llm            router's Complete       - llm's Complete (served)
     llm's own work                 llm's Complete (served) - llm's upstream attempts
-    SDK + HTTP to the upstream     llm's upstream attempts - the upstream's handling
+    the request over HTTP          llm's upstream attempts - the upstream's handling
     the upstream's handling        the offline server's time per request, from the request
                                    reaching its app to the answer being ready (its HTTP
                                    parsing and writing fall in the layer above)
@@ -106,7 +106,7 @@ async def cheap_anatomy(suite: BenchSuite, calls: int) -> dict[str, Any]:
         "router's own work": chat_served - complete_called,
         "hop: router <-> llm (gRPC)": complete_called - complete_served,
         "llm's own work": complete_served - attempt,
-        "openai SDK + HTTP, both ends": attempt - handling,
+        "the upstream request over HTTP, both ends": attempt - handling,
         "the upstream's handling (offline server)": handling,
     }
     return {

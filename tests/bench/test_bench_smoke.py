@@ -30,7 +30,7 @@ def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
                 "stateful input tokens per turn, turn 30", "Chat latency p50 / p99",
                 "messages per second", "bare grpc.aio health Check", "Router.Chat, canned reply",
                 "Router.Chat, cheap tier", "floor of the cheap tier", "raw aiohttp POST", "Where a cheap-tier message's time goes",
-                "openai SDK + HTTP, both ends", "**Scale**", "router.Chat", "**Quality**",
+                "the upstream request over HTTP, both ends", "**Scale**", "router.Chat", "**Quality**",
                 "pattern precision", "**Targets**", "Machine:", "make bench"):
         assert row in report, f"missing {row!r} in the report"
     assert report in proc.stdout  # printed too
