@@ -227,11 +227,12 @@ class CircuitBreaker:
         BREAKER_STATE.labels(name).set(self.state.value)
 
     def _set(self, state: BreakerState) -> None:
-        if state is not self.state:
-            log.warning(
-                "circuit breaker %s", state.name.lower(),
-                extra={"upstream": self.name, "breaker": state.name.lower(), "failures": self.failures},
-            )
+        if state is self.state:
+            return  # every success sets CLOSED again: nothing to log or export
+        log.warning(
+            "circuit breaker %s", state.name.lower(),
+            extra={"upstream": self.name, "breaker": state.name.lower(), "failures": self.failures},
+        )
         self.state = state
         BREAKER_STATE.labels(self.name).set(state.value)
 
@@ -333,8 +334,11 @@ class Upstream:
                     retry_after_s=retry_in,
                 )
             try:
-                async with asyncio.timeout(remaining):
-                    await self._in_flight.acquire()
+                if self._in_flight.locked():
+                    async with asyncio.timeout(remaining):
+                        await self._in_flight.acquire()
+                else:
+                    await self._in_flight.acquire()  # a free slot: taken at once
             except TimeoutError:
                 self.breaker.release()
                 raise Unavailable(
