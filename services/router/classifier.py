@@ -528,11 +528,68 @@ class PhraseSet:
                         if m is not None:
                             return m.group(0)
             pos += len(token) + 1
+        return self.search_rest(text)
+
+    def search_rest(self, text: str) -> str | None:
+        """The phrases that may start with any word (one regex), anywhere in the message."""
         if self.rest is not None:
             m = self.rest.search(text)
             if m is not None:
                 return m.group(0)
         return None
+
+
+@dataclass(frozen=True)
+class RuleIndex:
+    """The indexed phrases of the classifier's ordered rules in one table, so that a message
+    is scanned once for all of them instead of once per rule (``first_rule``)."""
+
+    by_first: Mapping[str, tuple[tuple[int, re.Pattern[str]], ...]]
+    by_prefix: Mapping[str, tuple[tuple[int, re.Pattern[str]], ...]]
+
+    @classmethod
+    def of(cls, sets: Sequence[PhraseSet]) -> RuleIndex:
+        by_first: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
+        by_prefix: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
+        for i, phrases in enumerate(sets):  # set by set, in order: each keeps its phrase order
+            for key, patterns in phrases.by_first.items():
+                by_first.setdefault(key, []).extend((i, rx) for rx in patterns)
+            for key, patterns in phrases.by_prefix.items():
+                by_prefix.setdefault(key, []).extend((i, rx) for rx in patterns)
+        return cls({k: tuple(v) for k, v in by_first.items()},
+                   {k: tuple(v) for k, v in by_prefix.items()})
+
+    def first_rule(self, text: str, rules: Sequence[_Rule]) -> tuple[_Rule, str] | None:
+        """The first of ``rules`` (those the index was built of) whose phrases occur in
+        ``text`` and whose ``unless`` phrases do not, with the phrase that matched: what
+        taking the rules in order with ``PhraseSet.search`` gives, in one scan of the message
+        that stops trying a rule once an earlier one is known to apply."""
+        best, best_hit = len(rules), ""
+        judged: set[int] = set()  # rules whose first indexed match was found (kept or vetoed)
+        pos = 0
+        for token in text.split(" "):
+            # As in PhraseSet.search: at each word a rule's by-word phrases, then its
+            # by-prefix ones; the candidates are in rule order.
+            for table, key in ((self.by_first, token), (self.by_prefix, token[:3])):
+                for i, rx in table.get(key, ()):
+                    if i >= best:
+                        break
+                    if i in judged:
+                        continue
+                    m = rx.match(text, pos)
+                    if m is not None:
+                        judged.add(i)
+                        if rules[i].unless.search(text) is None:
+                            best, best_hit = i, m.group(0)
+                            break
+            pos += len(token) + 1
+        # An earlier rule with no indexed match may still match by its any-word phrases.
+        for i in range(best):
+            if i not in judged:
+                hit = rules[i].phrases.search_rest(text)
+                if hit is not None and rules[i].unless.search(text) is None:
+                    return rules[i], hit
+        return (rules[best], best_hit) if best < len(rules) else None
 
 
 @dataclass(frozen=True)
@@ -682,6 +739,10 @@ class Classifier:
     short_reply_words: int = 5
     _coach_turns: dict[str, CoachTurn] = field(default_factory=dict, init=False, repr=False,
                                                compare=False)
+    _rule_index: RuleIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_rule_index", RuleIndex.of([r.phrases for r in self.rules]))
 
     # -- loading --------------------------------------------------------------------
 
@@ -903,10 +964,10 @@ class Classifier:
         if canned_type is not None:
             return Classification(canned_type, f"whole message is canned-eligible ({canned_type.name})",
                                   canned_eligible=True)
-        for rule in self.rules:
-            hit = rule.phrases.search(text)
-            if hit is not None and rule.unless.search(text) is None:
-                return Classification(rule.message_type, f"{rule.why} ({hit!r})")
+        found = self._rule_index.first_rule(text, self.rules)
+        if found is not None:
+            rule, hit = found
+            return Classification(rule.message_type, f"{rule.why} ({hit!r})")
         if norm.question:
             return Classification(MessageType.QUESTION, "asks a question")
         n = len(norm.tokens)

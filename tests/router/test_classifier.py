@@ -142,6 +142,38 @@ def test_a_coach_turn_is_read_once_and_kept_within_bounds(
     assert list(classifier._coach_turns) == ["turn 2?", "turn 3?", "turn 4?"]
 
 
+def test_the_one_scan_finds_the_rule_that_taking_the_rules_in_order_finds() -> None:
+    """``RuleIndex.first_rule`` against the plain reading of the rules, one at a time: the
+    eval set, and random mixes of its messages and of the words the rules' phrases start with."""
+    import json
+    import random
+    from pathlib import Path
+
+    classifier = Router.from_files()._classifier
+
+    def one_by_one(text: str) -> tuple[MessageType, str] | None:
+        for rule in classifier.rules:
+            hit = rule.phrases.search(text)
+            if hit is not None and rule.unless.search(text) is None:
+                return rule.message_type, hit
+        return None
+
+    def one_scan(text: str) -> tuple[MessageType, str] | None:
+        found = classifier._rule_index.first_rule(text, classifier.rules)
+        return None if found is None else (found[0].message_type, found[1])
+
+    eval_set = Path(__file__).with_name("eval_set.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["text"] for line in eval_set if line.strip()]
+    starts = sorted({key for rule in classifier.rules
+                     for key in (*rule.phrases.by_first, *rule.phrases.by_prefix)})
+    rng = random.Random(7)
+    texts += [f"{rng.choice(texts)} {rng.choice(texts)}" for _ in range(2000)]
+    texts += [" ".join(rng.choices(starts, k=rng.randint(1, 8))) for _ in range(2000)]
+    differ = [t for t in texts if one_by_one(norm := classifier.normalizer.normalize(t).text)
+              != one_scan(norm)]
+    assert differ == []
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(text.lower().split())
 
