@@ -180,9 +180,11 @@ def markdown(r: dict[str, Any]) -> str:
             lines += ["", ("The floor: bench client -> a bare grpc.aio server that forwards the call "
                       "-> a bare one that sends the cheap tier's Chat Completions request (same "
                       "shape and size, to the same offline server) -> back; two gRPC hops and one "
-                      "HTTP exchange, as a cheap-tier Chat, and none of the router's or llm's work "
-                      "(bench/bare_health.py). The SDK row sends the request through the openai "
-                      "SDK's request pipeline, as the llm service does with COACH_CHEAP_HTTP=sdk; "
+                      "HTTP exchange, as a cheap-tier Chat, and none of the router's or llm's work; "
+                      "its servers run on asyncio's own event loop, as the bare check's does "
+                      "(the services run on uvloop) (bench/bare_health.py). The SDK row sends the "
+                      "request through the openai SDK's request pipeline, as the llm service does "
+                      "with COACH_CHEAP_HTTP=sdk; "
                       "the raw row as one aiohttp POST, as its default (direct) does, with the "
                       "SDK client's headers and error handling around it.")]
         rpc = lat.get("rpc", {})

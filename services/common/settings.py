@@ -117,6 +117,8 @@ class ServerSettings:
     grace_seconds: float
     max_message_bytes: int
     log_level: str
+    # "uvloop" (default) or "asyncio": the event loop the service runs on
+    event_loop: str = "uvloop"
 
 
 def tls_settings(env: Env) -> TlsSettings:
@@ -162,6 +164,7 @@ def server_settings(env: Env, service: str) -> ServerSettings:
         grace_seconds=env.float("COACH_SHUTDOWN_GRACE_SECONDS", 10.0),
         max_message_bytes=env.int("COACH_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024) or 65536,
         log_level=env.str("COACH_LOG_LEVEL", "INFO"),
+        event_loop=env.choice("COACH_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
     )
 
 
