@@ -544,26 +544,28 @@ class RuleIndex:
     """The indexed phrases of the classifier's ordered rules in one table, so that a message
     is scanned once for all of them instead of once per rule (``first_rule``)."""
 
+    rules: tuple[_Rule, ...]
     by_first: Mapping[str, tuple[tuple[int, re.Pattern[str]], ...]]
     by_prefix: Mapping[str, tuple[tuple[int, re.Pattern[str]], ...]]
 
     @classmethod
-    def of(cls, sets: Sequence[PhraseSet]) -> RuleIndex:
+    def of(cls, rules: Sequence[_Rule]) -> RuleIndex:
         by_first: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
         by_prefix: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
-        for i, phrases in enumerate(sets):  # set by set, in order: each keeps its phrase order
-            for key, patterns in phrases.by_first.items():
+        for i, rule in enumerate(rules):  # rule by rule, in order: each keeps its phrase order
+            for key, patterns in rule.phrases.by_first.items():
                 by_first.setdefault(key, []).extend((i, rx) for rx in patterns)
-            for key, patterns in phrases.by_prefix.items():
+            for key, patterns in rule.phrases.by_prefix.items():
                 by_prefix.setdefault(key, []).extend((i, rx) for rx in patterns)
-        return cls({k: tuple(v) for k, v in by_first.items()},
+        return cls(tuple(rules), {k: tuple(v) for k, v in by_first.items()},
                    {k: tuple(v) for k, v in by_prefix.items()})
 
-    def first_rule(self, text: str, rules: Sequence[_Rule]) -> tuple[_Rule, str] | None:
-        """The first of ``rules`` (those the index was built of) whose phrases occur in
-        ``text`` and whose ``unless`` phrases do not, with the phrase that matched: what
-        taking the rules in order with ``PhraseSet.search`` gives, in one scan of the message
-        that stops trying a rule once an earlier one is known to apply."""
+    def first_rule(self, text: str) -> tuple[_Rule, str] | None:
+        """The first rule whose phrases occur in ``text`` and whose ``unless`` phrases do
+        not, with the phrase that matched: what taking the rules in order with
+        ``PhraseSet.search`` gives, in one scan of the message that stops trying a rule once
+        an earlier one is known to apply."""
+        rules = self.rules
         best, best_hit = len(rules), ""
         judged: set[int] = set()  # rules whose first indexed match was found (kept or vetoed)
         pos = 0
@@ -742,7 +744,7 @@ class Classifier:
     _rule_index: RuleIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_rule_index", RuleIndex.of([r.phrases for r in self.rules]))
+        object.__setattr__(self, "_rule_index", RuleIndex.of(self.rules))
 
     # -- loading --------------------------------------------------------------------
 
@@ -964,7 +966,7 @@ class Classifier:
         if canned_type is not None:
             return Classification(canned_type, f"whole message is canned-eligible ({canned_type.name})",
                                   canned_eligible=True)
-        found = self._rule_index.first_rule(text, self.rules)
+        found = self._rule_index.first_rule(text)
         if found is not None:
             rule, hit = found
             return Classification(rule.message_type, f"{rule.why} ({hit!r})")

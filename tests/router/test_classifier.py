@@ -159,7 +159,7 @@ def test_the_one_scan_finds_the_rule_that_taking_the_rules_in_order_finds() -> N
         return None
 
     def one_scan(text: str) -> tuple[MessageType, str] | None:
-        found = classifier._rule_index.first_rule(text, classifier.rules)
+        found = classifier._rule_index.first_rule(text)
         return None if found is None else (found[0].message_type, found[1])
 
     eval_set = Path(__file__).with_name("eval_set.jsonl").read_text().splitlines()
