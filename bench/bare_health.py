@@ -11,9 +11,11 @@ servers stand where the router and the llm service stand:
                  -> --upstream URL (Check sends one Chat Completions request to URL)
 
 The tail's Check sends a cheap-tier-shaped request (the persona, a context line, six
-turns of history, the message) for the service names ``openai-sdk`` (the llm service's
-own SDK client and send function, ``services.llm.upstream``) and ``aiohttp`` (one raw
-POST of the same JSON); for any other name it answers at once. A Check of the head with
+turns of history, the message) for the service names ``openai-sdk`` (through the SDK's
+request pipeline, with the llm service's own SDK client and ``create_chat_completion``: its
+way with ``COACH_CHEAP_HTTP=sdk``) and ``aiohttp`` (one raw POST of the same JSON, as its
+default way sends it, without the headers and error handling around it); for any other name
+it answers at once. A Check of the head with
 one of those names is the path a cheap-tier Chat takes, two gRPC hops and one HTTP
 exchange with the same upstream, at zero work of our own: what the suite's cheap tier
 could at best be on this machine.

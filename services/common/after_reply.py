@@ -1,10 +1,10 @@
 """Book-keeping that waits until the reply is on its way.
 
-A handler's log lines, metrics and cache updates need not hold up its reply: ``after_reply``
-runs them on the event loop's next turn, which comes once the handler has returned and gRPC
-has started sending the response. They still run before anything that arrives later (the
-loop runs callbacks in the order they were scheduled), so the next message of the same user
-sees their effects. Only work whose loss is harmless belongs here: what must be durable
+A handler's log lines, and work it does ahead for later requests, need not hold up its
+reply: ``after_reply`` runs them on the event loop's next turn, which comes once the handler
+has returned and gRPC has started sending the response. They still run before anything that
+arrives later (the loop runs callbacks in the order they were scheduled), so the next
+message of the same user sees their effects. Only work whose loss is harmless belongs here: what must be durable
 before the reply (the router's journal) is done before it.
 """
 

@@ -41,10 +41,17 @@ PARAMS: dict[str, Any] = {
 }
 
 
-def _client(upstream: Any, seen: list[httpx2.Request]) -> openai.AsyncOpenAI:
-    settings = UpstreamSettings(name="cheap", base_url=upstream.base_url, api_key="test-key",
+def _tier_client(base_url: str, **extra: Any) -> openai.AsyncOpenAI:
+    """The cheap tier's SDK client as the llm service makes it, for ``base_url``."""
+    settings = UpstreamSettings(name="cheap", base_url=base_url, api_key="test-key",
                                 default_model="gpt-5.4-mini", max_connections=4, max_keepalive=4)
     client = create_client(settings, 5.0)
+    return client.with_options(**extra) if extra else client
+
+
+def _client(upstream: Any, seen: list[httpx2.Request]) -> openai.AsyncOpenAI:
+    """The same, against the offline server, remembering each request it sends in ``seen``."""
+    client = _tier_client(upstream.base_url)
 
     async def remember(request: httpx2.Request) -> None:
         seen.append(request)
@@ -146,13 +153,6 @@ async def recording_upstream(
     app.router.add_post("/v1/chat/completions", handler)
     async with serving(app) as origin:
         yield f"{origin}/v1", seen
-
-
-def _tier_client(base_url: str, **extra: Any) -> openai.AsyncOpenAI:
-    settings = UpstreamSettings(name="cheap", base_url=base_url, api_key="test-key",
-                                default_model="gpt-5.4-mini", max_connections=4, max_keepalive=4)
-    client = create_client(settings, 5.0)
-    return client.with_options(**extra) if extra else client
 
 
 async def test_direct_sends_what_the_sdk_sends_and_reads_the_same_answer() -> None:
