@@ -118,7 +118,7 @@ def test_only_the_last_turn_counts_and_only_if_the_coach_said_it(router: Router)
 def test_a_coach_turn_is_read_once_and_kept_within_bounds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from services.router import classifier as module
+    from services.router.classifier import classification as module
 
     classifier = Router.from_files()._classifier
     reads: list[str] = []

@@ -1,0 +1,118 @@
+"""Raw text to normalized tokens (the classifier module docstring, step 1)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+_WORD_RE = re.compile(r"[^\W_]+(?:['’‘][^\W_]+)*|[^\w\s]")
+APOSTROPHES = str.maketrans({"’": "", "‘": "", "'": "", "`": ""})
+EMOJI_MODIFIERS = frozenset({"\ufe0f", "\ufe0e", "\u200d", "\u20e3"}) | frozenset(
+    chr(c) for c in range(0x1F3FB, 0x1F400)
+)
+_RUN3 = re.compile(r"(.)\1{2,}")
+_RUN2 = re.compile(r"(.)\1+")
+_TOKEN_CACHE_LIMIT = 50_000
+
+
+@dataclass(frozen=True)
+class NormalizedText:
+    """A message as the rules see it: ``text`` is ``tokens`` joined by single spaces."""
+
+    tokens: tuple[str, ...]
+    text: str
+    question: bool
+
+
+def _deletions(word: str) -> set[str]:
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
+
+
+class Normalizer:
+    """Turns raw text into :class:`NormalizedText`; see the module docstring, step 1."""
+
+    def __init__(
+        self,
+        *,
+        spelling: Mapping[str, str],
+        emoji: Mapping[str, str],
+        typo_tolerant: Iterable[str],
+        vocabulary: Iterable[str],
+    ) -> None:
+        self._spelling = {k: tuple(v.split()) for k, v in spelling.items()}
+        self._emoji = dict(emoji)
+        self._vocab = frozenset(vocabulary) | frozenset(
+            w for v in self._spelling.values() for w in v
+        )
+        # One-slip typo index: every deletion variant of every tolerant word.
+        self._typo_exact: dict[str, str] = {}
+        self._typo_deletions: dict[str, str] = {}
+        for word in typo_tolerant:
+            self._typo_exact[word] = word
+            for d in _deletions(word):
+                self._typo_deletions.setdefault(d, word)
+        self._cache: dict[str, tuple[str, ...]] = {}
+
+    def word(self, raw: str) -> tuple[str, ...]:
+        """Normalize one word token (already lower-case, apostrophes removed)."""
+        hit = self._cache.get(raw)
+        if hit is not None:
+            return hit
+        result = self._word_uncached(raw)
+        if len(self._cache) >= _TOKEN_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[raw] = result
+        return result
+
+    def _word_uncached(self, raw: str) -> tuple[str, ...]:
+        candidates = [raw]
+        squeezed2 = _RUN3.sub(r"\1\1", raw)
+        if squeezed2 != raw:
+            candidates.append(squeezed2)
+        squeezed1 = _RUN2.sub(r"\1", raw)
+        if squeezed1 not in candidates:
+            candidates.append(squeezed1)
+        for cand in candidates:
+            if cand in self._spelling:
+                return self._spelling[cand]
+            if cand in self._vocab:
+                return (cand,)
+        if len(raw) >= 5 and not raw.isdigit():
+            fixed = self._typo(squeezed2)
+            if fixed is not None:
+                return (fixed,)
+        return (squeezed2,)
+
+    def _typo(self, word: str) -> str | None:
+        # Symmetric deletions: edit distance 1, counting a swap of neighbours as one.
+        if word in self._typo_deletions:  # the input lacks a letter: "finshed"
+            return self._typo_deletions[word]
+        for d in _deletions(word):
+            if d in self._typo_exact:  # the input has an extra letter: "finisshed"
+                return self._typo_exact[d]
+            if d in self._typo_deletions:  # a wrong or swapped letter: "finsihed"
+                return self._typo_deletions[d]
+        return None
+
+    def literal(self, text: str) -> tuple[str, ...]:
+        """Tokens of a data-file literal, normalized exactly like a message."""
+        return self.normalize(text).tokens
+
+    def normalize(self, text: str) -> NormalizedText:
+        text = unicodedata.normalize("NFKC", text).lower()
+        tokens: list[str] = []
+        question = False
+        for piece in _WORD_RE.findall(text):
+            if piece[0].isalnum():
+                tokens.extend(self.word(piece.translate(APOSTROPHES)))
+                continue
+            if piece == "?":
+                question = True
+            elif piece in EMOJI_MODIFIERS or piece.isascii() or unicodedata.category(piece).startswith("P"):
+                continue
+            else:
+                tokens.append(self._emoji.get(piece, "emoji"))
+        return NormalizedText(tuple(tokens), " ".join(tokens), question)
+
