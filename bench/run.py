@@ -100,16 +100,18 @@ def utc_day() -> str:
 
 
 def quality(size: Size) -> dict[str, Any]:
-    from scripts.eval_router import DEFAULT_FILE, evaluate, load_cases, missed_targets, score
+    from scripts.eval_router import DEFAULT_FILE, evaluate, heldout_cases, missed_targets, score
     from services.router.decision import Router
 
-    figures = score(evaluate(Router.from_files(), load_cases(DEFAULT_FILE)))
+    held = heldout_cases()
+    figures = score(evaluate(Router.from_files(), held))
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "classify_bench.py"),
                            "--rounds", str(size.classify_rounds)],
                           capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     classify = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"eval": figures, "eval_missed": missed_targets(figures),
-            "eval_file": str(DEFAULT_FILE.relative_to(REPO_ROOT)), "classify": classify}
+            "eval_file": f"{DEFAULT_FILE.relative_to(REPO_ROOT)}, held out, {len(held)} messages",
+            "classify": classify}
 
 
 async def cost_phases(suites: list[BenchSuite], size: Size, seed: int,

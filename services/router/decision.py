@@ -18,12 +18,21 @@ Given a message and what we know about the user, decide how to answer it:
    completion needs a streak) → a canned reply, never the user's previous one.
 6. Otherwise by type (``tiers.yaml``): stateful types (goal setting, pattern
    analysis, deep coaching, accountability, longer struggles) → the stateful
-   tier; the rest → the cheap tier.
+   tier.
+7. **Second opinion** on what is left for the cheap tier: the learned ``stateful``
+   head (``classifier/learned.py``) scores "does this need the coach's memory and
+   judgement?"; at or above ``escalate_at`` (``classifier.yaml``) → the stateful
+   tier, typed by the learned type head. Else the cheap tier.
+
+The learned crisis head is asked about every message right after the rules' crisis
+check (1): at or above ``crisis_at`` it adds CRISIS. The learned layer only ever
+escalates: it never sends a message to a cheaper route or removes CRISIS.
 
 A stateful turn (3, 4, 6) gets its type's model from ``tiers.yaml``, unless the
 message speaks of feelings (the classifier's DEEP_COACHING phrases: "scared",
 "I feel like a failure", "overwhelmed"...): anything emotional gets the
-stateful tier's own, strongest model, whatever its type.
+stateful tier's own, strongest model, whatever its type; and a goal set with fear in
+it ("quit my job for my startup but I'm scared") is deep coaching, which carries no tools.
 
 Usage::
 
@@ -51,6 +60,7 @@ from services.router.classifier import (
     Normalizer,
     PriorTurn,
 )
+from services.router.classifier.learned import Heads, Opinion, RuleSignals, SecondOpinion
 from services.router.localtime import InvalidLocalTimeError, user_local_hour
 from services.router.patterns import CannedReplies
 from services.router.tiers import CallSettings, Route, Tiers
@@ -59,6 +69,7 @@ __all__ = [
     "DATA_DIR",
     "ConfigError",
     "Decision",
+    "Escalation",
     "InvalidLocalTimeError",
     "MessageContext",
     "MessageType",
@@ -122,13 +133,42 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Escalation:
+    """The learned heads and the scores at which they act (``classifier.yaml``
+    ``second_opinion``)."""
+
+    heads: Heads
+    escalate_at: float
+    crisis_at: float
+    feelings_at: float
+
+    @classmethod
+    def from_data(cls, data: DataFile) -> Escalation:
+        node = data.mapping(data.root, "second_opinion")
+        name = data.get(node, "file", "second_opinion")
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise data.error("second_opinion.file", "must be a file name beside this one")
+        limits: dict[str, float] = {}
+        for key in ("escalate_at", "crisis_at", "feelings_at"):
+            value = data.get(node, key, "second_opinion")
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0.0 < float(value) <= 1.0:
+                raise data.error(f"second_opinion.{key}", "must be a number in (0, 1]")
+            limits[key] = float(value)
+        heads = SecondOpinion.load(data.path.parent / name)
+        return cls(heads, **limits)
+
+
 class Router:
     """The router's domain logic, loaded once from the data files; immutable."""
 
-    def __init__(self, classifier: Classifier, canned: CannedReplies, tiers: Tiers, *,
+    def __init__(self, classifier: Classifier, canned: CannedReplies, tiers: Tiers,
+                 escalation: Escalation | None, *,
                  onboarding_messages: int = 3, policy: Policy = Policy.OPTIMIZED,
                  now: Callable[[], datetime] = _utc_now) -> None:
         self._classifier = classifier
+        self._escalation = escalation
         self._canned = canned
         self._tiers = tiers
         self._onboarding = onboarding_messages
@@ -138,8 +178,11 @@ class Router:
     @classmethod
     def from_files(cls, data_dir: Path | str | None = None, *, onboarding_messages: int = 3,
                    policy: str | Policy = "optimized",
-                   now: Callable[[], datetime] = _utc_now) -> Router:
-        """Load and validate ``classifier.yaml``, ``patterns.yaml`` and ``tiers.yaml``.
+                   now: Callable[[], datetime] = _utc_now,
+                   second_opinion: bool = True) -> Router:
+        """Load and validate ``classifier.yaml``, ``patterns.yaml``, ``tiers.yaml`` and the
+        learned heads ``classifier.yaml`` names (``second_opinion=False``: the rules alone,
+        as training compares them).
 
         Raises :class:`ConfigError` naming the file, the key and the problem.
         """
@@ -163,8 +206,18 @@ class Router:
         canned = CannedReplies.from_data(patterns_data, normalizer)
         classifier = Classifier.from_data(classifier_data, normalizer, canned)
         tiers = Tiers.from_data(tiers_data)
-        return cls(classifier, canned, tiers, onboarding_messages=onboarding_messages,
-                   policy=chosen, now=now)
+        escalation = Escalation.from_data(classifier_data) if second_opinion else None
+        return cls(classifier, canned, tiers, escalation,
+                   onboarding_messages=onboarding_messages, policy=chosen, now=now)
+
+    def with_escalation(self, escalation: Escalation | None) -> Router:
+        """The same rules and tiers with other learned heads or thresholds (evaluation)."""
+        return Router(self._classifier, self._canned, self._tiers, escalation,
+                      onboarding_messages=self._onboarding, policy=self._policy, now=self._now)
+
+    @property
+    def escalation(self) -> Escalation | None:
+        return self._escalation
 
     def fallback_replies(self, crisis: bool) -> tuple[str, ...]:
         """Replies for when the upstream cannot answer (``patterns.yaml`` ``fallback``)."""
@@ -184,8 +237,24 @@ class Router:
         self._classifier.read_coach_turn(text)
 
     def classify(self, message: str, history: tuple[PriorTurn, ...] = ()) -> Classification:
-        """The classifier's verdict alone (no tier choice)."""
+        """The rules' verdict alone (no tier choice, no second opinion)."""
         return self._classifier.classify(message, history)
+
+    def normalize(self, message: str) -> NormalizedText:
+        return self._classifier.normalizer.normalize(message)
+
+    def rule_signals(self, norm: NormalizedText, verdict: Classification) -> RuleSignals:
+        """What the learned heads are told of the rules' reading."""
+        return RuleSignals(verdict.message_type, self._classifier.emotional(norm),
+                           verdict.canned_eligible)
+
+    def opinion(self, message: str, history: tuple[PriorTurn, ...] = ()) -> Opinion | None:
+        """The learned heads' scores for ``message`` (None when loaded without them)."""
+        if self._escalation is None:
+            return None
+        norm = self.normalize(message)
+        verdict = self._classifier.classify_normalized(norm, history)
+        return self._escalation.heads.opinion(norm, self.rule_signals(norm, verdict))
 
     def decide(self, message: str, ctx: MessageContext) -> Decision:
         """Decide how to answer ``message``; the steps are in the module docstring.
@@ -201,16 +270,25 @@ class Router:
         if mtype is MessageType.CRISIS:
             return self._upstream(Route.ASSISTANT, mtype, f"{verdict.reason}: stateful tier, "
                                   "never canned or cheap", crisis=True, strong=True)
+        learned = self._escalation
+        signals = self.rule_signals(norm, verdict)
+        opinion = learned.heads.opinion(norm, signals) if learned is not None else None
+        if learned is not None and opinion is not None and opinion.crisis >= learned.crisis_at:
+            return self._upstream(Route.ASSISTANT, MessageType.CRISIS,
+                                  f"learned crisis score {opinion.crisis:.2f} >= "
+                                  f"{learned.crisis_at:g} (rules: {verdict.reason}): stateful "
+                                  "tier, never canned or cheap", crisis=True, strong=True)
         if self._policy is Policy.BASELINE:
             return self._upstream(Route.ASSISTANT, mtype,
                                   f"baseline policy: every message on the stateful tier "
                                   f"({verdict.reason})", strong=True)
         if ctx.message_count < self._onboarding:
-            return self._stateful(mtype, norm, f"message {ctx.message_count + 1} of the first "
+            return self._stateful(mtype, signals.emotional, opinion,
+                                  f"message {ctx.message_count + 1} of the first "
                                   f"{self._onboarding}: building the relationship "
                                   f"({verdict.reason})")
         if verdict.continues_thread:
-            return self._stateful(mtype, norm, verdict.reason)
+            return self._stateful(mtype, signals.emotional, opinion, verdict.reason)
 
         reason = verdict.reason
         if verdict.canned_eligible:
@@ -228,13 +306,36 @@ class Router:
             reason = f"{reason}, not canned: {why_not}"
 
         if self._tiers.home_route(mtype) is Route.ASSISTANT:
-            return self._stateful(mtype, norm, f"{reason}: {mtype.name} goes to the stateful tier")
+            return self._stateful(mtype, signals.emotional, opinion,
+                                  f"{reason}: {mtype.name} goes to the stateful tier")
+        if learned is not None and opinion is not None and opinion.stateful >= learned.escalate_at:
+            return self._stateful(opinion.stateful_type, signals.emotional, opinion,
+                                  f"{reason}; learned stateful score {opinion.stateful:.2f} >= "
+                                  f"{learned.escalate_at:g}: needs the coach's memory and "
+                                  f"judgement, read as {opinion.stateful_type.name}")
+        stateful_note = "" if opinion is None else \
+            f" (learned stateful score {opinion.stateful:.2f} < {learned.escalate_at:g})" \
+            if learned is not None else ""
         return self._upstream(Route.COMPLETIONS, mtype,
-                              f"{reason}: {mtype.name} goes to the cheap tier")
+                              f"{reason}: {mtype.name} goes to the cheap tier{stateful_note}")
 
-    def _stateful(self, mtype: MessageType, norm: NormalizedText, reason: str) -> Decision:
-        """A stateful turn on its type's model; anything emotional on the tier's own."""
-        if self._classifier.emotional(norm):
+    def _stateful(self, mtype: MessageType, feelings: bool, opinion: Opinion | None,
+                  reason: str) -> Decision:
+        """A stateful turn on its type's model; anything emotional on the tier's own, and a
+        goal that the type head reads as deep coaching (a decision with fear in it) typed so,
+        since tools follow the type and a deep-coaching turn carries none."""
+        learned = self._escalation
+        if mtype is MessageType.GOAL_SETTING:
+            if learned is not None and opinion is not None \
+                    and opinion.stateful_type is MessageType.DEEP_COACHING \
+                    and opinion.stateful_type_probability >= learned.feelings_at:
+                feelings = True
+                reason = (f"{reason}; a decision with feelings (learned type DEEP_COACHING "
+                          f"{opinion.stateful_type_probability:.2f} >= {learned.feelings_at:g})")
+            if feelings:
+                mtype = MessageType.DEEP_COACHING
+                reason = f"{reason}; a goal spoken with feelings is deep coaching, no tools"
+        if feelings:
             return self._upstream(Route.ASSISTANT, mtype, f"{reason}; emotional language: "
                                   "the stateful tier's own model", strong=True)
         return self._upstream(Route.ASSISTANT, mtype, reason)

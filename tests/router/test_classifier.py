@@ -213,3 +213,24 @@ def test_bingeing_on_food_is_crisis(router: Router, text: str) -> None:
 
 def test_binge_watching_a_show_is_not_crisis(router: Router) -> None:
     assert kind(router, "I binge watched netflix instead of working") is not MessageType.CRISIS
+
+
+def test_feelings_read_in_one_scan_equal_the_deep_coaching_rules_taken_one_by_one() -> None:
+    import json
+    import random
+    from pathlib import Path
+
+    classifier = Router.from_files()._classifier
+
+    def one_by_one(text: str) -> bool:
+        return any(rule.message_type is MessageType.DEEP_COACHING
+                   and rule.phrases.search(text) is not None and rule.unless.search(text) is None
+                   for rule in classifier.rules)
+
+    eval_set = Path(__file__).with_name("eval_set.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["text"] for line in eval_set if line.strip()]
+    rng = random.Random(11)
+    texts += [f"{rng.choice(texts)} {rng.choice(texts)}" for _ in range(2000)]
+    norms = [classifier.normalizer.normalize(t) for t in texts]
+    assert sum(map(classifier.emotional, norms)) > 100  # the check has something to find
+    assert [n.text for n in norms if classifier.emotional(n) != one_by_one(n.text)] == []

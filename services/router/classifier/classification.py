@@ -81,9 +81,13 @@ class Classifier:
     _coach_turns: dict[str, CoachTurn] = field(default_factory=dict, init=False, repr=False,
                                                compare=False)
     _rule_index: RuleIndex = field(init=False, repr=False, compare=False)
+    # The DEEP_COACHING rules alone: whether a message speaks of feelings, in one scan.
+    _feelings_index: RuleIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_rule_index", RuleIndex.of(self.rules))
+        object.__setattr__(self, "_feelings_index", RuleIndex.of(
+            [r for r in self.rules if r.message_type is MessageType.DEEP_COACHING]))
 
     # -- loading --------------------------------------------------------------------
 
@@ -100,7 +104,8 @@ class Classifier:
                     walk(item)
             elif isinstance(node, dict):
                 for key, item in node.items():
-                    if key not in ("spelling", "emoji", "regex", "why", "type", "not_typos"):
+                    if key not in ("spelling", "emoji", "regex", "why", "type", "not_typos",
+                                   "second_opinion"):
                         walk(item)
 
         walk(data.root)
@@ -221,10 +226,7 @@ class Classifier:
         """Whether the message speaks of feelings or life-level trouble (the DEEP_COACHING
         rules' phrases), whatever type it was classified as: "I keep sabotaging myself, I
         think I'm scared to succeed" is a pattern question, and an emotional one."""
-        text = norm.text
-        return any(rule.message_type is MessageType.DEEP_COACHING
-                   and rule.phrases.search(text) is not None and rule.unless.search(text) is None
-                   for rule in self.rules)
+        return self._feelings_index.first_rule(norm.text) is not None
 
     def classify_normalized(self, norm: NormalizedText,
                             history: Sequence[PriorTurn] = ()) -> Classification:
