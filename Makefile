@@ -20,7 +20,7 @@ BUF_STAMP := .tools/.buf-$(BUF_VERSION)
 K8S_VERSION := 1.31.0
 ARGS ?=
 
-.PHONY: help venv up env test lint ruff typecheck proto proto-lint proto-check pytest eval bench \
+.PHONY: help venv up env test lint ruff typecheck proto proto-lint proto-check pytest eval bench train-router \
         docker-config k8s-validate clean
 
 help:
@@ -30,7 +30,8 @@ help:
 	@echo "make env            only PostgreSQL + the offline upstream; prints export lines"
 	@echo "make lint           proto lint + ruff + mypy       make pytest   only the tests"
 	@echo "make proto          regenerate gen/ from protos/"
-	@echo "make eval / bench   router evaluation / benchmark (ARGS='...' passes options)"
+	@echo "make eval / bench   router evaluation (held-out, cross-validation, curve) / benchmark"
+	@echo "make train-router   refit the router's learned heads from its corpus (byte for byte)"
 	@echo "make docker-config  validate docker-compose.yml     make k8s-validate   the k8s manifests"
 	@echo "make clean          remove .venv, .tools and caches (keeps .coach/, the database)"
 
@@ -91,8 +92,11 @@ proto: venv
 # ---- evaluation and benchmarks (scripts written by their owners) -----------------------------
 
 eval: venv
-	@test -f scripts/eval_router.py || { echo "scripts/eval_router.py is not written yet" >&2; exit 1; }
-	$(PY) scripts/eval_router.py $(ARGS)
+	$(PY) scripts/eval_router.py --svg docs/router-cost-quality.svg $(ARGS)
+
+# The router's learned heads from services/router/training/corpus/ (byte for byte; seeded).
+train-router: venv
+	$(PY) -m services.router.training.train $(ARGS)
 
 bench: venv
 	@if [ -f scripts/bench.py ]; then set -x; $(PY) scripts/bench.py $(ARGS); \

@@ -103,6 +103,11 @@ def report(title: str, outcomes: Sequence[Outcome], show_misses: bool,
     out.append("  routes: " + ", ".join(f"{k} {v}" for k, v in sorted(routes.items())))
     learned = sum("learned" in o.decision.reason for o in outcomes)
     out.append(f"  decided by the learned heads: {learned}")
+    calm = [o for o in outcomes if o.case.expect != "safety"]
+    alarms = sum(o.decision.crisis for o in calm)
+    out.append(f"  crisis false alarms: {alarms} of {len(calm)} other messages "
+               f"({alarms / max(1, len(calm)):.3f}; of canned + simple: "
+               f"{sum(o.decision.crisis for o in calm if o.case.expect != 'complex')})")
     if confusion:
         out += ["", confusion_table(outcomes)]
     misses = [o for o in outcomes if not o.ok]

@@ -164,3 +164,11 @@ def test_a_threshold_out_of_range_is_refused(tmp_path: Path) -> None:
                     encoding="utf-8")
     with pytest.raises(ConfigError, match=r"second_opinion\.escalate_at"):
         Router.from_files(data)
+
+
+def test_make_train_router_reproduces_the_heads_byte_for_byte() -> None:
+    """The weights in the repository are what the corpus gives, not a hand-tuned file."""
+    pytest.importorskip("sklearn")
+    from services.router.training.train import OUT_FILE, build
+
+    assert build() == OUT_FILE.read_text(encoding="utf-8")
