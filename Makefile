@@ -20,13 +20,15 @@ BUF_STAMP := .tools/.buf-$(BUF_VERSION)
 K8S_VERSION := 1.31.0
 ARGS ?=
 
-.PHONY: help venv up env test lint ruff typecheck proto proto-lint proto-check pytest eval bench train-router \
+.PHONY: help venv up env test lint ruff typecheck proto proto-lint proto-check proto-breaking \
+        pytest eval bench train-router \
         docker-config k8s-validate clean
 
 help:
 	@echo "make up             run the suite (embedded PostgreSQL + offline upstream unless"
 	@echo "                    DATABASE_URL / OPENAI_API_KEY / OPENAI_BASE_URL are set)"
-	@echo "make test           proto lint, gen/ staleness, ruff, mypy, pytest"
+	@echo "make test           proto lint, gen/ staleness, buf breaking against main, ruff, mypy,"
+	@echo "                    pytest"
 	@echo "make env            only PostgreSQL + the offline upstream; prints export lines"
 	@echo "make lint           proto lint + ruff + mypy       make pytest   only the tests"
 	@echo "make proto          regenerate gen/ from protos/"
@@ -59,7 +61,7 @@ up: venv
 env: venv
 	$(PY) -m services.suite env
 
-test: venv lint proto-check pytest
+test: venv lint proto-check proto-breaking pytest
 
 # ---- checks ---------------------------------------------------------------------------------
 
@@ -74,6 +76,15 @@ proto-lint:
 
 proto-check: venv
 	@PYTHON=$(PY) scripts/check_protos.sh
+
+# protos/ against main's (BUF_BREAKING_AGAINST=<git revision> for another): nothing a caller
+# sees on the wire or in JSON may change (rules in protos/buf.yaml).
+proto-breaking: venv
+	@if command -v npm >/dev/null 2>&1 || [ -f $(BUF_STAMP) ]; then \
+	    $(MAKE) -s $(BUF_STAMP) && $(PY) scripts/check_breaking.py --buf $(BUF); \
+	else \
+	    echo "buf breaking: SKIPPED: npm not found (install Node.js + npm to check protos with buf)"; \
+	fi
 
 ruff: venv
 	$(PY) -m ruff check services tests bench scripts

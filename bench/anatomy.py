@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from coach.router.v1 import router_service_pb2, router_service_pb2_grpc, types_pb2
+from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
+from coach.type.v1 import types_pb2
 
 from bench.harness import BenchSuite, Histo, histo_delta, histograms
 from bench.latency import HOUR, STREAK, cheap_texts

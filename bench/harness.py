@@ -23,7 +23,8 @@ from typing import Any
 import aiohttp
 import grpc
 from coach.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
-from coach.router.v1 import router_service_pb2, router_service_pb2_grpc, types_pb2
+from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
+from coach.type.v1 import types_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.settings import REPO_ROOT

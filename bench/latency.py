@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
-from coach.router.v1 import router_service_pb2, router_service_pb2_grpc, types_pb2
+from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
+from coach.type.v1 import types_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.bare_health import HTTP as FLOOR_HTTP

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 
 from bench.harness import RouterClient
 from bench.workload import Message, User

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import grpc
 from coach.ledger.v1 import ledger_service_pb2 as pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 
 from services.common.clients import open_channel
 from services.common.interceptors import error_from_rpc

@@ -34,7 +34,7 @@ class Usage:
         return result
 
     def fields(self) -> dict[str, int]:
-        """Keyword arguments for the proto messages (types_pb2.Usage, llm TokenUsage)."""
+        """Keyword arguments for the proto messages (coach.type.v1 Usage)."""
         return {
             "input_tokens": self.input_tokens,
             "cached_input_tokens": self.cached_input_tokens,
@@ -44,7 +44,7 @@ class Usage:
 
     @classmethod
     def of(cls, message: Any) -> Usage:
-        """From any message with the four fields (types_pb2.Usage, llm TokenUsage)."""
+        """From any message with the four fields (coach.type.v1 Usage)."""
         return cls(message.input_tokens, message.cached_input_tokens, message.output_tokens,
                    message.reasoning_tokens)
 
@@ -58,7 +58,7 @@ class Charge:
     purpose: str = "answer"
 
     def fields(self) -> dict[str, Any]:
-        """Keyword arguments for the charge protos (threads UpstreamCharge, ledger Charge)."""
+        """Keyword arguments for the charge protos (coach.type.v1 Charge)."""
         return {"model": self.model, "purpose": self.purpose, "usage": self.usage.fields()}
 
     @classmethod

@@ -34,7 +34,7 @@ from services.ledger.pricing import PriceBook
 log = logging.getLogger(__name__)
 
 ANSWER_PURPOSE = "answer"
-# coach.router.v1.Route numbers -> the route names the router's metrics use.
+# coach.type.v1.Route numbers -> the route names the router's metrics use.
 ROUTE_NAMES = {1: "PATTERN", 2: "COMPLETIONS", 3: "ASSISTANT", 4: "FALLBACK"}
 
 
@@ -56,8 +56,8 @@ class AnswerEntry:
 
     request_id: str
     user_id: str
-    route: int  # coach.router.v1.Route number
-    message_type: int  # coach.router.v1.MessageType number
+    route: int  # coach.type.v1.Route number
+    message_type: int  # coach.type.v1.MessageType number
     model: str  # "" for canned and fallback answers
     charges: tuple[ChargeEntry, ...]
     latency_ms: int

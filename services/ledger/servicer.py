@@ -7,7 +7,7 @@ import datetime as dt
 import grpc
 from coach.ledger.v1 import ledger_service_pb2 as pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 
 from services.common.errors import Validator
 from services.ledger.accounting import ANSWER_PURPOSE, AnswerEntry, AnswerRecorder, ChargeEntry

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import grpc
 from coach.llm.v1 import llm_service_pb2 as pb
 from coach.llm.v1 import llm_service_pb2_grpc as pb_grpc
+from coach.type.v1 import types_pb2
 
 from services.common.errors import Validator
 from services.common.metrics import TOKENS
@@ -79,8 +80,8 @@ def _check_generation(v: Validator, name: str, gen: pb.Generation) -> None:
     v.text(f"{name}.message_type", gen.message_type, max_chars=MAX_ID_CHARS)
 
 
-def _usage(usage: Usage) -> pb.TokenUsage:
-    return pb.TokenUsage(**usage.fields())
+def _usage(usage: Usage) -> types_pb2.Usage:
+    return types_pb2.Usage(**usage.fields())
 
 
 def _audience(audience: pb.Audience) -> Audience:
@@ -266,7 +267,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         v.raise_if_any()
         if not request.turns:  # nothing new to fold in: no upstream call
             return pb.SummarizeResponse(summary=request.previous_summary, model="",
-                                        usage=pb.TokenUsage())
+                                        usage=types_pb2.Usage())
         deadline, started = self._deadline(context), time.monotonic()
 
         async def summarize() -> Reply:

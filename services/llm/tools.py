@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 
 from services.common.errors import ConfigError
 from services.llm.turns import Audience
@@ -178,7 +178,7 @@ def load_tools(path: Path) -> ToolCatalog:
     needs: dict[str, list[str]] = {}
     for kind, listed in needs_raw.items():
         if kind not in MESSAGE_TYPES:
-            raise ConfigError(f"{path}: needs key {kind!r} is not a coach.router.v1.MessageType name")
+            raise ConfigError(f"{path}: needs key {kind!r} is not a coach.type.v1.MessageType name")
         if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
             raise ConfigError(f"{path}: needs.{kind} must be a list of tool names")
         missing = [n for n in listed if n not in names]

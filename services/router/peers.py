@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from coach.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 from coach.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
-from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
+from coach.type.v1 import types_pb2
 from google.protobuf import timestamp_pb2
 
 from services.common.errors import (
@@ -125,7 +125,7 @@ def answer_to_proto(answer: Answer) -> threads_service_pb2.Exchange:
         message_type=type_to_proto(answer.message_type),
         pattern=answer.pattern,
         model=answer.model,
-        charges=[threads_service_pb2.UpstreamCharge(**c.fields()) for c in answer.charges],
+        charges=[types_pb2.Charge(**c.fields()) for c in answer.charges],
         conversation_id=answer.conversation_id,
         latency_ms=answer.latency_ms,
         create_time=timestamp_pb2.Timestamp(),

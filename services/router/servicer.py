@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from coach.router.v1 import router_service_pb2, router_service_pb2_grpc, types_pb2
+from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
+from coach.type.v1 import types_pb2
 
 from services.router.answering import ChatInput, ChatService, UserContextIn
 from services.router.peers import route_to_proto, turn_from_proto, type_to_proto, usage_to_proto

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import grpc
 from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
 from coach.ledger.v1 import ledger_service_pb2_grpc
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 
 from services.common.deadlines import time_left
 from services.common.interceptors import error_from_rpc
@@ -22,7 +22,7 @@ def answer_record_pb(record: AnswerRecord) -> ledger_pb.AnswerRecord:
         route=types_pb2.Route.Value(record.route),
         message_type=types_pb2.MessageType.Value(record.message_type),
         model=record.model,
-        charges=[ledger_pb.Charge(**c.fields()) for c in record.charges],
+        charges=[types_pb2.Charge(**c.fields()) for c in record.charges],
         latency_ms=record.latency_ms,
         baseline_input_tokens=record.baseline_input_tokens,
     )

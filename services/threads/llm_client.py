@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import grpc
 from coach.llm.v1 import llm_service_pb2 as llm_pb
 from coach.llm.v1 import llm_service_pb2_grpc
+from coach.type.v1 import types_pb2
 
 from services.common.deadlines import time_left
 from services.common.interceptors import error_from_rpc
@@ -23,7 +24,7 @@ def _turns(turns: Sequence[Turn]) -> list[llm_pb.ChatTurn]:
     return [llm_pb.ChatTurn(role=_ROLE.get(t.role, llm_pb.TURN_ROLE_USER), text=t.text) for t in turns]
 
 
-def _usage(usage: llm_pb.TokenUsage) -> Usage:
+def _usage(usage: types_pb2.Usage) -> Usage:
     return Usage.of(usage)
 
 

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
-from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc
+from coach.type.v1 import types_pb2
 
 from services.common.errors import CoachError, InvalidArgument, Validator
 from services.common.usage import Charge
@@ -43,7 +43,7 @@ def exchange_pb(exchange: Exchange) -> pb.Exchange:
         message_type=types_pb2.MessageType.Value(exchange.message_type),
         pattern=exchange.pattern,
         model=exchange.model,
-        charges=[pb.UpstreamCharge(**c.fields()) for c in exchange.charges],
+        charges=[types_pb2.Charge(**c.fields()) for c in exchange.charges],
         conversation_id=exchange.conversation_id,
         latency_ms=exchange.latency_ms,
     )

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from coach.router.v1 import router_service_pb2, types_pb2
+from coach.router.v1 import router_service_pb2
+from coach.type.v1 import types_pb2
 
 from tests.e2e.conftest import Suite, start_suite, stop_suite
 

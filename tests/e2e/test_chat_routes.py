@@ -12,8 +12,9 @@ import uuid
 import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2
-from coach.router.v1 import router_service_pb2, types_pb2
+from coach.router.v1 import router_service_pb2
 from coach.threads.v1 import threads_service_pb2
+from coach.type.v1 import types_pb2
 
 from tests.e2e.conftest import Suite, stored_count, stored_messages
 

@@ -18,7 +18,8 @@ from typing import Self
 
 import grpc
 from coach.router.v1 import router_service_pb2 as pb
-from coach.router.v1 import router_service_pb2_grpc, types_pb2
+from coach.router.v1 import router_service_pb2_grpc
+from coach.type.v1 import types_pb2
 
 from services.suite.config import SuiteSettings
 from services.suite.suite import Suite as ProcessSuite

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from coach.router.v1 import router_service_pb2 as pb
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 
 from tests.e2e.conftest import Suite
 from tests.faults.conftest import BREAKER_COOLDOWN_S

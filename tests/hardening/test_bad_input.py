@@ -11,8 +11,8 @@ import pytest
 from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
 from coach.llm.v1 import llm_service_pb2 as llm_pb
 from coach.router.v1 import router_service_pb2 as router_pb
-from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as threads_pb
+from coach.type.v1 import types_pb2
 from google.protobuf import timestamp_pb2
 
 from tests.hardening.conftest import MAX_MESSAGE_BYTES
@@ -129,18 +129,18 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("threads", "RecordExchange", exchange(pattern="p" * 300), "exchange.pattern"),
     ("threads", "RecordExchange", exchange(model="m\x00"), "exchange.model"),
     ("threads", "RecordExchange",
-     exchange(charges=[threads_pb.UpstreamCharge(model="gpt-4o-mini", usage=usage(input_tokens=-1))]),
+     exchange(charges=[types_pb2.Charge(model="gpt-4o-mini", usage=usage(input_tokens=-1))]),
      "exchange.charges[0].usage"),
     ("threads", "RecordExchange",
-     exchange(charges=[threads_pb.UpstreamCharge(model="gpt-4o-mini",
+     exchange(charges=[types_pb2.Charge(model="gpt-4o-mini",
                                                  usage=usage(input_tokens=2**62))]),
      "exchange.charges[0].usage"),
     ("threads", "RecordExchange",
-     exchange(charges=[threads_pb.UpstreamCharge(
+     exchange(charges=[types_pb2.Charge(
          model="gpt-4o-mini", usage=usage(input_tokens=5, cached_input_tokens=9))]),
      "exchange.charges[0].usage"),
     ("threads", "RecordExchange",
-     exchange(charges=[threads_pb.UpstreamCharge(
+     exchange(charges=[types_pb2.Charge(
          model="gpt-4o-mini", usage=usage(output_tokens=1, reasoning_tokens=2))]),
      "exchange.charges[0].usage"),
     ("threads", "RecordExchanges",
@@ -202,10 +202,10 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("ledger", "RecordAnswers", record(latency_ms=-1), "records[0].latency_ms"),
     ("ledger", "RecordAnswers", record(answer_time=None), "records[0].answer_time"),
     ("ledger", "RecordAnswers",
-     record(charges=[ledger_pb.Charge(model="gpt-4o", usage=usage(output_tokens=-4))]),
+     record(charges=[types_pb2.Charge(model="gpt-4o", usage=usage(output_tokens=-4))]),
      "records[0].charges[0].usage"),
     ("ledger", "RecordAnswers",
-     record(charges=[ledger_pb.Charge(model="gpt-4o", usage=usage(input_tokens=2**62))]),
+     record(charges=[types_pb2.Charge(model="gpt-4o", usage=usage(input_tokens=2**62))]),
      "records[0].charges[0].usage"),
     ("ledger", "GetCostReport", ledger_pb.GetCostReportRequest(start_date="2026-13-40"), "start_date"),
     ("ledger", "GetCostReport", ledger_pb.GetCostReportRequest(end_date="2026-01-01"), "start_date"),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import grpc
 from coach.router.v1 import router_service_pb2 as pb
-from coach.router.v1 import router_service_pb2_grpc, types_pb2
+from coach.router.v1 import router_service_pb2_grpc
+from coach.type.v1 import types_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.faults.processes import free_port, process_suite, set_upstream_fault

@@ -11,7 +11,8 @@ from typing import Any
 import grpc
 import pytest
 from coach.router.v1 import router_service_pb2 as pb
-from coach.router.v1 import router_service_pb2_grpc, types_pb2
+from coach.router.v1 import router_service_pb2_grpc
+from coach.type.v1 import types_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from coach.router.v1 import router_service_pb2 as pb
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2 as pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from coach.router.v1 import types_pb2
+from coach.type.v1 import types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.conftest import RunningService, start_service, stop_service
@@ -45,8 +45,8 @@ def at(day: str, hour: int = 12, minute: int = 0) -> dt.datetime:
 
 
 def charge(model: str, inp: int = 0, cached: int = 0, out: int = 0, reasoning: int = 0,
-           purpose: str = "answer") -> pb.Charge:
-    return pb.Charge(model=model, purpose=purpose, usage=types_pb2.Usage(
+           purpose: str = "answer") -> types_pb2.Charge:
+    return types_pb2.Charge(model=model, purpose=purpose, usage=types_pb2.Usage(
         input_tokens=inp, cached_input_tokens=cached, output_tokens=out,
         reasoning_tokens=reasoning))
 
@@ -55,7 +55,7 @@ def answer(
     when: dt.datetime,
     route: int,
     model: str = "",
-    charges: Sequence[pb.Charge] = (),
+    charges: Sequence[types_pb2.Charge] = (),
     *,
     user_id: str = "user-1",
     request_id: str | None = None,

@@ -9,7 +9,7 @@ import json
 import pytest
 from coach.ledger.v1 import ledger_service_pb2 as pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from coach.router.v1 import types_pb2 as t
+from coach.type.v1 import types_pb2 as t
 
 from services.cli import daily_chart, main, usd
 from services.ledger.pricing import PriceBook

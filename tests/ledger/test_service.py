@@ -11,7 +11,7 @@ import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2 as pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from coach.router.v1 import types_pb2 as t
+from coach.type.v1 import types_pb2 as t
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.metrics import UNPRICED_CALLS

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as pb
+from coach.type.v1 import types_pb2
 
 
 def rid() -> str:
@@ -29,7 +29,7 @@ def exchange(user_id: str, text: str, reply: str, request_id: str | None = None,
              model: str = "", pattern: str = "") -> pb.RecordExchangeRequest:
     charges = []
     if route == types_pb2.ROUTE_COMPLETIONS:
-        charges.append(pb.UpstreamCharge(model=model or "gpt-5.4-mini", purpose="answer",
+        charges.append(types_pb2.Charge(model=model or "gpt-5.4-mini", purpose="answer",
                                          usage=types_pb2.Usage(input_tokens=80, output_tokens=20)))
     return pb.RecordExchangeRequest(exchange=pb.Exchange(
         request_id=request_id or rid(), user_id=user_id, user_text=text, coach_texts=[reply],

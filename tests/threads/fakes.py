@@ -12,6 +12,7 @@ from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
 from coach.ledger.v1 import ledger_service_pb2_grpc
 from coach.llm.v1 import llm_service_pb2 as llm_pb
 from coach.llm.v1 import llm_service_pb2_grpc
+from coach.type.v1 import types_pb2
 
 from services.common.errors import FieldViolation, InvalidArgument, Unavailable
 from services.common.server import CoachServer, Registration
@@ -114,7 +115,7 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
             return llm_pb.StatefulTurnResponse(
                 texts=[reply],
                 model=request.generation.model or "gpt-5.4",
-                usage=llm_pb.TokenUsage(input_tokens=100 + 10 * held, output_tokens=12),
+                usage=types_pb2.Usage(input_tokens=100 + 10 * held, output_tokens=12),
                 tool_calls=tool_calls,
                 response_id=f"resp_{len(self.turn_calls)}",
             )
@@ -133,7 +134,7 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         return llm_pb.SummarizeResponse(
             summary=f"summary of {previous + folded} messages",
             model=request.model,
-            usage=llm_pb.TokenUsage(input_tokens=50 + 5 * folded, output_tokens=30),
+            usage=types_pb2.Usage(input_tokens=50 + 5 * folded, output_tokens=30),
         )
 
 

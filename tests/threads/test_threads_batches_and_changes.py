@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
+from coach.type.v1 import types_pb2
 
 from tests.threads.builders import exchange, rid
 

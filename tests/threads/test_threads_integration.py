@@ -11,9 +11,9 @@ import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
-from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
+from coach.type.v1 import types_pb2
 
 from tests.conftest import RunningService, fresh_database, start_service, stop_service
 from tests.threads.builders import cheap, exchange, turn_request

@@ -7,9 +7,9 @@ import asyncio
 import asyncpg
 import grpc
 import pytest
-from coach.router.v1 import types_pb2
 from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
+from coach.type.v1 import types_pb2
 
 from services.common.interceptors import error_from_rpc
 from tests.threads.builders import cheap, exchange, rid, turn_request

@@ -22,47 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from coach.router.v1 import types_pb2 as coach_dot_router_dot_v1_dot_types__pb2
+from coach.type.v1 import types_pb2 as coach_dot_type_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$coach/ledger/v1/ledger_service.proto\x12\x0f\x63oach.ledger.v1\x1a\x1b\x63oach/router/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x14GetCostReportRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"\xb6\x01\n\rCostReportRow\x12%\n\x05route\x18\x01 \x01(\x0e\x32\x16.coach.router.v1.Route\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ost_usd_nanos\x18\x07 \x01(\x03\"x\n\x15GetCostReportResponse\x12,\n\x04rows\x18\x01 \x03(\x0b\x32\x1e.coach.ledger.v1.CostReportRow\x12\x13\n\x0btotal_calls\x18\x02 \x01(\x03\x12\x1c\n\x14total_cost_usd_nanos\x18\x03 \x01(\x03\"O\n\x06\x43harge\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x05usage\x18\x02 \x01(\x0b\x32\x16.coach.router.v1.Usage\x12\x0f\n\x07purpose\x18\x03 \x01(\t\"\xab\x02\n\x0c\x41nswerRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12%\n\x05route\x18\x03 \x01(\x0e\x32\x16.coach.router.v1.Route\x12\x32\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x1c.coach.router.v1.MessageType\x12\r\n\x05model\x18\x05 \x01(\t\x12(\n\x07\x63harges\x18\x06 \x03(\x0b\x32\x17.coach.ledger.v1.Charge\x12\x12\n\nlatency_ms\x18\x07 \x01(\x03\x12/\n\x0b\x61nswer_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15\x62\x61seline_input_tokens\x18\t \x01(\x03\"F\n\x14RecordAnswersRequest\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.coach.ledger.v1.AnswerRecord\"=\n\x15RecordAnswersResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x97\x01\n\x15GetDailyReportRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\x12\x31\n\x08grouping\x18\x03 \x01(\x0e\x32\x1f.coach.ledger.v1.ReportGrouping\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x9c\x01\n\x0e\x44\x61ilyReportRow\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ost_usd_nanos\x18\x07 \x01(\x03\"`\n\x16GetDailyReportResponse\x12-\n\x04rows\x18\x01 \x03(\x0b\x32\x1f.coach.ledger.v1.DailyReportRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x17GetSavingsReportRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"\x98\x01\n\x18GetSavingsReportResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x03\x12\x1d\n\x15\x61\x63tual_cost_usd_nanos\x18\x02 \x01(\x03\x12\x1f\n\x17\x62\x61seline_cost_usd_nanos\x18\x03 \x01(\x03\x12\x15\n\rpercent_saved\x18\x04 \x01(\x01\x12\x16\n\x0e\x62\x61seline_model\x18\x05 \x01(\t\")\n\x16\x43heckUserLimitsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"s\n\x17\x43heckUserLimitsResponse\x12\x16\n\x0emessages_today\x18\x01 \x01(\x03\x12\x1d\n\x15spend_today_usd_nanos\x18\x02 \x01(\x03\x12\x10\n\x08\x65xceeded\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t*f\n\x0eReportGrouping\x12\x1f\n\x1bREPORT_GROUPING_UNSPECIFIED\x10\x00\x12\x19\n\x15REPORT_GROUPING_ROUTE\x10\x01\x12\x18\n\x14REPORT_GROUPING_USER\x10\x02\x32\x81\x04\n\rLedgerService\x12^\n\rGetCostReport\x12%.coach.ledger.v1.GetCostReportRequest\x1a&.coach.ledger.v1.GetCostReportResponse\x12^\n\rRecordAnswers\x12%.coach.ledger.v1.RecordAnswersRequest\x1a&.coach.ledger.v1.RecordAnswersResponse\x12\x61\n\x0eGetDailyReport\x12&.coach.ledger.v1.GetDailyReportRequest\x1a\'.coach.ledger.v1.GetDailyReportResponse\x12g\n\x10GetSavingsReport\x12(.coach.ledger.v1.GetSavingsReportRequest\x1a).coach.ledger.v1.GetSavingsReportResponse\x12\x64\n\x0f\x43heckUserLimits\x12\'.coach.ledger.v1.CheckUserLimitsRequest\x1a(.coach.ledger.v1.CheckUserLimitsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$coach/ledger/v1/ledger_service.proto\x12\x0f\x63oach.ledger.v1\x1a\x19\x63oach/type/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x14GetCostReportRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"\xb4\x01\n\rCostReportRow\x12#\n\x05route\x18\x01 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ost_usd_nanos\x18\x07 \x01(\x03\"x\n\x15GetCostReportResponse\x12,\n\x04rows\x18\x01 \x03(\x0b\x32\x1e.coach.ledger.v1.CostReportRow\x12\x13\n\x0btotal_calls\x18\x02 \x01(\x03\x12\x1c\n\x14total_cost_usd_nanos\x18\x03 \x01(\x03\"\xa5\x02\n\x0c\x41nswerRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12#\n\x05route\x18\x03 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\r\n\x05model\x18\x05 \x01(\t\x12&\n\x07\x63harges\x18\x06 \x03(\x0b\x32\x15.coach.type.v1.Charge\x12\x12\n\nlatency_ms\x18\x07 \x01(\x03\x12/\n\x0b\x61nswer_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15\x62\x61seline_input_tokens\x18\t \x01(\x03\"F\n\x14RecordAnswersRequest\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.coach.ledger.v1.AnswerRecord\"=\n\x15RecordAnswersResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x97\x01\n\x15GetDailyReportRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\x12\x31\n\x08grouping\x18\x03 \x01(\x0e\x32\x1f.coach.ledger.v1.ReportGrouping\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x9c\x01\n\x0e\x44\x61ilyReportRow\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ost_usd_nanos\x18\x07 \x01(\x03\"`\n\x16GetDailyReportResponse\x12-\n\x04rows\x18\x01 \x03(\x0b\x32\x1f.coach.ledger.v1.DailyReportRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x17GetSavingsReportRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"\x98\x01\n\x18GetSavingsReportResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x03\x12\x1d\n\x15\x61\x63tual_cost_usd_nanos\x18\x02 \x01(\x03\x12\x1f\n\x17\x62\x61seline_cost_usd_nanos\x18\x03 \x01(\x03\x12\x15\n\rpercent_saved\x18\x04 \x01(\x01\x12\x16\n\x0e\x62\x61seline_model\x18\x05 \x01(\t\")\n\x16\x43heckUserLimitsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"s\n\x17\x43heckUserLimitsResponse\x12\x16\n\x0emessages_today\x18\x01 \x01(\x03\x12\x1d\n\x15spend_today_usd_nanos\x18\x02 \x01(\x03\x12\x10\n\x08\x65xceeded\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t*f\n\x0eReportGrouping\x12\x1f\n\x1bREPORT_GROUPING_UNSPECIFIED\x10\x00\x12\x19\n\x15REPORT_GROUPING_ROUTE\x10\x01\x12\x18\n\x14REPORT_GROUPING_USER\x10\x02\x32\x81\x04\n\rLedgerService\x12^\n\rGetCostReport\x12%.coach.ledger.v1.GetCostReportRequest\x1a&.coach.ledger.v1.GetCostReportResponse\x12^\n\rRecordAnswers\x12%.coach.ledger.v1.RecordAnswersRequest\x1a&.coach.ledger.v1.RecordAnswersResponse\x12\x61\n\x0eGetDailyReport\x12&.coach.ledger.v1.GetDailyReportRequest\x1a\'.coach.ledger.v1.GetDailyReportResponse\x12g\n\x10GetSavingsReport\x12(.coach.ledger.v1.GetSavingsReportRequest\x1a).coach.ledger.v1.GetSavingsReportResponse\x12\x64\n\x0f\x43heckUserLimits\x12\'.coach.ledger.v1.CheckUserLimitsRequest\x1a(.coach.ledger.v1.CheckUserLimitsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coach.ledger.v1.ledger_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPORTGROUPING']._serialized_start=1797
-  _globals['_REPORTGROUPING']._serialized_end=1899
-  _globals['_GETCOSTREPORTREQUEST']._serialized_start=119
-  _globals['_GETCOSTREPORTREQUEST']._serialized_end=179
-  _globals['_COSTREPORTROW']._serialized_start=182
-  _globals['_COSTREPORTROW']._serialized_end=364
-  _globals['_GETCOSTREPORTRESPONSE']._serialized_start=366
-  _globals['_GETCOSTREPORTRESPONSE']._serialized_end=486
-  _globals['_CHARGE']._serialized_start=488
-  _globals['_CHARGE']._serialized_end=567
-  _globals['_ANSWERRECORD']._serialized_start=570
-  _globals['_ANSWERRECORD']._serialized_end=869
-  _globals['_RECORDANSWERSREQUEST']._serialized_start=871
-  _globals['_RECORDANSWERSREQUEST']._serialized_end=941
-  _globals['_RECORDANSWERSRESPONSE']._serialized_start=943
-  _globals['_RECORDANSWERSRESPONSE']._serialized_end=1004
-  _globals['_GETDAILYREPORTREQUEST']._serialized_start=1007
-  _globals['_GETDAILYREPORTREQUEST']._serialized_end=1158
-  _globals['_DAILYREPORTROW']._serialized_start=1161
-  _globals['_DAILYREPORTROW']._serialized_end=1317
-  _globals['_GETDAILYREPORTRESPONSE']._serialized_start=1319
-  _globals['_GETDAILYREPORTRESPONSE']._serialized_end=1415
-  _globals['_GETSAVINGSREPORTREQUEST']._serialized_start=1417
-  _globals['_GETSAVINGSREPORTREQUEST']._serialized_end=1480
-  _globals['_GETSAVINGSREPORTRESPONSE']._serialized_start=1483
-  _globals['_GETSAVINGSREPORTRESPONSE']._serialized_end=1635
-  _globals['_CHECKUSERLIMITSREQUEST']._serialized_start=1637
-  _globals['_CHECKUSERLIMITSREQUEST']._serialized_end=1678
-  _globals['_CHECKUSERLIMITSRESPONSE']._serialized_start=1680
-  _globals['_CHECKUSERLIMITSRESPONSE']._serialized_end=1795
-  _globals['_LEDGERSERVICE']._serialized_start=1902
-  _globals['_LEDGERSERVICE']._serialized_end=2415
+  _globals['_REPORTGROUPING']._serialized_start=1706
+  _globals['_REPORTGROUPING']._serialized_end=1808
+  _globals['_GETCOSTREPORTREQUEST']._serialized_start=117
+  _globals['_GETCOSTREPORTREQUEST']._serialized_end=177
+  _globals['_COSTREPORTROW']._serialized_start=180
+  _globals['_COSTREPORTROW']._serialized_end=360
+  _globals['_GETCOSTREPORTRESPONSE']._serialized_start=362
+  _globals['_GETCOSTREPORTRESPONSE']._serialized_end=482
+  _globals['_ANSWERRECORD']._serialized_start=485
+  _globals['_ANSWERRECORD']._serialized_end=778
+  _globals['_RECORDANSWERSREQUEST']._serialized_start=780
+  _globals['_RECORDANSWERSREQUEST']._serialized_end=850
+  _globals['_RECORDANSWERSRESPONSE']._serialized_start=852
+  _globals['_RECORDANSWERSRESPONSE']._serialized_end=913
+  _globals['_GETDAILYREPORTREQUEST']._serialized_start=916
+  _globals['_GETDAILYREPORTREQUEST']._serialized_end=1067
+  _globals['_DAILYREPORTROW']._serialized_start=1070
+  _globals['_DAILYREPORTROW']._serialized_end=1226
+  _globals['_GETDAILYREPORTRESPONSE']._serialized_start=1228
+  _globals['_GETDAILYREPORTRESPONSE']._serialized_end=1324
+  _globals['_GETSAVINGSREPORTREQUEST']._serialized_start=1326
+  _globals['_GETSAVINGSREPORTREQUEST']._serialized_end=1389
+  _globals['_GETSAVINGSREPORTRESPONSE']._serialized_start=1392
+  _globals['_GETSAVINGSREPORTRESPONSE']._serialized_end=1544
+  _globals['_CHECKUSERLIMITSREQUEST']._serialized_start=1546
+  _globals['_CHECKUSERLIMITSREQUEST']._serialized_end=1587
+  _globals['_CHECKUSERLIMITSRESPONSE']._serialized_start=1589
+  _globals['_CHECKUSERLIMITSRESPONSE']._serialized_end=1704
+  _globals['_LEDGERSERVICE']._serialized_start=1811
+  _globals['_LEDGERSERVICE']._serialized_end=2324
 # @@protoc_insertion_point(module_scope)

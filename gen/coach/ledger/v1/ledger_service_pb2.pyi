@@ -3,7 +3,7 @@
 isort:skip_file
 """
 
-from coach.router.v1 import types_pb2 as _types_pb2
+from coach.type.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -125,35 +125,6 @@ class GetCostReportResponse(_message.Message):
 Global___GetCostReportResponse: _TypeAlias = GetCostReportResponse  # noqa: Y015
 
 @_typing.final
-class Charge(_message.Message):
-    """Tokens of one upstream call, as reported."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MODEL_FIELD_NUMBER: _builtins.int
-    USAGE_FIELD_NUMBER: _builtins.int
-    PURPOSE_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
-    purpose: _builtins.str
-    """"answer" or an upkeep purpose such as "summary"."""
-    @_builtins.property
-    def usage(self) -> _types_pb2.Usage: ...
-    def __init__(
-        self,
-        *,
-        model: _builtins.str = ...,
-        usage: _types_pb2.Usage | None = ...,
-        purpose: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "purpose", b"purpose", "usage", b"usage"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Charge: _TypeAlias = Charge  # noqa: Y015
-
-@_typing.final
 class AnswerRecord(_message.Message):
     """One answered message."""
 
@@ -179,7 +150,7 @@ class AnswerRecord(_message.Message):
     included), for the savings report.
     """
     @_builtins.property
-    def charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___Charge]: ...
+    def charges(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Charge]: ...
     @_builtins.property
     def answer_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -190,7 +161,7 @@ class AnswerRecord(_message.Message):
         route: _types_pb2.Route.ValueType = ...,
         message_type: _types_pb2.MessageType.ValueType = ...,
         model: _builtins.str = ...,
-        charges: _abc.Iterable[Global___Charge] | None = ...,
+        charges: _abc.Iterable[_types_pb2.Charge] | None = ...,
         latency_ms: _builtins.int = ...,
         answer_time: _timestamp_pb2.Timestamp | None = ...,
         baseline_input_tokens: _builtins.int = ...,

@@ -22,53 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coach.type.v1 import types_pb2 as coach_dot_type_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oach/llm/v1/llm_service.proto\x12\x0c\x63oach.llm.v1\">\n\x08\x43hatTurn\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.coach.llm.v1.TurnRole\x12\x0c\n\x04text\x18\x02 \x01(\t\"p\n\nTokenUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x03\"8\n\x08\x41udience\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63urrent_streak\x18\x02 \x01(\x05\"a\n\nGeneration\x12\r\n\x05model\x18\x01 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x14\n\x0cmessage_type\x18\x04 \x01(\t\"\xc8\x01\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\'\n\x07history\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\x12(\n\x08\x61udience\x18\x05 \x01(\x0b\x32\x16.coach.llm.v1.Audience\x12,\n\ngeneration\x18\x06 \x01(\x0b\x32\x18.coach.llm.v1.Generation\"X\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.coach.llm.v1.TokenUsage\"\xa5\x01\n\x19\x43reateConversationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12&\n\x03\x61pi\x18\x03 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12*\n\nseed_turns\x18\x05 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\"]\n\x1a\x43reateConversationResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12&\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\"\\\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12&\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\"-\n\x1a\x44\x65leteConversationResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x90\x01\n\x12\x41ppendTurnsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12&\n\x03\x61pi\x18\x03 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\x12%\n\x05turns\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\"\'\n\x13\x41ppendTurnsResponse\x12\x10\n\x08\x61ppended\x18\x01 \x01(\x05\"\xf7\x01\n\x13StatefulTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12&\n\x03\x61pi\x18\x04 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x08\x61udience\x18\x06 \x01(\x0b\x32\x16.coach.llm.v1.Audience\x12,\n\ngeneration\x18\x07 \x01(\x0b\x32\x18.coach.llm.v1.Generation\x12\x11\n\tall_tools\x18\x08 \x01(\x08\"E\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x13\n\x0boutput_json\x18\x03 \x01(\t\"\x9e\x01\n\x14StatefulTurnResponse\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.coach.llm.v1.TokenUsage\x12*\n\ntool_calls\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ToolCall\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"\x87\x01\n\x10SummarizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10previous_summary\x18\x03 \x01(\t\x12%\n\x05turns\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\x12\r\n\x05model\x18\x05 \x01(\t\"\\\n\x11SummarizeResponse\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.coach.llm.v1.TokenUsage*d\n\x0bStatefulApi\x12\x1c\n\x18STATEFUL_API_UNSPECIFIED\x10\x00\x12\x1a\n\x16STATEFUL_API_RESPONSES\x10\x01\x12\x1b\n\x17STATEFUL_API_ASSISTANTS\x10\x02*N\n\x08TurnRole\x12\x19\n\x15TURN_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTURN_ROLE_USER\x10\x01\x12\x13\n\x0fTURN_ROLE_COACH\x10\x02\x32\xa2\x04\n\nLlmService\x12I\n\x08\x43omplete\x12\x1d.coach.llm.v1.CompleteRequest\x1a\x1e.coach.llm.v1.CompleteResponse\x12g\n\x12\x43reateConversation\x12\'.coach.llm.v1.CreateConversationRequest\x1a(.coach.llm.v1.CreateConversationResponse\x12R\n\x0b\x41ppendTurns\x12 .coach.llm.v1.AppendTurnsRequest\x1a!.coach.llm.v1.AppendTurnsResponse\x12U\n\x0cStatefulTurn\x12!.coach.llm.v1.StatefulTurnRequest\x1a\".coach.llm.v1.StatefulTurnResponse\x12L\n\tSummarize\x12\x1e.coach.llm.v1.SummarizeRequest\x1a\x1f.coach.llm.v1.SummarizeResponse\x12g\n\x12\x44\x65leteConversation\x12\'.coach.llm.v1.DeleteConversationRequest\x1a(.coach.llm.v1.DeleteConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oach/llm/v1/llm_service.proto\x12\x0c\x63oach.llm.v1\x1a\x19\x63oach/type/v1/types.proto\">\n\x08\x43hatTurn\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.coach.llm.v1.TurnRole\x12\x0c\n\x04text\x18\x02 \x01(\t\"8\n\x08\x41udience\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63urrent_streak\x18\x02 \x01(\x05\"a\n\nGeneration\x12\r\n\x05model\x18\x01 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x14\n\x0cmessage_type\x18\x04 \x01(\t\"\xc8\x01\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\'\n\x07history\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\x12(\n\x08\x61udience\x18\x05 \x01(\x0b\x32\x16.coach.llm.v1.Audience\x12,\n\ngeneration\x18\x06 \x01(\x0b\x32\x18.coach.llm.v1.Generation\"T\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.coach.type.v1.Usage\"\xa5\x01\n\x19\x43reateConversationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12&\n\x03\x61pi\x18\x03 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12*\n\nseed_turns\x18\x05 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\"]\n\x1a\x43reateConversationResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12&\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\"\\\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12&\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\"-\n\x1a\x44\x65leteConversationResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x90\x01\n\x12\x41ppendTurnsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12&\n\x03\x61pi\x18\x03 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\x12%\n\x05turns\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\"\'\n\x13\x41ppendTurnsResponse\x12\x10\n\x08\x61ppended\x18\x01 \x01(\x05\"\xf7\x01\n\x13StatefulTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12&\n\x03\x61pi\x18\x04 \x01(\x0e\x32\x19.coach.llm.v1.StatefulApi\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x08\x61udience\x18\x06 \x01(\x0b\x32\x16.coach.llm.v1.Audience\x12,\n\ngeneration\x18\x07 \x01(\x0b\x32\x18.coach.llm.v1.Generation\x12\x11\n\tall_tools\x18\x08 \x01(\x08\"E\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x13\n\x0boutput_json\x18\x03 \x01(\t\"\x9a\x01\n\x14StatefulTurnResponse\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.coach.type.v1.Usage\x12*\n\ntool_calls\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ToolCall\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"\x87\x01\n\x10SummarizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10previous_summary\x18\x03 \x01(\t\x12%\n\x05turns\x18\x04 \x03(\x0b\x32\x16.coach.llm.v1.ChatTurn\x12\r\n\x05model\x18\x05 \x01(\t\"X\n\x11SummarizeResponse\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.coach.type.v1.Usage*d\n\x0bStatefulApi\x12\x1c\n\x18STATEFUL_API_UNSPECIFIED\x10\x00\x12\x1a\n\x16STATEFUL_API_RESPONSES\x10\x01\x12\x1b\n\x17STATEFUL_API_ASSISTANTS\x10\x02*N\n\x08TurnRole\x12\x19\n\x15TURN_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTURN_ROLE_USER\x10\x01\x12\x13\n\x0fTURN_ROLE_COACH\x10\x02\x32\xa2\x04\n\nLlmService\x12I\n\x08\x43omplete\x12\x1d.coach.llm.v1.CompleteRequest\x1a\x1e.coach.llm.v1.CompleteResponse\x12g\n\x12\x43reateConversation\x12\'.coach.llm.v1.CreateConversationRequest\x1a(.coach.llm.v1.CreateConversationResponse\x12R\n\x0b\x41ppendTurns\x12 .coach.llm.v1.AppendTurnsRequest\x1a!.coach.llm.v1.AppendTurnsResponse\x12U\n\x0cStatefulTurn\x12!.coach.llm.v1.StatefulTurnRequest\x1a\".coach.llm.v1.StatefulTurnResponse\x12L\n\tSummarize\x12\x1e.coach.llm.v1.SummarizeRequest\x1a\x1f.coach.llm.v1.SummarizeResponse\x12g\n\x12\x44\x65leteConversation\x12\'.coach.llm.v1.DeleteConversationRequest\x1a(.coach.llm.v1.DeleteConversationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coach.llm.v1.llm_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATEFULAPI']._serialized_start=1982
-  _globals['_STATEFULAPI']._serialized_end=2082
-  _globals['_TURNROLE']._serialized_start=2084
-  _globals['_TURNROLE']._serialized_end=2162
-  _globals['_CHATTURN']._serialized_start=48
-  _globals['_CHATTURN']._serialized_end=110
-  _globals['_TOKENUSAGE']._serialized_start=112
-  _globals['_TOKENUSAGE']._serialized_end=224
-  _globals['_AUDIENCE']._serialized_start=226
-  _globals['_AUDIENCE']._serialized_end=282
-  _globals['_GENERATION']._serialized_start=284
-  _globals['_GENERATION']._serialized_end=381
-  _globals['_COMPLETEREQUEST']._serialized_start=384
-  _globals['_COMPLETEREQUEST']._serialized_end=584
-  _globals['_COMPLETERESPONSE']._serialized_start=586
-  _globals['_COMPLETERESPONSE']._serialized_end=674
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=677
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=842
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=844
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=937
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=939
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1031
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1033
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1078
-  _globals['_APPENDTURNSREQUEST']._serialized_start=1081
-  _globals['_APPENDTURNSREQUEST']._serialized_end=1225
-  _globals['_APPENDTURNSRESPONSE']._serialized_start=1227
-  _globals['_APPENDTURNSRESPONSE']._serialized_end=1266
-  _globals['_STATEFULTURNREQUEST']._serialized_start=1269
-  _globals['_STATEFULTURNREQUEST']._serialized_end=1516
-  _globals['_TOOLCALL']._serialized_start=1518
-  _globals['_TOOLCALL']._serialized_end=1587
-  _globals['_STATEFULTURNRESPONSE']._serialized_start=1590
-  _globals['_STATEFULTURNRESPONSE']._serialized_end=1748
-  _globals['_SUMMARIZEREQUEST']._serialized_start=1751
-  _globals['_SUMMARIZEREQUEST']._serialized_end=1886
-  _globals['_SUMMARIZERESPONSE']._serialized_start=1888
-  _globals['_SUMMARIZERESPONSE']._serialized_end=1980
-  _globals['_LLMSERVICE']._serialized_start=2165
-  _globals['_LLMSERVICE']._serialized_end=2711
+  _globals['_STATEFULAPI']._serialized_start=1883
+  _globals['_STATEFULAPI']._serialized_end=1983
+  _globals['_TURNROLE']._serialized_start=1985
+  _globals['_TURNROLE']._serialized_end=2063
+  _globals['_CHATTURN']._serialized_start=75
+  _globals['_CHATTURN']._serialized_end=137
+  _globals['_AUDIENCE']._serialized_start=139
+  _globals['_AUDIENCE']._serialized_end=195
+  _globals['_GENERATION']._serialized_start=197
+  _globals['_GENERATION']._serialized_end=294
+  _globals['_COMPLETEREQUEST']._serialized_start=297
+  _globals['_COMPLETEREQUEST']._serialized_end=497
+  _globals['_COMPLETERESPONSE']._serialized_start=499
+  _globals['_COMPLETERESPONSE']._serialized_end=583
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=586
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=751
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=753
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=846
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=848
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=940
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=942
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=987
+  _globals['_APPENDTURNSREQUEST']._serialized_start=990
+  _globals['_APPENDTURNSREQUEST']._serialized_end=1134
+  _globals['_APPENDTURNSRESPONSE']._serialized_start=1136
+  _globals['_APPENDTURNSRESPONSE']._serialized_end=1175
+  _globals['_STATEFULTURNREQUEST']._serialized_start=1178
+  _globals['_STATEFULTURNREQUEST']._serialized_end=1425
+  _globals['_TOOLCALL']._serialized_start=1427
+  _globals['_TOOLCALL']._serialized_end=1496
+  _globals['_STATEFULTURNRESPONSE']._serialized_start=1499
+  _globals['_STATEFULTURNRESPONSE']._serialized_end=1653
+  _globals['_SUMMARIZEREQUEST']._serialized_start=1656
+  _globals['_SUMMARIZEREQUEST']._serialized_end=1791
+  _globals['_SUMMARIZERESPONSE']._serialized_start=1793
+  _globals['_SUMMARIZERESPONSE']._serialized_end=1881
+  _globals['_LLMSERVICE']._serialized_start=2066
+  _globals['_LLMSERVICE']._serialized_end=2612
 # @@protoc_insertion_point(module_scope)

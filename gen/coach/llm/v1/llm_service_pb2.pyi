@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from coach.type.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -79,36 +80,6 @@ class ChatTurn(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatTurn: _TypeAlias = ChatTurn  # noqa: Y015
-
-@_typing.final
-class TokenUsage(_message.Message):
-    """Usage exactly as the upstream reported it."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
-    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
-    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
-    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
-    input_tokens: _builtins.int
-    cached_input_tokens: _builtins.int
-    output_tokens: _builtins.int
-    reasoning_tokens: _builtins.int
-    def __init__(
-        self,
-        *,
-        input_tokens: _builtins.int = ...,
-        cached_input_tokens: _builtins.int = ...,
-        output_tokens: _builtins.int = ...,
-        reasoning_tokens: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TokenUsage: _TypeAlias = TokenUsage  # noqa: Y015
 
 @_typing.final
 class Audience(_message.Message):
@@ -219,13 +190,13 @@ class CompleteResponse(_message.Message):
     text: _builtins.str
     model: _builtins.str
     @_builtins.property
-    def usage(self) -> Global___TokenUsage: ...
+    def usage(self) -> _types_pb2.Usage: ...
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         model: _builtins.str = ...,
-        usage: Global___TokenUsage | None = ...,
+        usage: _types_pb2.Usage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -466,7 +437,7 @@ class StatefulTurnResponse(_message.Message):
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def usage(self) -> Global___TokenUsage: ...
+    def usage(self) -> _types_pb2.Usage: ...
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]: ...
     def __init__(
@@ -474,7 +445,7 @@ class StatefulTurnResponse(_message.Message):
         *,
         texts: _abc.Iterable[_builtins.str] | None = ...,
         model: _builtins.str = ...,
-        usage: Global___TokenUsage | None = ...,
+        usage: _types_pb2.Usage | None = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         response_id: _builtins.str = ...,
     ) -> None: ...
@@ -530,13 +501,13 @@ class SummarizeResponse(_message.Message):
     summary: _builtins.str
     model: _builtins.str
     @_builtins.property
-    def usage(self) -> Global___TokenUsage: ...
+    def usage(self) -> _types_pb2.Usage: ...
     def __init__(
         self,
         *,
         summary: _builtins.str = ...,
         model: _builtins.str = ...,
-        usage: Global___TokenUsage | None = ...,
+        usage: _types_pb2.Usage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

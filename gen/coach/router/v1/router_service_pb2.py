@@ -22,24 +22,24 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from coach.router.v1 import types_pb2 as coach_dot_router_dot_v1_dot_types__pb2
+from coach.type.v1 import types_pb2 as coach_dot_type_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$coach/router/v1/router_service.proto\x12\x0f\x63oach.router.v1\x1a\x1b\x63oach/router/v1/types.proto\"\x89\x01\n\x0b\x43hatRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12-\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1c.coach.router.v1.UserContext\x12\x15\n\rresponse_type\x18\x05 \x01(\t\"\x87\x02\n\x0c\x43hatResponse\x12\x10\n\x08messages\x18\x01 \x03(\t\x12%\n\x05route\x18\x02 \x01(\x0e\x32\x16.coach.router.v1.Route\x12\x32\n\x0cmessage_type\x18\x03 \x01(\x0e\x32\x1c.coach.router.v1.MessageType\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12%\n\x05usage\x18\x06 \x01(\x0b\x32\x16.coach.router.v1.Usage\x12\x16\n\x0e\x63ost_usd_nanos\x18\x07 \x01(\x03\x12\x17\n\x0f\x63onversation_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"\xb8\x01\n\x0f\x43lassifyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12-\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1c.coach.router.v1.UserContext\x12\x1a\n\rmessage_count\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12&\n\x07history\x18\x05 \x03(\x0b\x32\x15.coach.router.v1.TurnB\x10\n\x0e_message_count\"\x9d\x01\n\x10\x43lassifyResponse\x12%\n\x05route\x18\x01 \x01(\x0e\x32\x16.coach.router.v1.Route\x12\x32\n\x0cmessage_type\x18\x02 \x01(\x0e\x32\x1c.coach.router.v1.MessageType\x12\x0f\n\x07pattern\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t2\xa5\x01\n\rRouterService\x12\x43\n\x04\x43hat\x12\x1c.coach.router.v1.ChatRequest\x1a\x1d.coach.router.v1.ChatResponse\x12O\n\x08\x43lassify\x12 .coach.router.v1.ClassifyRequest\x1a!.coach.router.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$coach/router/v1/router_service.proto\x12\x0f\x63oach.router.v1\x1a\x19\x63oach/type/v1/types.proto\"\x87\x01\n\x0b\x43hatRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12+\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1a.coach.type.v1.UserContext\x12\x15\n\rresponse_type\x18\x05 \x01(\t\"\x81\x02\n\x0c\x43hatResponse\x12\x10\n\x08messages\x18\x01 \x03(\t\x12#\n\x05route\x18\x02 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x03 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.coach.type.v1.Usage\x12\x16\n\x0e\x63ost_usd_nanos\x18\x07 \x01(\x03\x12\x17\n\x0f\x63onversation_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"\xb4\x01\n\x0f\x43lassifyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.coach.type.v1.UserContext\x12\x1a\n\rmessage_count\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12$\n\x07history\x18\x05 \x03(\x0b\x32\x13.coach.type.v1.TurnB\x10\n\x0e_message_count\"\x99\x01\n\x10\x43lassifyResponse\x12#\n\x05route\x18\x01 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x02 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\x0f\n\x07pattern\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t2\xa5\x01\n\rRouterService\x12\x43\n\x04\x43hat\x12\x1c.coach.router.v1.ChatRequest\x1a\x1d.coach.router.v1.ChatResponse\x12O\n\x08\x43lassify\x12 .coach.router.v1.ClassifyRequest\x1a!.coach.router.v1.ClassifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coach.router.v1.router_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHATREQUEST']._serialized_start=87
-  _globals['_CHATREQUEST']._serialized_end=224
-  _globals['_CHATRESPONSE']._serialized_start=227
-  _globals['_CHATRESPONSE']._serialized_end=490
-  _globals['_CLASSIFYREQUEST']._serialized_start=493
-  _globals['_CLASSIFYREQUEST']._serialized_end=677
-  _globals['_CLASSIFYRESPONSE']._serialized_start=680
-  _globals['_CLASSIFYRESPONSE']._serialized_end=837
-  _globals['_ROUTERSERVICE']._serialized_start=840
-  _globals['_ROUTERSERVICE']._serialized_end=1005
+  _globals['_CHATREQUEST']._serialized_start=85
+  _globals['_CHATREQUEST']._serialized_end=220
+  _globals['_CHATRESPONSE']._serialized_start=223
+  _globals['_CHATRESPONSE']._serialized_end=480
+  _globals['_CLASSIFYREQUEST']._serialized_start=483
+  _globals['_CLASSIFYREQUEST']._serialized_end=663
+  _globals['_CLASSIFYRESPONSE']._serialized_start=666
+  _globals['_CLASSIFYRESPONSE']._serialized_end=819
+  _globals['_ROUTERSERVICE']._serialized_start=822
+  _globals['_ROUTERSERVICE']._serialized_end=987
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,7 @@
 isort:skip_file
 """
 
-from coach.router.v1 import types_pb2 as _types_pb2
+from coach.type.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

@@ -22,25 +22,15 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coach.type.v1 import types_pb2 as coach_dot_type_dot_v1_dot_types__pb2
 
+from coach.type.v1.types_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63oach/router/v1/types.proto\x12\x0f\x63oach.router.v1\"9\n\x04Turn\x12#\n\x04role\x18\x01 \x01(\x0e\x32\x15.coach.router.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"k\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x03\"u\n\x0bUserContext\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63urrent_streak\x18\x02 \x01(\x05\x12\x17\n\nlocal_hour\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08timezone\x18\x04 \x01(\tB\r\n\x0b_local_hour*q\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x11\n\rROUTE_PATTERN\x10\x01\x12\x15\n\x11ROUTE_COMPLETIONS\x10\x02\x12\x13\n\x0fROUTE_ASSISTANT\x10\x03\x12\x12\n\x0eROUTE_FALLBACK\x10\x04*\xf5\x02\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_TYPE_GREETING\x10\x01\x12 \n\x1cMESSAGE_TYPE_ACKNOWLEDGEMENT\x10\x02\x12\x19\n\x15MESSAGE_TYPE_CHECK_IN\x10\x03\x12\x1c\n\x18MESSAGE_TYPE_CELEBRATION\x10\x04\x12\x1b\n\x17MESSAGE_TYPE_STRUGGLING\x10\x05\x12\x19\n\x15MESSAGE_TYPE_QUESTION\x10\x06\x12\x1f\n\x1bMESSAGE_TYPE_ACCOUNTABILITY\x10\x07\x12\x1d\n\x19MESSAGE_TYPE_GOAL_SETTING\x10\x08\x12!\n\x1dMESSAGE_TYPE_PATTERN_ANALYSIS\x10\t\x12\x1e\n\x1aMESSAGE_TYPE_DEEP_COACHING\x10\n\x12\x17\n\x13MESSAGE_TYPE_CRISIS\x10\x0b*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_COACH\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63oach/router/v1/types.proto\x12\x0f\x63oach.router.v1\x1a\x19\x63oach/type/v1/types.protoP\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coach.router.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTE']._serialized_start=335
-  _globals['_ROUTE']._serialized_end=448
-  _globals['_MESSAGETYPE']._serialized_start=451
-  _globals['_MESSAGETYPE']._serialized_end=824
-  _globals['_ROLE']._serialized_start=826
-  _globals['_ROLE']._serialized_end=885
-  _globals['_TURN']._serialized_start=48
-  _globals['_TURN']._serialized_end=105
-  _globals['_USAGE']._serialized_start=107
-  _globals['_USAGE']._serialized_end=214
-  _globals['_USERCONTEXT']._serialized_start=216
-  _globals['_USERCONTEXT']._serialized_end=333
 # @@protoc_insertion_point(module_scope)

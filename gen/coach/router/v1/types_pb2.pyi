@@ -3,191 +3,33 @@
 isort:skip_file
 """
 
+from coach.type.v1.types_pb2 import Charge as Charge
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_ACCOUNTABILITY as MESSAGE_TYPE_ACCOUNTABILITY
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_ACKNOWLEDGEMENT as MESSAGE_TYPE_ACKNOWLEDGEMENT
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_CELEBRATION as MESSAGE_TYPE_CELEBRATION
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_CHECK_IN as MESSAGE_TYPE_CHECK_IN
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_CRISIS as MESSAGE_TYPE_CRISIS
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_DEEP_COACHING as MESSAGE_TYPE_DEEP_COACHING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_GOAL_SETTING as MESSAGE_TYPE_GOAL_SETTING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_GREETING as MESSAGE_TYPE_GREETING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_PATTERN_ANALYSIS as MESSAGE_TYPE_PATTERN_ANALYSIS
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_QUESTION as MESSAGE_TYPE_QUESTION
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_STRUGGLING as MESSAGE_TYPE_STRUGGLING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_UNSPECIFIED as MESSAGE_TYPE_UNSPECIFIED
+from coach.type.v1.types_pb2 import MessageType as MessageType
+from coach.type.v1.types_pb2 import ROLE_COACH as ROLE_COACH
+from coach.type.v1.types_pb2 import ROLE_UNSPECIFIED as ROLE_UNSPECIFIED
+from coach.type.v1.types_pb2 import ROLE_USER as ROLE_USER
+from coach.type.v1.types_pb2 import ROUTE_ASSISTANT as ROUTE_ASSISTANT
+from coach.type.v1.types_pb2 import ROUTE_COMPLETIONS as ROUTE_COMPLETIONS
+from coach.type.v1.types_pb2 import ROUTE_FALLBACK as ROUTE_FALLBACK
+from coach.type.v1.types_pb2 import ROUTE_PATTERN as ROUTE_PATTERN
+from coach.type.v1.types_pb2 import ROUTE_UNSPECIFIED as ROUTE_UNSPECIFIED
+from coach.type.v1.types_pb2 import Role as Role
+from coach.type.v1.types_pb2 import Route as Route
+from coach.type.v1.types_pb2 import Turn as Turn
+from coach.type.v1.types_pb2 import Usage as Usage
+from coach.type.v1.types_pb2 import UserContext as UserContext
 from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-import builtins as _builtins
-import sys
-import typing as _typing
-
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
-else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _Route:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _RouteEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Route.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ROUTE_UNSPECIFIED: _Route.ValueType  # 0
-    ROUTE_PATTERN: _Route.ValueType  # 1
-    """A canned reply from the pattern sets: no upstream call."""
-    ROUTE_COMPLETIONS: _Route.ValueType  # 2
-    """The cheap tier: Chat Completions on a small model."""
-    ROUTE_ASSISTANT: _Route.ValueType  # 3
-    """The stateful tier (Responses + Conversations, or Assistants v2)."""
-    ROUTE_FALLBACK: _Route.ValueType  # 4
-    """The upstream failed; a fallback reply was sent."""
-
-class Route(_Route, metaclass=_RouteEnumTypeWrapper):
-    """Vocabulary shared by the router, the threads service and the ledger.
-
-    How a message was answered.
-    """
-
-ROUTE_UNSPECIFIED: Route.ValueType  # 0
-ROUTE_PATTERN: Route.ValueType  # 1
-"""A canned reply from the pattern sets: no upstream call."""
-ROUTE_COMPLETIONS: Route.ValueType  # 2
-"""The cheap tier: Chat Completions on a small model."""
-ROUTE_ASSISTANT: Route.ValueType  # 3
-"""The stateful tier (Responses + Conversations, or Assistants v2)."""
-ROUTE_FALLBACK: Route.ValueType  # 4
-"""The upstream failed; a fallback reply was sent."""
-Global___Route: _TypeAlias = Route  # noqa: Y015
-
-class _MessageType:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _MessageTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageType.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    MESSAGE_TYPE_UNSPECIFIED: _MessageType.ValueType  # 0
-    MESSAGE_TYPE_GREETING: _MessageType.ValueType  # 1
-    MESSAGE_TYPE_ACKNOWLEDGEMENT: _MessageType.ValueType  # 2
-    MESSAGE_TYPE_CHECK_IN: _MessageType.ValueType  # 3
-    MESSAGE_TYPE_CELEBRATION: _MessageType.ValueType  # 4
-    MESSAGE_TYPE_STRUGGLING: _MessageType.ValueType  # 5
-    MESSAGE_TYPE_QUESTION: _MessageType.ValueType  # 6
-    MESSAGE_TYPE_ACCOUNTABILITY: _MessageType.ValueType  # 7
-    MESSAGE_TYPE_GOAL_SETTING: _MessageType.ValueType  # 8
-    MESSAGE_TYPE_PATTERN_ANALYSIS: _MessageType.ValueType  # 9
-    MESSAGE_TYPE_DEEP_COACHING: _MessageType.ValueType  # 10
-    MESSAGE_TYPE_CRISIS: _MessageType.ValueType  # 11
-
-class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper):
-    """What kind of message the user sent."""
-
-MESSAGE_TYPE_UNSPECIFIED: MessageType.ValueType  # 0
-MESSAGE_TYPE_GREETING: MessageType.ValueType  # 1
-MESSAGE_TYPE_ACKNOWLEDGEMENT: MessageType.ValueType  # 2
-MESSAGE_TYPE_CHECK_IN: MessageType.ValueType  # 3
-MESSAGE_TYPE_CELEBRATION: MessageType.ValueType  # 4
-MESSAGE_TYPE_STRUGGLING: MessageType.ValueType  # 5
-MESSAGE_TYPE_QUESTION: MessageType.ValueType  # 6
-MESSAGE_TYPE_ACCOUNTABILITY: MessageType.ValueType  # 7
-MESSAGE_TYPE_GOAL_SETTING: MessageType.ValueType  # 8
-MESSAGE_TYPE_PATTERN_ANALYSIS: MessageType.ValueType  # 9
-MESSAGE_TYPE_DEEP_COACHING: MessageType.ValueType  # 10
-MESSAGE_TYPE_CRISIS: MessageType.ValueType  # 11
-Global___MessageType: _TypeAlias = MessageType  # noqa: Y015
-
-class _Role:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ROLE_UNSPECIFIED: _Role.ValueType  # 0
-    ROLE_USER: _Role.ValueType  # 1
-    ROLE_COACH: _Role.ValueType  # 2
-
-class Role(_Role, metaclass=_RoleEnumTypeWrapper):
-    """Who said a turn."""
-
-ROLE_UNSPECIFIED: Role.ValueType  # 0
-ROLE_USER: Role.ValueType  # 1
-ROLE_COACH: Role.ValueType  # 2
-Global___Role: _TypeAlias = Role  # noqa: Y015
-
-@_typing.final
-class Turn(_message.Message):
-    """One turn of a conversation."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ROLE_FIELD_NUMBER: _builtins.int
-    TEXT_FIELD_NUMBER: _builtins.int
-    role: Global___Role.ValueType
-    text: _builtins.str
-    def __init__(
-        self,
-        *,
-        role: Global___Role.ValueType = ...,
-        text: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "text", b"text"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Turn: _TypeAlias = Turn  # noqa: Y015
-
-@_typing.final
-class Usage(_message.Message):
-    """Token usage exactly as the upstream reported it."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
-    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
-    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
-    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
-    input_tokens: _builtins.int
-    cached_input_tokens: _builtins.int
-    output_tokens: _builtins.int
-    reasoning_tokens: _builtins.int
-    def __init__(
-        self,
-        *,
-        input_tokens: _builtins.int = ...,
-        cached_input_tokens: _builtins.int = ...,
-        output_tokens: _builtins.int = ...,
-        reasoning_tokens: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Usage: _TypeAlias = Usage  # noqa: Y015
-
-@_typing.final
-class UserContext(_message.Message):
-    """What the app knows about the user at the time of the message."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
-    CURRENT_STREAK_FIELD_NUMBER: _builtins.int
-    LOCAL_HOUR_FIELD_NUMBER: _builtins.int
-    TIMEZONE_FIELD_NUMBER: _builtins.int
-    display_name: _builtins.str
-    current_streak: _builtins.int
-    local_hour: _builtins.int
-    """The user's local hour, 0-23. Wins over timezone."""
-    timezone: _builtins.str
-    """IANA timezone name, used when local_hour is absent; with neither, UTC."""
-    def __init__(
-        self,
-        *,
-        display_name: _builtins.str = ...,
-        current_streak: _builtins.int = ...,
-        local_hour: _builtins.int | None = ...,
-        timezone: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_local_hour", b"_local_hour", "local_hour", b"local_hour"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_local_hour", b"_local_hour", "current_streak", b"current_streak", "display_name", b"display_name", "local_hour", b"local_hour", "timezone", b"timezone"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__local_hour: _TypeAlias = _typing.Literal["local_hour"]  # noqa: Y015
-    _WhichOneofArgType__local_hour: _TypeAlias = _typing.Literal["_local_hour", b"_local_hour"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__local_hour) -> _WhichOneofReturnType__local_hour | None: ...
-
-Global___UserContext: _TypeAlias = UserContext  # noqa: Y015

@@ -3,6 +3,33 @@
 isort:skip_file
 """
 
+from coach.type.v1.types_pb2 import Charge as Charge
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_ACCOUNTABILITY as MESSAGE_TYPE_ACCOUNTABILITY
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_ACKNOWLEDGEMENT as MESSAGE_TYPE_ACKNOWLEDGEMENT
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_CELEBRATION as MESSAGE_TYPE_CELEBRATION
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_CHECK_IN as MESSAGE_TYPE_CHECK_IN
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_CRISIS as MESSAGE_TYPE_CRISIS
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_DEEP_COACHING as MESSAGE_TYPE_DEEP_COACHING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_GOAL_SETTING as MESSAGE_TYPE_GOAL_SETTING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_GREETING as MESSAGE_TYPE_GREETING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_PATTERN_ANALYSIS as MESSAGE_TYPE_PATTERN_ANALYSIS
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_QUESTION as MESSAGE_TYPE_QUESTION
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_STRUGGLING as MESSAGE_TYPE_STRUGGLING
+from coach.type.v1.types_pb2 import MESSAGE_TYPE_UNSPECIFIED as MESSAGE_TYPE_UNSPECIFIED
+from coach.type.v1.types_pb2 import MessageType as MessageType
+from coach.type.v1.types_pb2 import ROLE_COACH as ROLE_COACH
+from coach.type.v1.types_pb2 import ROLE_UNSPECIFIED as ROLE_UNSPECIFIED
+from coach.type.v1.types_pb2 import ROLE_USER as ROLE_USER
+from coach.type.v1.types_pb2 import ROUTE_ASSISTANT as ROUTE_ASSISTANT
+from coach.type.v1.types_pb2 import ROUTE_COMPLETIONS as ROUTE_COMPLETIONS
+from coach.type.v1.types_pb2 import ROUTE_FALLBACK as ROUTE_FALLBACK
+from coach.type.v1.types_pb2 import ROUTE_PATTERN as ROUTE_PATTERN
+from coach.type.v1.types_pb2 import ROUTE_UNSPECIFIED as ROUTE_UNSPECIFIED
+from coach.type.v1.types_pb2 import Role as Role
+from coach.type.v1.types_pb2 import Route as Route
+from coach.type.v1.types_pb2 import Turn as Turn
+from coach.type.v1.types_pb2 import Usage as Usage
+from coach.type.v1.types_pb2 import UserContext as UserContext
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1

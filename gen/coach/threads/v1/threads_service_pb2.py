@@ -22,57 +22,55 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from coach.router.v1 import types_pb2 as coach_dot_router_dot_v1_dot_types__pb2
+from coach.type.v1 import types_pb2 as coach_dot_type_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&coach/threads/v1/threads_service.proto\x12\x10\x63oach.threads.v1\x1a\x1b\x63oach/router/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x0eUpstreamCharge\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x05usage\x18\x02 \x01(\x0b\x32\x16.coach.router.v1.Usage\x12\x0f\n\x07purpose\x18\x03 \x01(\t\"\xe3\x02\n\x08\x45xchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tuser_text\x18\x03 \x01(\t\x12\x13\n\x0b\x63oach_texts\x18\x04 \x03(\t\x12%\n\x05route\x18\x05 \x01(\x0e\x32\x16.coach.router.v1.Route\x12\x32\n\x0cmessage_type\x18\x06 \x01(\x0e\x32\x1c.coach.router.v1.MessageType\x12\x0f\n\x07pattern\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x31\n\x07\x63harges\x18\t \x03(\x0b\x32 .coach.threads.v1.UpstreamCharge\x12\x17\n\x0f\x63onversation_id\x18\n \x01(\t\x12\x12\n\nlatency_ms\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_turns\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xbb\x01\n\x14GetUserStateResponse\x12\x15\n\rmessage_count\x18\x01 \x01(\x05\x12+\n\x0crecent_turns\x18\x02 \x03(\x0b\x32\x15.coach.router.v1.Turn\x12,\n\x08\x65xisting\x18\x03 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x16\n\x0emessages_today\x18\x04 \x01(\x05\x12\x19\n\x11last_canned_reply\x18\x05 \x01(\t\"U\n\x15RecordExchangeRequest\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"W\n\x16RecordExchangeResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"W\n\x16RecordExchangesRequest\x12-\n\texchanges\x18\x01 \x03(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"N\n\x17RecordExchangesResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".coach.threads.v1.RecordedExchange\"j\n\x10RecordedExchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0frejected_reason\x18\x03 \x01(\t\x12\x18\n\x10rejected_message\x18\x04 \x01(\t\")\n\x17WatchUserChangesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\";\n\x18WatchUserChangesResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\"\x92\x02\n\x16RunStatefulTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x1c.coach.router.v1.MessageType\x12-\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x1c.coach.router.v1.UserContext\x12\r\n\x05model\x18\x06 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x08\x12\x0e\n\x06origin\x18\n \x01(\t\"X\n\x17RunStatefulTurnResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"M\n\x13ListMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xf1\x01\n\rStoredMessage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.coach.router.v1.Role\x12\x0c\n\x04text\x18\x03 \x01(\t\x12%\n\x05route\x18\x04 \x01(\x0e\x32\x16.coach.router.v1.Route\x12\x32\n\x0cmessage_type\x18\x05 \x01(\x0e\x32\x1c.coach.router.v1.MessageType\x12\r\n\x05model\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x14ListMessagesResponse\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.coach.threads.v1.StoredMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x14\x43ountMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"&\n\x15\x43ountMessagesResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\")\n\x16GetConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x17GetConversationResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x17\n\x0fturns_in_window\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x05\x32\xba\x06\n\x0eThreadsService\x12]\n\x0cGetUserState\x12%.coach.threads.v1.GetUserStateRequest\x1a&.coach.threads.v1.GetUserStateResponse\x12\x63\n\x0eRecordExchange\x12\'.coach.threads.v1.RecordExchangeRequest\x1a(.coach.threads.v1.RecordExchangeResponse\x12\x66\n\x0fRecordExchanges\x12(.coach.threads.v1.RecordExchangesRequest\x1a).coach.threads.v1.RecordExchangesResponse\x12k\n\x10WatchUserChanges\x12).coach.threads.v1.WatchUserChangesRequest\x1a*.coach.threads.v1.WatchUserChangesResponse0\x01\x12\x66\n\x0fRunStatefulTurn\x12(.coach.threads.v1.RunStatefulTurnRequest\x1a).coach.threads.v1.RunStatefulTurnResponse\x12]\n\x0cListMessages\x12%.coach.threads.v1.ListMessagesRequest\x1a&.coach.threads.v1.ListMessagesResponse\x12`\n\rCountMessages\x12&.coach.threads.v1.CountMessagesRequest\x1a\'.coach.threads.v1.CountMessagesResponse\x12\x66\n\x0fGetConversation\x12(.coach.threads.v1.GetConversationRequest\x1a).coach.threads.v1.GetConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&coach/threads/v1/threads_service.proto\x12\x10\x63oach.threads.v1\x1a\x19\x63oach/type/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n\x08\x45xchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tuser_text\x18\x03 \x01(\t\x12\x13\n\x0b\x63oach_texts\x18\x04 \x03(\t\x12#\n\x05route\x18\x05 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x06 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\x0f\n\x07pattern\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12&\n\x07\x63harges\x18\t \x03(\x0b\x32\x15.coach.type.v1.Charge\x12\x17\n\x0f\x63onversation_id\x18\n \x01(\t\x12\x12\n\nlatency_ms\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_turns\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb9\x01\n\x14GetUserStateResponse\x12\x15\n\rmessage_count\x18\x01 \x01(\x05\x12)\n\x0crecent_turns\x18\x02 \x03(\x0b\x32\x13.coach.type.v1.Turn\x12,\n\x08\x65xisting\x18\x03 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x16\n\x0emessages_today\x18\x04 \x01(\x05\x12\x19\n\x11last_canned_reply\x18\x05 \x01(\t\"U\n\x15RecordExchangeRequest\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"W\n\x16RecordExchangeResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"W\n\x16RecordExchangesRequest\x12-\n\texchanges\x18\x01 \x03(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"N\n\x17RecordExchangesResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".coach.threads.v1.RecordedExchange\"j\n\x10RecordedExchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0frejected_reason\x18\x03 \x01(\t\x12\x18\n\x10rejected_message\x18\x04 \x01(\t\")\n\x17WatchUserChangesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\";\n\x18WatchUserChangesResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\"\x8e\x02\n\x16RunStatefulTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12+\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x1a.coach.type.v1.UserContext\x12\r\n\x05model\x18\x06 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x08\x12\x0e\n\x06origin\x18\n \x01(\t\"X\n\x17RunStatefulTurnResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"M\n\x13ListMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xeb\x01\n\rStoredMessage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.coach.type.v1.Role\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x05route\x18\x04 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x05 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\r\n\x05model\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x14ListMessagesResponse\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.coach.threads.v1.StoredMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x14\x43ountMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"&\n\x15\x43ountMessagesResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\")\n\x16GetConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x17GetConversationResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x17\n\x0fturns_in_window\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x05\x32\xba\x06\n\x0eThreadsService\x12]\n\x0cGetUserState\x12%.coach.threads.v1.GetUserStateRequest\x1a&.coach.threads.v1.GetUserStateResponse\x12\x63\n\x0eRecordExchange\x12\'.coach.threads.v1.RecordExchangeRequest\x1a(.coach.threads.v1.RecordExchangeResponse\x12\x66\n\x0fRecordExchanges\x12(.coach.threads.v1.RecordExchangesRequest\x1a).coach.threads.v1.RecordExchangesResponse\x12k\n\x10WatchUserChanges\x12).coach.threads.v1.WatchUserChangesRequest\x1a*.coach.threads.v1.WatchUserChangesResponse0\x01\x12\x66\n\x0fRunStatefulTurn\x12(.coach.threads.v1.RunStatefulTurnRequest\x1a).coach.threads.v1.RunStatefulTurnResponse\x12]\n\x0cListMessages\x12%.coach.threads.v1.ListMessagesRequest\x1a&.coach.threads.v1.ListMessagesResponse\x12`\n\rCountMessages\x12&.coach.threads.v1.CountMessagesRequest\x1a\'.coach.threads.v1.CountMessagesResponse\x12\x66\n\x0fGetConversation\x12(.coach.threads.v1.GetConversationRequest\x1a).coach.threads.v1.GetConversationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coach.threads.v1.threads_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPSTREAMCHARGE']._serialized_start=122
-  _globals['_UPSTREAMCHARGE']._serialized_end=209
-  _globals['_EXCHANGE']._serialized_start=212
-  _globals['_EXCHANGE']._serialized_end=567
-  _globals['_GETUSERSTATEREQUEST']._serialized_start=569
-  _globals['_GETUSERSTATEREQUEST']._serialized_end=649
-  _globals['_GETUSERSTATERESPONSE']._serialized_start=652
-  _globals['_GETUSERSTATERESPONSE']._serialized_end=839
-  _globals['_RECORDEXCHANGEREQUEST']._serialized_start=841
-  _globals['_RECORDEXCHANGEREQUEST']._serialized_end=926
-  _globals['_RECORDEXCHANGERESPONSE']._serialized_start=928
-  _globals['_RECORDEXCHANGERESPONSE']._serialized_end=1015
-  _globals['_RECORDEXCHANGESREQUEST']._serialized_start=1017
-  _globals['_RECORDEXCHANGESREQUEST']._serialized_end=1104
-  _globals['_RECORDEXCHANGESRESPONSE']._serialized_start=1106
-  _globals['_RECORDEXCHANGESRESPONSE']._serialized_end=1184
-  _globals['_RECORDEDEXCHANGE']._serialized_start=1186
-  _globals['_RECORDEDEXCHANGE']._serialized_end=1292
-  _globals['_WATCHUSERCHANGESREQUEST']._serialized_start=1294
-  _globals['_WATCHUSERCHANGESREQUEST']._serialized_end=1335
-  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_start=1337
-  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_end=1396
-  _globals['_RUNSTATEFULTURNREQUEST']._serialized_start=1399
-  _globals['_RUNSTATEFULTURNREQUEST']._serialized_end=1673
-  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_start=1675
-  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_end=1763
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1765
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1842
-  _globals['_STOREDMESSAGE']._serialized_start=1845
-  _globals['_STOREDMESSAGE']._serialized_end=2086
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2088
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2186
-  _globals['_COUNTMESSAGESREQUEST']._serialized_start=2188
-  _globals['_COUNTMESSAGESREQUEST']._serialized_end=2227
-  _globals['_COUNTMESSAGESRESPONSE']._serialized_start=2229
-  _globals['_COUNTMESSAGESRESPONSE']._serialized_end=2267
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=2269
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2310
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=2312
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=2437
-  _globals['_THREADSSERVICE']._serialized_start=2440
-  _globals['_THREADSSERVICE']._serialized_end=3266
+  _globals['_EXCHANGE']._serialized_start=121
+  _globals['_EXCHANGE']._serialized_end=461
+  _globals['_GETUSERSTATEREQUEST']._serialized_start=463
+  _globals['_GETUSERSTATEREQUEST']._serialized_end=543
+  _globals['_GETUSERSTATERESPONSE']._serialized_start=546
+  _globals['_GETUSERSTATERESPONSE']._serialized_end=731
+  _globals['_RECORDEXCHANGEREQUEST']._serialized_start=733
+  _globals['_RECORDEXCHANGEREQUEST']._serialized_end=818
+  _globals['_RECORDEXCHANGERESPONSE']._serialized_start=820
+  _globals['_RECORDEXCHANGERESPONSE']._serialized_end=907
+  _globals['_RECORDEXCHANGESREQUEST']._serialized_start=909
+  _globals['_RECORDEXCHANGESREQUEST']._serialized_end=996
+  _globals['_RECORDEXCHANGESRESPONSE']._serialized_start=998
+  _globals['_RECORDEXCHANGESRESPONSE']._serialized_end=1076
+  _globals['_RECORDEDEXCHANGE']._serialized_start=1078
+  _globals['_RECORDEDEXCHANGE']._serialized_end=1184
+  _globals['_WATCHUSERCHANGESREQUEST']._serialized_start=1186
+  _globals['_WATCHUSERCHANGESREQUEST']._serialized_end=1227
+  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_start=1229
+  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_end=1288
+  _globals['_RUNSTATEFULTURNREQUEST']._serialized_start=1291
+  _globals['_RUNSTATEFULTURNREQUEST']._serialized_end=1561
+  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_start=1563
+  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_end=1651
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1653
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1730
+  _globals['_STOREDMESSAGE']._serialized_start=1733
+  _globals['_STOREDMESSAGE']._serialized_end=1968
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1970
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2068
+  _globals['_COUNTMESSAGESREQUEST']._serialized_start=2070
+  _globals['_COUNTMESSAGESREQUEST']._serialized_end=2109
+  _globals['_COUNTMESSAGESRESPONSE']._serialized_start=2111
+  _globals['_COUNTMESSAGESRESPONSE']._serialized_end=2149
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=2151
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2192
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=2194
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=2319
+  _globals['_THREADSSERVICE']._serialized_start=2322
+  _globals['_THREADSSERVICE']._serialized_end=3148
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,7 @@
 isort:skip_file
 """
 
-from coach.router.v1 import types_pb2 as _types_pb2
+from coach.type.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -19,35 +19,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-@_typing.final
-class UpstreamCharge(_message.Message):
-    """Charges for one upstream call, tokens as reported."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MODEL_FIELD_NUMBER: _builtins.int
-    USAGE_FIELD_NUMBER: _builtins.int
-    PURPOSE_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
-    purpose: _builtins.str
-    """"answer" for the call that produced the reply, "summary" etc. for upkeep."""
-    @_builtins.property
-    def usage(self) -> _types_pb2.Usage: ...
-    def __init__(
-        self,
-        *,
-        model: _builtins.str = ...,
-        usage: _types_pb2.Usage | None = ...,
-        purpose: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "purpose", b"purpose", "usage", b"usage"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UpstreamCharge: _TypeAlias = UpstreamCharge  # noqa: Y015
 
 @_typing.final
 class Exchange(_message.Message):
@@ -80,7 +51,7 @@ class Exchange(_message.Message):
     @_builtins.property
     def coach_texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpstreamCharge]:
+    def charges(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Charge]:
         """The answer's usage plus any upkeep calls it caused."""
 
     @_builtins.property
@@ -96,7 +67,7 @@ class Exchange(_message.Message):
         message_type: _types_pb2.MessageType.ValueType = ...,
         pattern: _builtins.str = ...,
         model: _builtins.str = ...,
-        charges: _abc.Iterable[Global___UpstreamCharge] | None = ...,
+        charges: _abc.Iterable[_types_pb2.Charge] | None = ...,
         conversation_id: _builtins.str = ...,
         latency_ms: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
