@@ -29,7 +29,7 @@ from services.common.metrics import (
     LEDGER_RECORDS,
     UNPRICED_CALLS,
 )
-from services.ledger.pricing import PriceBook
+from services.common.pricing import PriceBook
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import logging
 from coach.ledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
 
 from services.common.db import create_pool
+from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
 from services.ledger.accounting import AnswerRecorder, BaselinePolicy
 from services.ledger.config import Settings
 from services.ledger.limits import DailyLimits
-from services.ledger.pricing import PriceBook
 from services.ledger.reports import SpendReports
 from services.ledger.repository import LedgerRepository
 from services.ledger.servicer import LedgerServicer

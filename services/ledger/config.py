@@ -4,7 +4,7 @@
 |---|---|---|
 | `DATABASE_URL` | PostgreSQL (required) | - |
 | `COACH_LEDGER_LISTEN` / `COACH_LEDGER_ADDR` | where to listen | 127.0.0.1:50054 |
-| `COACH_LEDGER_PRICES_FILE` | the price book | services/ledger/data/prices.yaml |
+| `COACH_LEDGER_PRICES_FILE` | the price book | services/common/data/prices.yaml |
 | `COACH_LEDGER_MAX_MESSAGE_BYTES` | largest RecordAnswers batch accepted | 8 MiB |
 | `COACH_BASELINE_MODEL` | the baseline policy's strong model (savings report) | gpt-5.5 |
 | `COACH_BASELINE_OUTPUT_TOKENS` | output tokens assumed for a canned or fallback answer under the baseline | 60 |
@@ -20,8 +20,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from services.common.errors import ConfigError
+from services.common.pricing import DEFAULT_PRICES_FILE, NANOS_PER_USD
 from services.common.settings import Env, ServerSettings, database_url, server_settings
-from services.ledger.pricing import DEFAULT_PRICES_FILE, NANOS_PER_USD
 
 # A relay batch of ~500 records with their charges is ~100-200 KB: well above
 # the suite's 64 KiB default for small requests.

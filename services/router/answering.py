@@ -36,9 +36,9 @@ from typing import Protocol
 from services.common.after_reply import after_reply
 from services.common.errors import CoachError, ResourceExhausted
 from services.common.metrics import CRISIS_EVENTS, ROUTES
+from services.common.pricing import PriceBook
 from services.common.unattended import Unattended
 from services.common.usage import Charge, Usage
-from services.ledger.pricing import PriceBook
 from services.router.decision import Decision, MessageContext, MessageType, PriorTurn, Route, Router
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import uuid
 from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
 
 from services.common.clients import open_channel
+from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
-from services.ledger.pricing import PriceBook
 from services.router.answering import ChatPolicy, ChatService
 from services.router.config import Settings
 from services.router.decision import Router

@@ -12,7 +12,7 @@ from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2 as t
 
 from services.cli import daily_chart, main, usd
-from services.ledger.pricing import PriceBook
+from services.common.pricing import PriceBook
 from tests.conftest import RunningService, start_service, stop_service
 from tests.ledger.conftest import answer, at, charge, record
 

@@ -15,7 +15,7 @@ from coach.type.v1 import types_pb2 as t
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.metrics import UNPRICED_CALLS
-from services.ledger.pricing import PriceBook
+from services.common.pricing import PriceBook
 from tests.ledger.conftest import answer, at, charge, record
 
 BOOK = PriceBook.load()

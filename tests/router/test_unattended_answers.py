@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from services.common.pricing import PriceBook
 from services.common.usage import Usage
-from services.ledger.pricing import PriceBook
 from services.router.answering import (
     Answer,
     ChatInput,

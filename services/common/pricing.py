@@ -1,9 +1,10 @@
 """The price of an upstream call: one pure function over a validated price book.
 
-Every service that needs a cost imports this module: the router (to return
-``cost_usd_nanos`` synchronously, even while the ledger is down), the llm
-service, and the ledger itself (which recomputes and stores the cost). So the
-same tokens always cost the same nanos everywhere.
+Shared by the services that need a cost, with the price file beside it
+(``data/prices.yaml``): the router, which returns ``cost_usd_nanos`` with each reply
+(even while the ledger is down), and the ledger, which owns the bill (it recomputes,
+stores and reports every cost). So the same tokens cost the same nanos everywhere,
+and no service reads another service's files.
 
 Arithmetic (integer only, no floats anywhere):
 
@@ -230,7 +231,7 @@ class PriceBook:
         if problems:
             raise ConfigError(
                 "configured model(s) cannot be used: " + "; ".join(problems)
-                + " (see services/ledger/data/prices.yaml)"
+                + " (see services/common/data/prices.yaml)"
             )
         for model in wanted:
             price = self.price_of(model)

@@ -1,4 +1,4 @@
-"""The price of a call: pricing.PriceBook over data/prices.yaml (no network)."""
+"""The price of a call: services.common.pricing.PriceBook over its data/prices.yaml (no network)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.common.errors import ConfigError
-from services.ledger.pricing import Cost, PriceBook
+from services.common.pricing import Cost, PriceBook
 
 TODAY = dt.date(2026, 11, 27)
 
