@@ -9,6 +9,7 @@ from services.llm.assistants_backend import AssistantsBackend
 from services.llm.cheap_tier import CheapTier
 from services.llm.config import Settings, UpstreamSettings
 from services.llm.persona import load_persona
+from services.llm.prompt_prefix import baseline_prefix_tokens
 from services.llm.resilience import CircuitBreaker, Clock, RetryPolicy, SystemClock, Upstream
 from services.llm.responses_backend import ResponsesBackend
 from services.llm.servicer import LlmServicer
@@ -88,6 +89,7 @@ async def create_server(settings: Settings) -> CoachServer:
         budget_s=settings.resilience.budget_s,
         cheap_max_output_tokens=settings.cheap_max_output_tokens,
         stateful_max_output_tokens=settings.stateful_max_output_tokens,
+        baseline_prefix_tokens=baseline_prefix_tokens(persona, catalog),
     )
 
     async def close_clients() -> None:

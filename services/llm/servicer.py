@@ -16,6 +16,7 @@ from services.common.metrics import TOKENS
 from services.common.usage import Usage
 from services.llm.cheap_tier import CheapTier
 from services.llm.idempotency import IdempotencyCache
+from services.llm.prompt_prefix import ENCODING
 from services.llm.resilience import Clock, Deadline
 from services.llm.stateful import StatefulApi, StatefulTier, TurnInput
 from services.llm.turns import Audience, Generation, Reply, Role, Turn
@@ -99,6 +100,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         budget_s: float,
         cheap_max_output_tokens: int,
         stateful_max_output_tokens: int,
+        baseline_prefix_tokens: int = 0,
     ) -> None:
         self.cheap = cheap
         self.stateful = stateful
@@ -107,6 +109,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         self.budget_s = budget_s
         self.cheap_max_output_tokens = cheap_max_output_tokens
         self.stateful_max_output_tokens = stateful_max_output_tokens
+        self.baseline_prefix_tokens = baseline_prefix_tokens
         self.answers = IdempotencyCache()
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> Deadline:
@@ -280,3 +283,9 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         key = f"summarize:{request.user_id}:{request.request_id}" if request.request_id else None
         reply = await self.answers.run(key, summarize)
         return pb.SummarizeResponse(summary=reply.text, model=reply.model, usage=_usage(reply.usage))
+
+    async def GetPromptPrefix(
+        self, request: pb.GetPromptPrefixRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPromptPrefixResponse:
+        return pb.GetPromptPrefixResponse(baseline_tokens=self.baseline_prefix_tokens,
+                                          encoding=ENCODING)

@@ -11,13 +11,12 @@ from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
 from services.common.clients import open_channel
 from services.common.db import apply_migrations, create_pool
 from services.common.server import CoachServer, Registration
-from services.common.settings import REPO_ROOT
-from services.threads.baseline_tokens import baseline_prefix_tokens
 from services.threads.config import Settings
 from services.threads.history import History
 from services.threads.ledger_client import LedgerClient
 from services.threads.ledger_relay import LedgerRelay
 from services.threads.llm_client import LlmClient
+from services.threads.prompt_prefix import BaselinePrefix
 from services.threads.repository import ThreadsRepository
 from services.threads.retirer import ConversationRetirer
 from services.threads.servicer import ThreadsServicer
@@ -27,11 +26,9 @@ from services.threads.user_changes import UserChanges
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-LLM_DATA = REPO_ROOT / "services" / "llm" / "data"
 
 
 async def create_server(settings: Settings) -> CoachServer:
-    prefix_tokens = baseline_prefix_tokens(settings.baseline_prefix_tokens, LLM_DATA)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
     try:
         await apply_migrations(pool, "threads", MIGRATIONS)
@@ -45,8 +42,10 @@ async def create_server(settings: Settings) -> CoachServer:
         repository, LedgerClient(ledger_channel, timeout_s=settings.ledger_timeout_s),
         settings.relay,
     )
-    history = History(repository, prefix_tokens=prefix_tokens, on_stored=relay.notify)
     llm = LlmClient(llm_channel, timeout_s=settings.llm_timeout_s)
+    prefix = BaselinePrefix(llm.baseline_prefix_tokens, configured=settings.baseline_prefix_tokens)
+    await prefix.start()
+    history = History(repository, prefix_tokens=prefix.tokens, on_stored=relay.notify)
     retirer = ConversationRetirer(repository, llm, settings.retire)
     turns = StatefulTurns(
         repository,
@@ -66,7 +65,7 @@ async def create_server(settings: Settings) -> CoachServer:
         "stateful_api": settings.stateful_api, "llm": settings.llm.address,
         "ledger": settings.ledger.address, "prune_keep_messages": settings.prune.keep_messages,
         "prune_at_messages": settings.prune.prune_at_messages,
-        "summary_model": settings.summary_model, "baseline_prefix_tokens": prefix_tokens,
+        "summary_model": settings.summary_model, "baseline_prefix_tokens": prefix.tokens(),
         "delete_rotated_conversations": settings.retire.enabled})
 
     async def end_watches() -> None:
@@ -76,6 +75,7 @@ async def create_server(settings: Settings) -> CoachServer:
         await turns.finish(settings.server.grace_seconds)
 
     async def flush_ledger() -> None:
+        await prefix.stop()
         await retirer.stop()
         await relay.stop(settings.flush_seconds)
 

@@ -66,8 +66,8 @@ class Settings:
     # capped by this). The user's turn lease lasts this long plus a margin, so a crashed
     # replica's lease expires by itself.
     turn_budget_s: float
-    # Persona + every function definition, in tokens, for baseline estimates;
-    # None: counted from the llm service's data files (or a default).
+    # Persona + every function definition, in tokens, for baseline estimates
+    # (COACH_BASELINE_PREFIX_TOKENS); None: as the llm service reports it (prompt_prefix.py).
     baseline_prefix_tokens: int | None
 
     @classmethod

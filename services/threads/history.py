@@ -25,10 +25,11 @@ class History:
         self,
         repository: ThreadsRepository,
         *,
-        prefix_tokens: int,
+        prefix_tokens: Callable[[], int],
         on_stored: Callable[[], None] = lambda: None,
     ) -> None:
         self.repository = repository
+        # The baseline policy's prompt prefix, as the llm service reports it (prompt_prefix).
         self.prefix_tokens = prefix_tokens
         # Wakes the ledger relay: a new outbox row is waiting.
         self.on_stored = on_stored
@@ -50,7 +51,7 @@ class History:
             exchange=exchange,
             message_tokens=message_tokens,
             history_tokens_added=added,
-            prefix_tokens=self.prefix_tokens,
+            prefix_tokens=self.prefix_tokens(),
             goals=goals,
             conversation_pk=conversation_pk,
             origin=origin,

@@ -130,3 +130,13 @@ class LlmClient:
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from exc
         return reply.existed
+
+    async def baseline_prefix_tokens(self, timeout_s: float) -> int:
+        """The size of the baseline policy's prompt prefix (GetPromptPrefix). Waits for the
+        llm service to be reachable, up to ``timeout_s``."""
+        try:
+            reply = await self._stub.GetPromptPrefix(
+                llm_pb.GetPromptPrefixRequest(), timeout=timeout_s, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from exc
+        return int(reply.baseline_tokens)

@@ -14,8 +14,10 @@ import openai
 import pytest
 from coach.llm.v1 import llm_service_pb2 as pb
 
+from services.common.tokens import count_tokens
 from services.llm.config import DATA_DIR
 from services.llm.persona import load_persona
+from services.llm.tools import ToolCatalog, load_tools
 from services.offline_openai.tokens import Segment, TokenCounter
 from tests.llm.conftest import Llm, running_llm
 
@@ -469,3 +471,12 @@ async def test_a_conversation_no_longer_used_is_deleted_upstream(
     again = await service.stub.DeleteConversation(
         pb.DeleteConversationRequest(conversation_id=conv.conversation_id), timeout=5)
     assert not again.existed  # already gone: done, not an error
+
+
+async def test_the_baseline_prompt_prefix_is_the_persona_and_every_tool(llm: Llm) -> None:
+    reply = await llm.stub.GetPromptPrefix(pb.GetPromptPrefixRequest())
+    persona = f"{PERSONA.coach}\n\n{PERSONA.tools}"
+    catalog = load_tools(DATA_DIR / "tools.yaml")
+    definitions = json.dumps(ToolCatalog.chat_format(tuple(catalog.tools.values())), sort_keys=True)
+    assert reply.encoding == "o200k_base"
+    assert reply.baseline_tokens == count_tokens(persona) + count_tokens(definitions) > 500

@@ -19,6 +19,8 @@ from services.common.server import CoachServer, Registration
 from services.common.settings import Env, server_settings
 
 ROLE = {llm_pb.TURN_ROLE_USER: "user", llm_pb.TURN_ROLE_COACH: "coach"}
+# What the fake llm service says the baseline policy's prompt prefix costs.
+PREFIX_TOKENS = 777
 
 
 @dataclass
@@ -137,6 +139,10 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
             usage=types_pb2.Usage(input_tokens=50 + 5 * folded, output_tokens=30),
         )
 
+    async def GetPromptPrefix(
+        self, request: llm_pb.GetPromptPrefixRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb.GetPromptPrefixResponse:
+        return llm_pb.GetPromptPrefixResponse(baseline_tokens=PREFIX_TOKENS, encoding="o200k_base")
 
     async def DeleteConversation(
         self, request: llm_pb.DeleteConversationRequest, context: grpc.aio.ServicerContext

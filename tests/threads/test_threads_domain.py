@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from services.common.errors import ConfigError, InvalidArgument
-from services.threads.baseline_tokens import count_tokens, exchange_tokens
+from services.common.tokens import count_tokens
+from services.threads.baseline_tokens import exchange_tokens
 from services.threads.paging import decode_page_token, encode_page_token, page_size
 from services.threads.pruning import (
     PruneSettings,

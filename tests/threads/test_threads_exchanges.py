@@ -11,9 +11,9 @@ from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2
 
-from services.threads.baseline_tokens import count_tokens
+from services.common.tokens import count_tokens
 from tests.threads.builders import cheap, exchange, rid, turn_request
-from tests.threads.fakes import FakeLedger
+from tests.threads.fakes import PREFIX_TOKENS, FakeLedger
 
 Stub = pb_grpc.ThreadsServiceStub
 
@@ -87,8 +87,9 @@ async def test_baseline_tokens_count_the_whole_history(
     await stub.RecordExchange(exchange(user_id, "yes let's go", "Love it.", second))
     await wait_for(lambda: first in ledger.records and second in ledger.records)
     one, two = ledger.records[first].baseline_input_tokens, ledger.records[second].baseline_input_tokens
-    prefix = one - count_tokens("hey there")
-    assert prefix > 500  # persona + every function definition
+    # The prefix is the llm service's (GetPromptPrefix), not read from its files.
+    assert one - count_tokens("hey there") == PREFIX_TOKENS
+    prefix = PREFIX_TOKENS
     history = count_tokens("hey there") + count_tokens("Hey! Ready?")
     assert two == prefix + history + count_tokens("yes let's go")
 

@@ -516,3 +516,42 @@ class SummarizeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SummarizeResponse: _TypeAlias = SummarizeResponse  # noqa: Y015
+
+@_typing.final
+class GetPromptPrefixRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromptPrefixRequest: _TypeAlias = GetPromptPrefixRequest  # noqa: Y015
+
+@_typing.final
+class GetPromptPrefixResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASELINE_TOKENS_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
+    baseline_tokens: _builtins.int
+    """Tokens of the baseline prefix, counted in `encoding`."""
+    encoding: _builtins.str
+    """The tokenizer's encoding, e.g. "o200k_base"."""
+    def __init__(
+        self,
+        *,
+        baseline_tokens: _builtins.int = ...,
+        encoding: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_tokens", b"baseline_tokens", "encoding", b"encoding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromptPrefixResponse: _TypeAlias = GetPromptPrefixResponse  # noqa: Y015

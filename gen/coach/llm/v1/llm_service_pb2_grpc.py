@@ -67,6 +67,11 @@ class LlmServiceStub:
                 request_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationRequest.SerializeToString,
                 response_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationResponse.FromString,
                 _registered_method=True)
+        self.GetPromptPrefix = channel.unary_unary(
+                '/coach.llm.v1.LlmService/GetPromptPrefix',
+                request_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.GetPromptPrefixRequest.SerializeToString,
+                response_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.GetPromptPrefixResponse.FromString,
+                _registered_method=True)
 
 
 class LlmServiceServicer:
@@ -120,6 +125,15 @@ class LlmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPromptPrefix(self, request, context):
+        """The size of the prompt prefix every call of the baseline policy carries:
+        the coach persona with its tool guidance, and every function definition.
+        The threads service adds it to each answer's baseline estimate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LlmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +166,11 @@ def add_LlmServiceServicer_to_server(servicer, server):
                     servicer.DeleteConversation,
                     request_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationRequest.FromString,
                     response_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationResponse.SerializeToString,
+            ),
+            'GetPromptPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPromptPrefix,
+                    request_deserializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.GetPromptPrefixRequest.FromString,
+                    response_serializer=coach_dot_llm_dot_v1_dot_llm__service__pb2.GetPromptPrefixResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +338,33 @@ class LlmService:
             '/coach.llm.v1.LlmService/DeleteConversation',
             coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationRequest.SerializeToString,
             coach_dot_llm_dot_v1_dot_llm__service__pb2.DeleteConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPromptPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coach.llm.v1.LlmService/GetPromptPrefix',
+            coach_dot_llm_dot_v1_dot_llm__service__pb2.GetPromptPrefixRequest.SerializeToString,
+            coach_dot_llm_dot_v1_dot_llm__service__pb2.GetPromptPrefixResponse.FromString,
             options,
             channel_credentials,
             insecure,

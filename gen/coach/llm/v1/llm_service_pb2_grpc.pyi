@@ -54,6 +54,11 @@ class LlmServiceStub:
     """Deletes a provider conversation (or Assistants thread) no longer in use,
     with everything it holds. One already gone counts as deleted.
     """
+    GetPromptPrefix: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.GetPromptPrefixRequest, _llm_service_pb2.GetPromptPrefixResponse]
+    """The size of the prompt prefix every call of the baseline policy carries:
+    the coach persona with its tool guidance, and every function definition.
+    The threads service adds it to each answer's baseline estimate.
+    """
 
 @_typing.type_check_only
 class LlmServiceAsyncStub(LlmServiceStub):
@@ -80,6 +85,11 @@ class LlmServiceAsyncStub(LlmServiceStub):
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.DeleteConversationRequest, _llm_service_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Deletes a provider conversation (or Assistants thread) no longer in use,
     with everything it holds. One already gone counts as deleted.
+    """
+    GetPromptPrefix: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.GetPromptPrefixRequest, _llm_service_pb2.GetPromptPrefixResponse]  # type: ignore[assignment]
+    """The size of the prompt prefix every call of the baseline policy carries:
+    the coach persona with its tool guidance, and every function definition.
+    The threads service adds it to each answer's baseline estimate.
     """
 
 class LlmServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -140,6 +150,17 @@ class LlmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_llm_service_pb2.DeleteConversationResponse, _abc.Awaitable[_llm_service_pb2.DeleteConversationResponse]]:
         """Deletes a provider conversation (or Assistants thread) no longer in use,
         with everything it holds. One already gone counts as deleted.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPromptPrefix(
+        self,
+        request: _llm_service_pb2.GetPromptPrefixRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_service_pb2.GetPromptPrefixResponse, _abc.Awaitable[_llm_service_pb2.GetPromptPrefixResponse]]:
+        """The size of the prompt prefix every call of the baseline policy carries:
+        the coach persona with its tool guidance, and every function definition.
+        The threads service adds it to each answer's baseline estimate.
         """
 
 def add_LlmServiceServicer_to_server(servicer: LlmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
