@@ -49,13 +49,17 @@ class Usage:
                    message.reasoning_tokens)
 
 
+# The purpose of the call that produced the reply; upkeep calls name theirs ("summary").
+ANSWER_PURPOSE = "answer"
+
+
 @dataclass(frozen=True)
 class Charge:
     """Tokens of one upstream call: the answer's own ("answer") or upkeep ("summary")."""
 
     model: str
     usage: Usage
-    purpose: str = "answer"
+    purpose: str = ANSWER_PURPOSE
 
     def fields(self) -> dict[str, Any]:
         """Keyword arguments for the charge protos (coach.type.v1 Charge)."""
@@ -64,7 +68,7 @@ class Charge:
     @classmethod
     def of(cls, message: Any) -> Charge:
         """From a charge proto; an empty purpose reads as "answer"."""
-        return cls(message.model, Usage.of(message.usage), message.purpose or "answer")
+        return cls(message.model, Usage.of(message.usage), message.purpose or ANSWER_PURPOSE)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "purpose": self.purpose, **self.usage.fields()}
@@ -73,7 +77,7 @@ class Charge:
     def from_json(cls, raw: dict[str, Any]) -> Charge:
         return cls(
             model=str(raw.get("model", "")),
-            purpose=str(raw.get("purpose", "answer")),
+            purpose=str(raw.get("purpose", ANSWER_PURPOSE)),
             usage=Usage(
                 input_tokens=int(raw.get("input_tokens", 0)),
                 cached_input_tokens=int(raw.get("cached_input_tokens", 0)),

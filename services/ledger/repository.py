@@ -183,19 +183,21 @@ def _batch_columns(answers: Sequence[PricedAnswer]) -> list[list[object]]:
     a_cols: list[list[object]] = [[] for _ in range(18)]
     c_cols: list[list[object]] = [[] for _ in range(12)]
     for p in answers:
-        e = p.entry
+        e = p.record
         for col, value in zip(a_cols, (
-            e.request_id, e.user_id, e.route, e.message_type, e.model, e.latency_ms,
-            e.answered_at, p.answer_day, p.input_tokens, p.cached_input_tokens, p.output_tokens,
+            e.request_id, e.user_id, e.route.value,
+            e.message_type.value if e.message_type is not None else 0, e.model, e.latency_ms,
+            e.answer_time, p.answer_day, p.input_tokens, p.cached_input_tokens, p.output_tokens,
             p.reasoning_tokens, p.cost_usd_nanos, p.unpriced, e.baseline_input_tokens,
             p.baseline_output_tokens, p.baseline_model, p.baseline_cost_usd_nanos,
         ), strict=True):
             col.append(value)
         for seq, c in enumerate(p.charges):
             for col, value in zip(c_cols, (
-                e.request_id, seq, c.entry.purpose, c.entry.model, c.entry.input_tokens,
-                c.entry.cached_input_tokens, c.entry.output_tokens, c.entry.reasoning_tokens,
-                c.cost_usd_nanos, c.unpriced, e.route, p.answer_day,
+                e.request_id, seq, c.charge.purpose, c.charge.model, c.charge.usage.input_tokens,
+                c.charge.usage.cached_input_tokens, c.charge.usage.output_tokens,
+                c.charge.usage.reasoning_tokens, c.cost_usd_nanos, c.unpriced, e.route.value,
+                p.answer_day,
             ), strict=True):
                 col.append(value)
     return [*a_cols, *c_cols]

@@ -10,7 +10,10 @@ from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2
 
 from services.common.errors import Validator
-from services.ledger.accounting import ANSWER_PURPOSE, AnswerEntry, AnswerRecorder, ChargeEntry
+from services.common.exchange import AnswerRecord
+from services.common.usage import Charge
+from services.common.vocabulary import MessageType, Route
+from services.ledger.accounting import AnswerRecorder
 from services.ledger.limits import DailyLimits
 from services.ledger.reports import DailyRow, SpendReports
 
@@ -111,12 +114,12 @@ def route_name(route: int) -> str:
         return str(route)
 
 
-def answer_entries(request: pb.RecordAnswersRequest) -> list[AnswerEntry]:
+def answer_entries(request: pb.RecordAnswersRequest) -> list[AnswerRecord]:
     """Validates a whole batch (nothing is stored if any record is bad) into domain entries."""
     v = Validator()
     v.check(len(request.records) <= MAX_RECORDS_PER_BATCH, "records",
             f"at most {MAX_RECORDS_PER_BATCH} records per batch")
-    entries: list[AnswerEntry] = []
+    entries: list[AnswerRecord] = []
     for i, rec in enumerate(request.records):
         where = f"records[{i}]"
         v.text(f"{where}.request_id", rec.request_id, max_chars=MAX_ID_CHARS, required=True)
@@ -128,7 +131,7 @@ def answer_entries(request: pb.RecordAnswersRequest) -> list[AnswerEntry]:
         v.check(rec.latency_ms >= 0, f"{where}.latency_ms", "must not be negative")
         v.tokens(f"{where}.baseline_input_tokens", rec.baseline_input_tokens)
         v.check(rec.HasField("answer_time"), f"{where}.answer_time", "required")
-        charges: list[ChargeEntry] = []
+        charges: list[Charge] = []
         for j, ch in enumerate(rec.charges):
             cw = f"{where}.charges[{j}]"
             u = ch.usage
@@ -140,19 +143,18 @@ def answer_entries(request: pb.RecordAnswersRequest) -> list[AnswerEntry]:
                     "cached input tokens are part of input tokens: must not exceed them")
             v.check(u.reasoning_tokens <= u.output_tokens, f"{cw}.usage.reasoning_tokens",
                     "reasoning tokens are part of output tokens: must not exceed them")
-            charges.append(ChargeEntry(
-                purpose=ch.purpose or ANSWER_PURPOSE, model=ch.model,
-                input_tokens=u.input_tokens, cached_input_tokens=u.cached_input_tokens,
-                output_tokens=u.output_tokens, reasoning_tokens=u.reasoning_tokens,
-            ))
+            charges.append(Charge.of(ch))
         if rec.HasField("answer_time"):
-            answered_at = rec.answer_time.ToDatetime(tzinfo=dt.UTC)
+            answer_time = rec.answer_time.ToDatetime(tzinfo=dt.UTC)
         else:
-            answered_at = dt.datetime.fromtimestamp(0, dt.UTC)
-        entries.append(AnswerEntry(
-            request_id=rec.request_id, user_id=rec.user_id, route=rec.route,
-            message_type=rec.message_type, model=rec.model, charges=tuple(charges),
-            latency_ms=rec.latency_ms, answered_at=answered_at,
+            answer_time = dt.datetime.fromtimestamp(0, dt.UTC)
+        if v.violations:
+            continue  # nothing is stored: the rest is only checked
+        entries.append(AnswerRecord(
+            request_id=rec.request_id, user_id=rec.user_id, route=Route(rec.route),
+            message_type=MessageType(rec.message_type) if rec.message_type else None,
+            model=rec.model, charges=tuple(charges),
+            latency_ms=rec.latency_ms, answer_time=answer_time,
             baseline_input_tokens=rec.baseline_input_tokens,
         ))
     if len(v.violations) > MAX_VIOLATIONS:  # error details travel in size-limited trailers

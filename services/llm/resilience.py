@@ -34,7 +34,7 @@ credentials are fine; the operator's upstream key is wrong, and retrying the
 same call will not help until the configuration changes.
 
 Nothing here imports grpc or openai; ``services.llm.upstream`` classifies SDK
-exceptions into ``UpstreamFailure``.
+exceptions into ``FailedAttempt``.
 """
 
 from __future__ import annotations
@@ -125,8 +125,10 @@ RETRYABLE = frozenset(
 
 
 @dataclass(frozen=True)
-class UpstreamFailure:
-    """One failed upstream attempt, classified."""
+class FailedAttempt:
+    """One failed upstream attempt, classified: retried, counted by the breaker, and at the
+    end turned into the domain error the caller sees (``to_error``). The router's
+    ``UpstreamFailure`` is another thing: its signal to answer with a fallback."""
 
     kind: FailureKind
     message: str
@@ -196,7 +198,7 @@ class RetryPolicy:
         ceiling = min(self.max_s, self.base_s * (2**retry))
         return self.rng.uniform(0.0, ceiling)
 
-    def delay(self, retry: int, failure: UpstreamFailure) -> float:
+    def delay(self, retry: int, failure: FailedAttempt) -> float:
         """Retry-After when the upstream sent one (at least the backoff floor), else backoff."""
         if failure.retry_after_s is not None:
             return max(failure.retry_after_s, 0.0)
@@ -272,7 +274,7 @@ class CircuitBreaker:
             self._set(BreakerState.OPEN)
 
 
-Classifier = Callable[[BaseException], "UpstreamFailure | None"]
+Classifier = Callable[[BaseException], "FailedAttempt | None"]
 
 
 class Upstream:
@@ -299,9 +301,9 @@ class Upstream:
         # deadline) rather than all contending for the CPU and the connection pool.
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
-    def _failure(self, exc: BaseException) -> UpstreamFailure | None:
+    def _failure(self, exc: BaseException) -> FailedAttempt | None:
         if isinstance(exc, TimeoutError):
-            return UpstreamFailure(FailureKind.TIMEOUT, "timed out")
+            return FailedAttempt(FailureKind.TIMEOUT, "timed out")
         return self.classify(exc)
 
     async def call(
@@ -317,7 +319,7 @@ class Upstream:
         ``retry_timeouts=False`` for calls that create state upstream, where a
         timed-out attempt may still have taken effect.
         """
-        last: UpstreamFailure | None = None
+        last: FailedAttempt | None = None
         for attempt in range(self.policy.max_attempts):
             remaining = deadline.remaining()
             if remaining < MIN_ATTEMPT_S:

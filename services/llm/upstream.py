@@ -46,7 +46,7 @@ import yarl
 from aiohttp.helpers import get_env_proxy_for_url
 
 from services.llm.config import UpstreamSettings
-from services.llm.resilience import FailureKind, UpstreamFailure
+from services.llm.resilience import FailedAttempt, FailureKind
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -237,31 +237,31 @@ def retry_after_seconds(headers: httpx2.Headers | None) -> float | None:
     return max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
 
 
-def classify(exc: BaseException) -> UpstreamFailure | None:
-    """An SDK exception as an ``UpstreamFailure``; None for anything else (a bug: re-raised)."""
+def classify(exc: BaseException) -> FailedAttempt | None:
+    """An SDK exception as a ``FailedAttempt``; None for anything else (a bug: re-raised)."""
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamFailure(FailureKind.TIMEOUT, "timed out")
+        return FailedAttempt(FailureKind.TIMEOUT, "timed out")
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamFailure(FailureKind.CONNECTION, str(exc) or "connection failed")
+        return FailedAttempt(FailureKind.CONNECTION, str(exc) or "connection failed")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = _message(exc)
         retry_after = retry_after_seconds(exc.response.headers if exc.response is not None else None)
         if status == 429:
-            return UpstreamFailure(FailureKind.RATE_LIMITED, message, status, retry_after)
+            return FailedAttempt(FailureKind.RATE_LIMITED, message, status, retry_after)
         if status in (408, 409) or status >= 500:
-            return UpstreamFailure(FailureKind.SERVER_ERROR, message, status, retry_after)
+            return FailedAttempt(FailureKind.SERVER_ERROR, message, status, retry_after)
         if status in (401, 403):
-            return UpstreamFailure(FailureKind.AUTH, message, status)
+            return FailedAttempt(FailureKind.AUTH, message, status)
         if status == 404:
-            return UpstreamFailure(FailureKind.NOT_FOUND, message, status)
-        return UpstreamFailure(FailureKind.REJECTED, message, status)
+            return FailedAttempt(FailureKind.NOT_FOUND, message, status)
+        return FailedAttempt(FailureKind.REJECTED, message, status)
     if isinstance(exc, httpx2.TimeoutException):
-        return UpstreamFailure(FailureKind.TIMEOUT, "timed out")
+        return FailedAttempt(FailureKind.TIMEOUT, "timed out")
     if isinstance(exc, httpx2.TransportError):
-        return UpstreamFailure(FailureKind.CONNECTION, str(exc) or type(exc).__name__)
+        return FailedAttempt(FailureKind.CONNECTION, str(exc) or type(exc).__name__)
     if isinstance(exc, openai.APIResponseValidationError):
-        return UpstreamFailure(FailureKind.SERVER_ERROR, "malformed upstream response", exc.status_code)
+        return FailedAttempt(FailureKind.SERVER_ERROR, "malformed upstream response", exc.status_code)
     return None
 
 

@@ -35,44 +35,16 @@ from typing import Protocol
 
 from services.common.after_reply import after_reply
 from services.common.errors import CoachError, ResourceExhausted
+from services.common.exchange import Exchange, UserState
 from services.common.metrics import CRISIS_EVENTS, ROUTES
 from services.common.pricing import PriceBook
 from services.common.unattended import Unattended
 from services.common.usage import Charge, Usage
-from services.router.decision import Decision, MessageContext, MessageType, PriorTurn, Route, Router
+from services.common.vocabulary import MessageType, Route, Turn
+from services.router.decision import Decision, MessageContext, PriorTurn, Router
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Answer:
-    """One user message and the coach's answer, as stored."""
-
-    request_id: str
-    user_id: str
-    user_text: str
-    coach_texts: tuple[str, ...]
-    route: Route
-    message_type: MessageType
-    pattern: str = ""
-    model: str = ""
-    charges: tuple[Charge, ...] = ()
-    conversation_id: str = ""
-    latency_ms: int = 0
-
-    @property
-    def coach_turn(self) -> str:
-        """The coach's side of the exchange as one turn of the history."""
-        return "\n\n".join(self.coach_texts)
-
-    @property
-    def answer_usage(self) -> Usage:
-        """Usage of the answer's own call: exactly what the upstream reported."""
-        total = Usage()
-        for charge in self.charges:
-            if charge.purpose == "answer":
-                total = total + charge.usage
-        return total
 
 
 @dataclass(frozen=True)
@@ -94,18 +66,10 @@ class ChatInput:
 
 @dataclass(frozen=True)
 class ChatResult:
-    answer: Answer
+    answer: Exchange
     cost_usd_nanos: int
     replayed: bool = False
 
-
-@dataclass(frozen=True)
-class UserState:
-    message_count: int
-    recent_turns: tuple[PriorTurn, ...]
-    existing: Answer | None
-    messages_today: int
-    last_canned_reply: str
 
 
 @dataclass(frozen=True)
@@ -123,7 +87,7 @@ class CompletionInput:
     request_id: str
     user_id: str
     message: str
-    history: tuple[PriorTurn, ...]
+    history: tuple[Turn, ...]
     decision: Decision
     context: UserContextIn
 
@@ -133,6 +97,12 @@ class Completion:
     text: str
     model: str
     usage: Usage
+
+
+def message_type_of(decision: Decision) -> MessageType:
+    """The decision's message type as the shared vocabulary's member of the same name (the
+    classifier keeps an enum of its own with the same members)."""
+    return MessageType[decision.message_type.name]
 
 
 class UpstreamFailure(Exception):
@@ -145,7 +115,7 @@ class UpstreamFailure(Exception):
 
 class ThreadsPort(Protocol):
     async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState: ...
-    async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Answer: ...
+    async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Exchange: ...
 
 
 class StateCache(Protocol):
@@ -154,14 +124,14 @@ class StateCache(Protocol):
     def get(self, user_id: str, request_id: str) -> UserState | None: ...
     def epoch(self) -> int: ...
     def put(self, user_id: str, state: UserState, epoch: int) -> None: ...
-    def record(self, answer: Answer) -> None: ...
+    def record(self, answer: Exchange) -> None: ...
 
 
 class AnswerStore(Protocol):
     """Write-behind storage of answers given outside the stateful tier (journal.AnswerJournal)."""
 
     def ensure_room(self) -> None: ...
-    def append(self, answer: Answer) -> None: ...
+    def append(self, answer: Exchange) -> None: ...
     async def flush_user(self, user_id: str, timeout: float) -> None: ...
 
 
@@ -215,7 +185,7 @@ class ChatService:
     # -- decisions ------------------------------------------------------------------
 
     def context_for(
-        self, context: UserContextIn, message_count: int, history: tuple[PriorTurn, ...],
+        self, context: UserContextIn, message_count: int, history: tuple[Turn, ...],
         last_canned_reply: str = "",
     ) -> MessageContext:
         return MessageContext(
@@ -224,7 +194,8 @@ class ChatService:
             local_hour=context.local_hour,
             timezone=context.timezone,
             message_count=message_count,
-            history=history,
+            # The classifier reads turns as its own PriorTurn (same fields).
+            history=tuple(PriorTurn(t.role, t.text) for t in history),
             last_canned_reply=last_canned_reply,
         )
 
@@ -234,7 +205,7 @@ class ChatService:
         message: str,
         context: UserContextIn,
         message_count: int | None,
-        history: tuple[PriorTurn, ...] | None,
+        history: tuple[Turn, ...] | None,
         timeout: float,
     ) -> Decision:
         """Decides only: reads stored state for what the caller did not override."""
@@ -283,7 +254,7 @@ class ChatService:
         after_reply(self._after_reply, request.user_id, answer, cost)
         return ChatResult(answer, cost)
 
-    def _after_reply(self, user_id: str, answer: Answer, cost: int) -> None:
+    def _after_reply(self, user_id: str, answer: Exchange, cost: int) -> None:
         """Once the reply is on its way: the answer's log line, and the coach's turn read ahead
         for the user's next message (which will answer it)."""
         self._log_answer(user_id, answer, cost)
@@ -291,7 +262,7 @@ class ChatService:
             self.router.read_coach_turn(answer.coach_turn)
 
     @staticmethod
-    def _log_answer(user_id: str, answer: Answer, cost: int) -> None:
+    def _log_answer(user_id: str, answer: Exchange, cost: int) -> None:
         # Every answer from the upstream is logged at INFO with its tokens and cost. A canned
         # reply (no upstream call, no cost) only at DEBUG: it is counted in
         # coach_routes_total and stored with its pattern by threads, and its line was ~8% of
@@ -318,7 +289,7 @@ class ChatService:
     async def _answer_and_keep(
         self, request: ChatInput, request_id: str, decision: Decision, state: UserState,
         deadline: float, started: float,
-    ) -> Answer:
+    ) -> Exchange:
         """The answer, journaled (outside the stateful tier, which threads stores) and cached."""
         answer = await self._answer(request, request_id, decision, state, deadline)
         answer = replace(answer, latency_ms=int((time.monotonic() - started) * 1000))
@@ -345,7 +316,7 @@ class ChatService:
         self.cache.put(user_id, state, epoch)
         return state
 
-    def cost_of(self, answer: Answer) -> int:
+    def cost_of(self, answer: Exchange) -> int:
         total = 0
         for charge in answer.charges:
             usage = charge.usage
@@ -373,14 +344,14 @@ class ChatService:
 
     async def _answer(
         self, request: ChatInput, request_id: str, decision: Decision, state: UserState, deadline: float
-    ) -> Answer:
-        base = Answer(
+    ) -> Exchange:
+        base = Exchange(
             request_id=request_id,
             user_id=request.user_id,
             user_text=request.message,
             coach_texts=(),
             route=decision.route,
-            message_type=decision.message_type,
+            message_type=message_type_of(decision),
         )
         if decision.route is Route.PATTERN:
             return replace(base, coach_texts=(decision.canned_reply,), pattern=decision.pattern)

@@ -42,13 +42,11 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from services.common.errors import CoachError, ConfigError, Unavailable
+from services.common.exchange import Exchange
 from services.common.metrics import JOURNAL_PENDING, JOURNAL_STORED
-from services.common.usage import Charge
-from services.router.answering import Answer
-from services.router.decision import MessageType, Route
 
 log = logging.getLogger(__name__)
 
@@ -65,41 +63,10 @@ class BatchOutcome:
 
 
 class JournalSink(Protocol):
-    async def record_batch(self, answers: Sequence[Answer], timeout: float) -> list[BatchOutcome]:
+    async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
         """Stores the answers in order; raises CoachError when the batch could not be sent."""
         ...
 
-
-def answer_to_json(answer: Answer) -> dict[str, Any]:
-    return {
-        "request_id": answer.request_id,
-        "user_id": answer.user_id,
-        "user_text": answer.user_text,
-        "coach_texts": list(answer.coach_texts),
-        "route": answer.route.name,
-        "message_type": answer.message_type.name,
-        "pattern": answer.pattern,
-        "model": answer.model,
-        "charges": [c.to_json() for c in answer.charges],
-        "conversation_id": answer.conversation_id,
-        "latency_ms": answer.latency_ms,
-    }
-
-
-def answer_from_json(raw: dict[str, Any]) -> Answer:
-    return Answer(
-        request_id=str(raw["request_id"]),
-        user_id=str(raw["user_id"]),
-        user_text=str(raw["user_text"]),
-        coach_texts=tuple(str(t) for t in raw["coach_texts"]),
-        route=Route[raw["route"]],
-        message_type=MessageType[raw["message_type"]],
-        pattern=str(raw.get("pattern", "")),
-        model=str(raw.get("model", "")),
-        charges=tuple(Charge.from_json(c) for c in raw.get("charges", ())),
-        conversation_id=str(raw.get("conversation_id", "")),
-        latency_ms=int(raw.get("latency_ms", 0)),
-    )
 
 
 @dataclass(frozen=True)
@@ -126,7 +93,7 @@ class JournalSettings:
 @dataclass
 class _Entry:
     segment: int
-    answer: Answer
+    answer: Exchange
     size: int
 
 
@@ -212,11 +179,11 @@ class AnswerJournal:
                 reason="STORAGE_UNAVAILABLE", retry_after_s=2.0,
             )
 
-    def append(self, answer: Answer) -> None:
+    def append(self, answer: Exchange) -> None:
         """Makes the answer durable locally and queues it for threads."""
         if self._segment_records >= self.settings.segment_records:
             self._open_segment(self._segment + 1)
-        line = json.dumps(answer_to_json(answer), separators=(",", ":"), ensure_ascii=False).encode()
+        line = json.dumps(answer.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
         try:
             os.write(self._fd, line + b"\n")
             if self.settings.fsync:
@@ -306,11 +273,11 @@ class AnswerJournal:
         progressed, self._progress = self._progress, asyncio.Event()
         progressed.set()
 
-    def _set_aside(self, answer: Answer, outcome: BatchOutcome) -> None:
+    def _set_aside(self, answer: Exchange, outcome: BatchOutcome) -> None:
         log.error("journal: threads refused an answer; set aside in rejected.jsonl",
                   extra={"request_id": answer.request_id, "user_id": answer.user_id,
                          "reason": outcome.rejected_reason, "detail": outcome.rejected_message})
-        record = {"answer": answer_to_json(answer), "reason": outcome.rejected_reason,
+        record = {"answer": answer.to_json(), "reason": outcome.rejected_reason,
                   "detail": outcome.rejected_message}
         with open(self.settings.directory / "rejected.jsonl", "a", encoding="utf-8") as out:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -357,7 +324,7 @@ class AnswerJournal:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
             for number, line in enumerate(lines, 1):
                 try:
-                    answer = answer_from_json(json.loads(line))
+                    answer = Exchange.from_json(json.loads(line))
                     size = len(line.encode())
                 except (ValueError, KeyError, TypeError):
                     # A line cut short by a crash mid-write: its caller got no reply and retries.

@@ -24,19 +24,18 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.exchange import Exchange, UserState
 from services.common.interceptors import error_from_rpc
+from services.common.usage import Charge, Usage
+from services.common.vocabulary import COACH, USER, MessageType, Route, Turn
 from services.router.answering import (
-    Answer,
-    Charge,
     Completion,
     CompletionInput,
     StatefulTurnInput,
     UpstreamFailure,
-    Usage,
     UserContextIn,
-    UserState,
+    message_type_of,
 )
-from services.router.decision import MessageType, PriorTurn, Route
 from services.router.journal import BatchOutcome
 from services.router.user_cache import Change
 
@@ -83,25 +82,23 @@ def usage_to_proto(usage: Usage) -> types_pb2.Usage:
 
 
 def route_to_proto(route: Route) -> types_pb2.Route.ValueType:
-    return types_pb2.Route.Value(f"ROUTE_{route.name}")
+    return types_pb2.Route.ValueType(route.value)
 
 
 def route_from_proto(value: int) -> Route:
-    name = types_pb2.Route.Name(value).removeprefix("ROUTE_")  # type: ignore[arg-type]
-    return Route[name]
+    return Route(value)
 
 
 def type_to_proto(message_type: MessageType) -> types_pb2.MessageType.ValueType:
-    return types_pb2.MessageType.Value(f"MESSAGE_TYPE_{message_type.name}")
+    return types_pb2.MessageType.ValueType(message_type.value)
 
 
 def type_from_proto(value: int) -> MessageType:
-    name = types_pb2.MessageType.Name(value).removeprefix("MESSAGE_TYPE_")  # type: ignore[arg-type]
-    return MessageType[name]
+    return MessageType(value)
 
 
-def turn_from_proto(turn: types_pb2.Turn) -> PriorTurn:
-    return PriorTurn(role="coach" if turn.role == types_pb2.ROLE_COACH else "user", text=turn.text)
+def turn_from_proto(turn: types_pb2.Turn) -> Turn:
+    return Turn(COACH if turn.role == types_pb2.ROLE_COACH else USER, turn.text)
 
 
 def context_to_proto(context: UserContextIn) -> types_pb2.UserContext:
@@ -115,7 +112,7 @@ def context_to_proto(context: UserContextIn) -> types_pb2.UserContext:
     return proto
 
 
-def answer_to_proto(answer: Answer) -> threads_service_pb2.Exchange:
+def answer_to_proto(answer: Exchange) -> threads_service_pb2.Exchange:
     return threads_service_pb2.Exchange(
         request_id=answer.request_id,
         user_id=answer.user_id,
@@ -132,8 +129,8 @@ def answer_to_proto(answer: Answer) -> threads_service_pb2.Exchange:
     )
 
 
-def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Answer:
-    return Answer(
+def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Exchange:
+    return Exchange(
         request_id=exchange.request_id,
         user_id=exchange.user_id,
         user_text=exchange.user_text,
@@ -176,7 +173,7 @@ class GrpcThreads:
             last_canned_reply=reply.last_canned_reply,
         )
 
-    async def record_batch(self, answers: Sequence[Answer], timeout: float) -> list[BatchOutcome]:
+    async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
         """The journal's sink: stores answers in order, one transaction for the batch."""
         request = threads_service_pb2.RecordExchangesRequest(
             exchanges=[answer_to_proto(a) for a in answers], origin=self.origin
@@ -200,13 +197,13 @@ class GrpcThreads:
         finally:
             call.cancel()
 
-    async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Answer:
+    async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Exchange:
         decision = turn.decision
         request = threads_service_pb2.RunStatefulTurnRequest(
             request_id=turn.request_id,
             user_id=turn.user_id,
             message=turn.message,
-            message_type=type_to_proto(decision.message_type),
+            message_type=type_to_proto(message_type_of(decision)),
             context=context_to_proto(turn.context),
             model=decision.model,
             max_output_tokens=decision.max_output_tokens,
@@ -237,7 +234,7 @@ class GrpcLlm:
             message=request.message,
             history=[
                 llm_service_pb2.ChatTurn(
-                    role=llm_service_pb2.TURN_ROLE_COACH if t.role == "coach" else llm_service_pb2.TURN_ROLE_USER,
+                    role=llm_service_pb2.TURN_ROLE_COACH if t.role == COACH else llm_service_pb2.TURN_ROLE_USER,
                     text=t.text,
                 )
                 for t in request.history
@@ -250,7 +247,7 @@ class GrpcLlm:
                 model=decision.model,
                 max_output_tokens=decision.max_output_tokens,
                 temperature=decision.temperature,
-                message_type=f"MESSAGE_TYPE_{decision.message_type.name}",
+                message_type=message_type_of(decision).proto_name,
             ),
         )
         try:

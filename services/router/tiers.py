@@ -11,27 +11,14 @@ CRISIS must be a stateful type; the file is rejected otherwise.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.vocabulary import Route
 from services.router.classifier import DataFile, MessageType
 
-__all__ = ["CallSettings", "Route", "Tiers"]
-
-
-class Route(enum.Enum):
-    """How a message is answered; names mirror proto ``ROUTE_<name>``.
-
-    The router's ``decide`` returns PATTERN, COMPLETIONS or ASSISTANT; FALLBACK
-    is set by the answering code when the upstream fails.
-    """
-
-    PATTERN = 1
-    COMPLETIONS = 2
-    ASSISTANT = 3
-    FALLBACK = 4
+__all__ = ["CallSettings", "Route", "Tiers"]  # Route: the shared one, kept here for decision.py
 
 
 @dataclass(frozen=True)

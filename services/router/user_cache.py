@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from services.common.errors import CoachError
+from services.common.exchange import Exchange, UserState
 from services.common.metrics import USER_CACHE
-from services.router.answering import Answer, UserState
-from services.router.decision import PriorTurn, Route
+from services.common.vocabulary import COACH, USER, Route, Turn
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,11 @@ def _utc_today() -> date:
 @dataclass
 class _User:
     message_count: int
-    recent: deque[PriorTurn]
+    recent: deque[Turn]
     messages_today: int
     day: date
     last_canned_reply: str
-    answered: OrderedDict[str, Answer] = field(default_factory=OrderedDict)
+    answered: OrderedDict[str, Exchange] = field(default_factory=OrderedDict)
 
 
 class UserStateCache:
@@ -103,7 +103,7 @@ class UserStateCache:
         """Caches state read from threads, unless something changed since ``epoch``."""
         if not self._live or epoch != self._epoch:
             return
-        recent: deque[PriorTurn] = deque(state.recent_turns, maxlen=self.recent_turns)
+        recent: deque[Turn] = deque(state.recent_turns, maxlen=self.recent_turns)
         user = _User(state.message_count, recent, state.messages_today, self._today(),
                      state.last_canned_reply)
         if state.existing is not None:
@@ -113,7 +113,7 @@ class UserStateCache:
         while len(self._users) > self.max_users:
             self._users.popitem(last=False)
 
-    def record(self, answer: Answer) -> None:
+    def record(self, answer: Exchange) -> None:
         """The router answered (and journaled or stored) this: the cached state follows."""
         user = self._users.get(answer.user_id)
         if user is None or answer.request_id in user.answered:
@@ -122,10 +122,10 @@ class UserStateCache:
         user.messages_today = (user.messages_today if user.day == today else 0) + 1
         user.day = today
         user.message_count += 1
-        user.recent.append(PriorTurn("user", answer.user_text))
+        user.recent.append(Turn(USER, answer.user_text))
         coach_text = answer.coach_turn
         if coach_text.strip():
-            user.recent.append(PriorTurn("coach", coach_text))
+            user.recent.append(Turn(COACH, coach_text))
         if answer.route is Route.PATTERN:
             user.last_canned_reply = coach_text
         user.answered[answer.request_id] = answer

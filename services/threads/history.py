@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from services.common.exchange import Exchange, UserState
 from services.threads.baseline_tokens import exchange_tokens
 from services.threads.paging import decode_page_token, encode_page_token, page_size
-from services.threads.records import (
-    ConversationView,
-    Exchange,
-    GoalSaved,
-    MessagePage,
-    StoredExchange,
-    UserState,
-)
+from services.threads.records import ConversationView, GoalSaved, MessagePage, StoredExchange
 from services.threads.repository import BatchResult, NewExchange, ThreadsRepository
 
 DEFAULT_RECENT_TURNS = 6

@@ -10,17 +10,18 @@ from coach.ledger.v1 import ledger_service_pb2_grpc
 from coach.type.v1 import types_pb2
 
 from services.common.deadlines import time_left
+from services.common.exchange import AnswerRecord
 from services.common.interceptors import error_from_rpc
 from services.threads.peer_errors import PeerCallFailed
-from services.threads.records import AnswerRecord
 
 
 def answer_record_pb(record: AnswerRecord) -> ledger_pb.AnswerRecord:
     message = ledger_pb.AnswerRecord(
         request_id=record.request_id,
         user_id=record.user_id,
-        route=types_pb2.Route.Value(record.route),
-        message_type=types_pb2.MessageType.Value(record.message_type),
+        route=types_pb2.Route.ValueType(record.route.value),
+        message_type=types_pb2.MessageType.ValueType(
+            record.message_type.value if record.message_type is not None else 0),
         model=record.model,
         charges=[types_pb2.Charge(**c.fields()) for c in record.charges],
         latency_ms=record.latency_ms,

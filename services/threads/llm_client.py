@@ -12,9 +12,10 @@ from coach.type.v1 import types_pb2
 from services.common.deadlines import time_left
 from services.common.interceptors import error_from_rpc
 from services.common.usage import Usage
+from services.common.vocabulary import COACH, Turn
 from services.threads.peer_errors import PeerCallFailed
 from services.threads.ports import SummaryReply, TurnReply, TurnSettings
-from services.threads.records import COACH, ToolCall, Turn
+from services.threads.records import ToolCall
 
 _API = {"responses": llm_pb.STATEFUL_API_RESPONSES, "assistants": llm_pb.STATEFUL_API_ASSISTANTS}
 _ROLE = {COACH: llm_pb.TURN_ROLE_COACH}
@@ -86,7 +87,7 @@ class LlmClient:
                 model=settings.model,
                 max_output_tokens=settings.max_output_tokens,
                 temperature=settings.temperature,
-                message_type=settings.message_type,
+                message_type=settings.message_type.proto_name,
             ),
             all_tools=settings.all_tools,
         )

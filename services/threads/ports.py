@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.common.exchange import AnswerRecord
 from services.common.usage import Usage
-from services.threads.records import AnswerRecord, ToolCall, Turn
+from services.common.vocabulary import MessageType, Turn
+from services.threads.records import ToolCall
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class TurnSettings:
     model: str
     max_output_tokens: int
     temperature: float
-    message_type: str
+    message_type: MessageType
     display_name: str
     current_streak: int
     all_tools: bool

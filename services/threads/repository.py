@@ -12,26 +12,21 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from services.common.errors import CoachError, FailedPrecondition, Unavailable
+from services.common.exchange import AnswerRecord, Exchange, UserState
 from services.common.usage import Charge
+from services.common.vocabulary import COACH, USER, MessageType, Role, Route, Turn
 from services.threads.records import (
-    COACH,
-    ROUTE_PATTERN,
-    USER,
-    AnswerRecord,
     Conversation,
     ConversationView,
-    Exchange,
     GoalSaved,
     HistoryMessage,
     StoredExchange,
     StoredMessage,
-    Turn,
-    UserState,
 )
 
 log = logging.getLogger(__name__)
 
-_ROLE_OF_DIRECTION = {"in": USER, "out": COACH}
+_ROLE_OF_DIRECTION: dict[str, Role] = {"in": USER, "out": COACH}
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -125,8 +120,8 @@ def _exchange_from_row(row: asyncpg.Record | dict[str, Any]) -> Exchange:
         user_id=row["user_id"],
         user_text=row["user_text"],
         coach_texts=tuple(row["coach_texts"]),
-        route=row["route"],
-        message_type=row["message_type"],
+        route=Route.from_proto_name(row["route"]),
+        message_type=MessageType.from_proto_name(row["message_type"]),
         pattern=row["pattern"],
         model=row["model"],
         charges=tuple(Charge.from_json(c) for c in charges),
@@ -371,7 +366,7 @@ class ThreadsRepository:
         stats: list[dict[str, Any]] = [
             {"user_id": user, "n": len(mine), "tokens": sum(n.history_tokens_added for n in mine),
              "canned": next((_coach_text(n.exchange) for n in reversed(mine)
-                             if n.exchange.route == ROUTE_PATTERN), "")}
+                             if n.exchange.route is Route.PATTERN), "")}
             for user, mine in sorted(users.items())]
         history_after = {r["user_id"]: int(r["history_tokens"])
                          for r in await conn.fetch(_STATS_SQL, json.dumps(stats))}
@@ -395,13 +390,14 @@ class ThreadsRepository:
             baseline = new.prefix_tokens + history[ex.user_id] + new.message_tokens
             history[ex.user_id] += new.history_tokens_added
             coach_text = _coach_text(ex)
+            route, message_type = ex.route.proto_name, ex.message_type.proto_name
             exchanges.append({
                 "request_id": ex.request_id, "user_id": ex.user_id, "user_text": ex.user_text,
-                "coach_texts": list(ex.coach_texts), "route": ex.route,
-                "message_type": ex.message_type, "pattern": ex.pattern, "model": ex.model,
+                "coach_texts": list(ex.coach_texts), "route": route,
+                "message_type": message_type, "pattern": ex.pattern, "model": ex.model,
                 "charges": [c.to_json() for c in charges], "conversation_id": ex.conversation_id,
                 "latency_ms": ex.latency_ms, "baseline": baseline})
-            common = {"user_id": ex.user_id, "route": ex.route, "message_type": ex.message_type,
+            common = {"user_id": ex.user_id, "route": route, "message_type": message_type,
                       "model": ex.model, "request_id": ex.request_id,
                       "conversation_pk": new.conversation_pk}
             messages.append({**common, "i": len(messages), "direction": "in", "text": ex.user_text})
@@ -455,7 +451,8 @@ class ThreadsRepository:
         return [
             StoredMessage(
                 id=r["id"], request_id=r["request_id"], role=_ROLE_OF_DIRECTION[r["direction"]],
-                text=r["text"], route=r["route"], message_type=r["message_type"], model=r["model"],
+                text=r["text"], route=Route.from_proto_name(r["route"]),
+                message_type=MessageType.from_proto_name(r["message_type"]), model=r["model"],
                 created_at=r["created_at"],
             )
             for r in rows

@@ -11,10 +11,12 @@ from coach.threads.v1 import threads_service_pb2_grpc
 from coach.type.v1 import types_pb2
 
 from services.common.errors import CoachError, InvalidArgument, Validator
+from services.common.exchange import Exchange
 from services.common.usage import Charge
+from services.common.vocabulary import COACH, MessageType, Role, Route, Turn
 from services.threads.history import History
 from services.threads.ports import TurnSettings
-from services.threads.records import COACH, Exchange, StoredExchange, Turn
+from services.threads.records import StoredExchange
 from services.threads.stateful_turn import StatefulTurnRequest, StatefulTurns
 from services.threads.user_changes import UserChanges
 
@@ -25,7 +27,8 @@ MAX_COACH_TEXT_CHARS = 16000
 MAX_NAME_CHARS = 256  # pattern, model, conversation id, charge purpose
 MAX_DISPLAY_NAME = 128
 
-_ROLE = {COACH: types_pb2.ROLE_COACH}
+def _role_pb(role: Role) -> types_pb2.Role.ValueType:
+    return types_pb2.ROLE_COACH if role == COACH else types_pb2.ROLE_USER
 
 
 def _timestamp(value: datetime | None, target: object) -> None:
@@ -39,8 +42,8 @@ def exchange_pb(exchange: Exchange) -> pb.Exchange:
         user_id=exchange.user_id,
         user_text=exchange.user_text,
         coach_texts=list(exchange.coach_texts),
-        route=types_pb2.Route.Value(exchange.route),
-        message_type=types_pb2.MessageType.Value(exchange.message_type),
+        route=types_pb2.Route.ValueType(exchange.route.value),
+        message_type=types_pb2.MessageType.ValueType(exchange.message_type.value),
         pattern=exchange.pattern,
         model=exchange.model,
         charges=[types_pb2.Charge(**c.fields()) for c in exchange.charges],
@@ -52,7 +55,7 @@ def exchange_pb(exchange: Exchange) -> pb.Exchange:
 
 
 def _turn_pb(turn: Turn) -> types_pb2.Turn:
-    return types_pb2.Turn(role=_ROLE.get(turn.role, types_pb2.ROLE_USER), text=turn.text)
+    return types_pb2.Turn(role=_role_pb(turn.role), text=turn.text)
 
 
 def _check_user_id(v: Validator, user_id: str, field: str = "user_id") -> None:
@@ -113,8 +116,8 @@ def exchange_from_pb(message: pb.Exchange) -> Exchange:
         user_id=message.user_id,
         user_text=message.user_text,
         coach_texts=tuple(message.coach_texts),
-        route=types_pb2.Route.Name(message.route),
-        message_type=types_pb2.MessageType.Name(message.message_type),
+        route=Route(message.route),
+        message_type=MessageType(message.message_type),
         pattern=message.pattern,
         model=message.model,
         charges=tuple(Charge.of(c) for c in message.charges),
@@ -220,7 +223,7 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         v.text("origin", request.origin, max_chars=MAX_NAME_CHARS)
         _check_context(v, request.context)
         v.raise_if_any()
-        message_type = types_pb2.MessageType.Name(request.message_type)
+        message_type = MessageType(request.message_type)
         stored = await self.turns.run(
             StatefulTurnRequest(
                 request_id=request.request_id,
@@ -257,10 +260,10 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         for m in page.messages:
             stored = response.messages.add(
                 request_id=m.request_id,
-                role=_ROLE.get(m.role, types_pb2.ROLE_USER),
+                role=_role_pb(m.role),
                 text=m.text,
-                route=types_pb2.Route.Value(m.route),
-                message_type=types_pb2.MessageType.Value(m.message_type),
+                route=types_pb2.Route.ValueType(m.route.value),
+                message_type=types_pb2.MessageType.ValueType(m.message_type.value),
                 model=m.model,
             )
             stored.create_time.FromDatetime(m.created_at)

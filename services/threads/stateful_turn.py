@@ -42,8 +42,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from services.common.errors import Unavailable
+from services.common.exchange import Exchange
 from services.common.unattended import Unattended
 from services.common.usage import Charge
+from services.common.vocabulary import MessageType, Route
 from services.threads.history import History
 from services.threads.ports import ConversationProvider, TurnSettings
 from services.threads.pruning import (
@@ -54,9 +56,7 @@ from services.threads.pruning import (
     summary_batches,
 )
 from services.threads.records import (
-    ROUTE_ASSISTANT,
     Conversation,
-    Exchange,
     GoalSaved,
     HistoryMessage,
     StoredExchange,
@@ -99,7 +99,7 @@ class StatefulTurnRequest:
     request_id: str
     user_id: str
     message: str
-    message_type: str
+    message_type: MessageType
     settings: TurnSettings
     baseline: bool
     # Seconds until the caller's deadline; None: no deadline (the default budget applies).
@@ -199,7 +199,7 @@ class StatefulTurns:
                 user_id=request.user_id,
                 user_text=request.message,
                 coach_texts=reply.texts,
-                route=ROUTE_ASSISTANT,
+                route=Route.ASSISTANT,
                 message_type=request.message_type,
                 model=reply.model,
                 charges=(Charge(reply.model, reply.usage, "answer"),),
@@ -219,7 +219,7 @@ class StatefulTurns:
                 if lost.reason == "TURN_LEASE_LOST":
                     await self._owe(request, exchange.charges[0], "turn lease lost")
                 raise
-            if not stored.created and stored.exchange.route != ROUTE_ASSISTANT:
+            if not stored.created and stored.exchange.route is not Route.ASSISTANT:
                 # The caller gave up on this turn and stored its fallback under the request id.
                 await self._owe(request, exchange.charges[0], "the request holds a fallback")
         if stored.created:

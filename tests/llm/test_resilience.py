@@ -22,11 +22,11 @@ from services.llm.resilience import (
     BreakerState,
     CircuitBreaker,
     Deadline,
+    FailedAttempt,
     FailureKind,
     RetryPolicy,
     SystemClock,
     Upstream,
-    UpstreamFailure,
 )
 from services.llm.upstream import classify, retry_after_seconds
 
@@ -98,7 +98,7 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
     for retry in range(8):
         for _ in range(50):
             assert 0.0 <= policy.backoff(retry) <= min(1.0, 0.2 * 2**retry)
-    limited = UpstreamFailure(FailureKind.RATE_LIMITED, "slow down", 429, retry_after_s=3.0)
+    limited = FailedAttempt(FailureKind.RATE_LIMITED, "slow down", 429, retry_after_s=3.0)
     assert policy.delay(0, limited) == 3.0
 
 
@@ -248,7 +248,7 @@ async def test_half_open_lets_exactly_one_probe_through() -> None:
 
 
 def test_classification_of_sdk_errors() -> None:
-    assert classify(status_error(429, {"retry-after": "2"})) == UpstreamFailure(
+    assert classify(status_error(429, {"retry-after": "2"})) == FailedAttempt(
         FailureKind.RATE_LIMITED, "injected 429", 429, 2.0
     )
     assert classify(status_error(500)).kind is FailureKind.SERVER_ERROR  # type: ignore[union-attr]

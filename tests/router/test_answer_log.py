@@ -9,17 +9,16 @@ import logging
 
 import pytest
 
+from services.common.exchange import Exchange, UserState
 from services.common.pricing import PriceBook
 from services.common.usage import Usage
 from services.router.answering import (
-    Answer,
     ChatInput,
     ChatPolicy,
     ChatService,
     Completion,
     CompletionInput,
     UserContextIn,
-    UserState,
 )
 from services.router.decision import Router
 
@@ -32,7 +31,7 @@ class Threads:
         return UserState(message_count=10, recent_turns=(), existing=None, messages_today=0,
                          last_canned_reply="")
 
-    async def stateful_turn(self, turn: object, timeout: float) -> Answer:
+    async def stateful_turn(self, turn: object, timeout: float) -> Exchange:
         raise AssertionError("no stateful turn in these tests")
 
 
@@ -57,7 +56,7 @@ class Cache:
     def put(self, user_id: str, state: UserState, epoch: int) -> None:
         pass
 
-    def record(self, answer: Answer) -> None:
+    def record(self, answer: Exchange) -> None:
         pass
 
 
@@ -65,7 +64,7 @@ class Journal:
     def ensure_room(self) -> None:
         pass
 
-    def append(self, answer: Answer) -> None:
+    def append(self, answer: Exchange) -> None:
         pass
 
     async def flush_user(self, user_id: str, timeout: float) -> None:

@@ -10,32 +10,32 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import ConfigError, Unavailable
+from services.common.exchange import Exchange
 from services.common.usage import Charge, Usage
-from services.router.answering import Answer
-from services.router.decision import MessageType, Route
+from services.common.vocabulary import MessageType, Route
 from services.router.journal import AnswerJournal, BatchOutcome, JournalSettings
 
 
-def answer(user: str, n: int, route: Route = Route.PATTERN) -> Answer:
+def answer(user: str, n: int, route: Route = Route.PATTERN) -> Exchange:
     charges = (Charge("gpt-5.4-mini", Usage(input_tokens=90, output_tokens=12)),) \
         if route is Route.COMPLETIONS else ()
-    return Answer(request_id=f"{user}-{n}", user_id=user, user_text=f"message {n}",
-                  coach_texts=(f"reply {n} ✓",), route=route,
-                  message_type=MessageType.GREETING, pattern="greeting_morning",
-                  model="gpt-5.4-mini" if charges else "", charges=charges, latency_ms=1)
+    return Exchange(request_id=f"{user}-{n}", user_id=user, user_text=f"message {n}",
+                    coach_texts=(f"reply {n} ✓",), route=route,
+                    message_type=MessageType.GREETING, pattern="greeting_morning",
+                    model="gpt-5.4-mini" if charges else "", charges=charges, latency_ms=1)
 
 
 class Sink:
     """threads as the journal sees it: stores batches, or is down."""
 
     def __init__(self) -> None:
-        self.stored: list[Answer] = []
+        self.stored: list[Exchange] = []
         self.batches: list[int] = []
         self.down = False
         self.gate: asyncio.Event | None = None
         self.reject: dict[str, str] = {}
 
-    async def record_batch(self, answers: Sequence[Answer], timeout: float) -> list[BatchOutcome]:
+    async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
         if self.gate is not None:
             await self.gate.wait()
         if self.down:

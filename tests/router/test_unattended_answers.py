@@ -6,17 +6,18 @@ import asyncio
 
 import pytest
 
+from services.common.exchange import Exchange
 from services.common.pricing import PriceBook
 from services.common.usage import Usage
+from services.common.vocabulary import Route
 from services.router.answering import (
-    Answer,
     ChatInput,
     ChatPolicy,
     ChatService,
     Completion,
     CompletionInput,
 )
-from services.router.decision import Route, Router
+from services.router.decision import Router
 from tests.router.test_answer_log import CONTEXT, Cache, Journal, Ledger, Threads
 
 
@@ -36,17 +37,17 @@ class SlowLlm:
 
 class Kept(Journal):
     def __init__(self) -> None:
-        self.answers: list[Answer] = []
+        self.answers: list[Exchange] = []
 
-    def append(self, answer: Answer) -> None:
+    def append(self, answer: Exchange) -> None:
         self.answers.append(answer)
 
 
 class Remembered(Cache):
     def __init__(self) -> None:
-        self.answers: list[Answer] = []
+        self.answers: list[Exchange] = []
 
-    def record(self, answer: Answer) -> None:
+    def record(self, answer: Exchange) -> None:
         self.answers.append(answer)
 
 
@@ -76,7 +77,7 @@ async def test_canned_replies_take_no_detour() -> None:
     """No task per canned reply: nothing upstream to keep."""
 
     class Refusing:
-        async def run(self, work: object, **_: object) -> Answer:
+        async def run(self, work: object, **_: object) -> Exchange:
             raise AssertionError("a canned reply went through Unattended")
 
     journal = Kept()

@@ -7,20 +7,20 @@ from collections.abc import AsyncIterator
 from datetime import date
 
 from services.common.errors import Unavailable
-from services.router.answering import Answer, UserState
-from services.router.decision import MessageType, PriorTurn, Route
+from services.common.exchange import Exchange, UserState
+from services.common.vocabulary import MessageType, Route, Turn
 from services.router.user_cache import Change, UserStateCache, follow_changes
 
 
 def state(count: int = 4) -> UserState:
     return UserState(message_count=count,
-                     recent_turns=(PriorTurn("user", "hey"), PriorTurn("coach", "Morning!")),
+                     recent_turns=(Turn("user", "hey"), Turn("coach", "Morning!")),
                      existing=None, messages_today=2, last_canned_reply="Morning!")
 
 
-def answer(user: str, rid: str, route: Route = Route.PATTERN, text: str = "Nice work!") -> Answer:
-    return Answer(request_id=rid, user_id=user, user_text="done", coach_texts=(text,), route=route,
-                  message_type=MessageType.CHECK_IN)
+def answer(user: str, rid: str, route: Route = Route.PATTERN, text: str = "Nice work!") -> Exchange:
+    return Exchange(request_id=rid, user_id=user, user_text="done", coach_texts=(text,),
+                    route=route, message_type=MessageType.CHECK_IN)
 
 
 def test_off_until_live_then_exact_with_each_answer() -> None:
@@ -35,8 +35,8 @@ def test_off_until_live_then_exact_with_each_answer() -> None:
     got = cache.get("u", "")
     assert got is not None
     assert (got.message_count, got.messages_today, got.last_canned_reply) == (5, 3, "Nice work!")
-    assert got.recent_turns == (PriorTurn("coach", "Morning!"), PriorTurn("user", "done"),
-                                PriorTurn("coach", "Nice work!"))
+    assert got.recent_turns == (Turn("coach", "Morning!"), Turn("user", "done"),
+                                Turn("coach", "Nice work!"))
     replay = cache.get("u", "r1")
     assert replay is not None and replay.existing == answer("u", "r1")
     cache.record(answer("u", "r1"))  # the same answer again changes nothing

@@ -9,9 +9,9 @@ import asyncpg
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
 
 from services.common.errors import Unavailable
+from services.common.exchange import AnswerRecord
 from services.common.metrics import LEDGER_BACKLOG
 from services.threads.ledger_relay import LedgerRelay, RelaySettings
-from services.threads.records import AnswerRecord
 from tests.threads.builders import cheap, exchange, rid
 from tests.threads.fakes import FakeLedger
 from tests.threads.test_threads_exchanges import wait_for
