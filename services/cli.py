@@ -33,7 +33,7 @@ from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2
 
 from services.common.clients import open_channel
-from services.common.interceptors import error_from_rpc
+from services.common.rich_status import error_from_rpc
 from services.common.settings import Env, PeerSettings, peer_settings
 
 RPC_TIMEOUT_S = 15.0

@@ -6,7 +6,7 @@ import json
 
 import grpc
 
-from services.common.interceptors import PeerChannel
+from services.common.peer_channel import PeerChannel
 from services.common.settings import PeerSettings
 
 # round_robin over every address a name resolves to. No retry policy on

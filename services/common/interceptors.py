@@ -1,15 +1,12 @@
-"""Server and client interceptors: request ids, auth, error mapping, access logs.
+"""The server interceptor: request ids, auth, error mapping, metrics, spans.
 
-Server side, every RPC but health:
+Every RPC but health:
 - takes ``x-request-id`` from metadata (or makes one) into ``request_id_var``;
 - checks ``authorization: Bearer <token>`` in constant time when a token is set;
-- maps ``CoachError`` to its status code with rich details, transient database
-  errors to UNAVAILABLE, anything else to INTERNAL (logged with a traceback);
+- maps ``CoachError`` to its status code with rich details (``rich_status``), transient
+  database errors to UNAVAILABLE, anything else to INTERNAL (logged with a traceback);
 - logs one JSON line and records metrics.
-Client side: forwards the request id and the bearer token and times each unary call
-(``coach_peer_call_seconds``) by wrapping a channel (``PeerChannel``, what
-``services.common.clients.open_channel`` returns): no grpc.aio client-interceptor machinery
-per call.
+The client side (token and request id on every call to a peer) is ``peer_channel``.
 """
 
 from __future__ import annotations
@@ -20,30 +17,19 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from services.common import tracing
 from services.common.deadlines import deadline_var, set_deadline
-from services.common.errors import (
-    CoachError,
-    FieldViolation,
-    InvalidArgument,
-    Unauthenticated,
-    Unavailable,
-)
+from services.common.errors import CoachError, InvalidArgument, Unauthenticated, Unavailable
 from services.common.logs import request_id_var
-from services.common.metrics import PEER_CALL_LATENCY, RPC_LATENCY, RPC_REQUESTS
+from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
+from services.common.rich_status import status_for
 
 log = logging.getLogger("coach.rpc")
 
-DOMAIN = "coach"
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -75,51 +61,6 @@ def _is_bad_data_error(exc: BaseException) -> bool:
         return False
     return isinstance(exc, asyncpg.exceptions.DataError)
 
-
-def status_for(error: CoachError) -> grpc.Status:
-    """A google.rpc.Status with ErrorInfo (+ BadRequest, RetryInfo) for ``error``."""
-    details: list[any_pb2.Any] = []
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    details.append(packed)
-    if error.violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        details.append(packed)
-    if error.retry_after_s is not None:
-        retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromMilliseconds(int(error.retry_after_s * 1000))
-        packed = any_pb2.Any()
-        packed.Pack(retry)
-        details.append(packed)
-    code = getattr(code_pb2, error.code, code_pb2.INTERNAL)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
-
-
-def error_from_rpc(exc: grpc.aio.AioRpcError) -> tuple[str, str, list[FieldViolation]]:
-    """(status code name, ErrorInfo reason, violations) of a failed call, for clients."""
-    reason = ""
-    violations: list[FieldViolation] = []
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason = info.reason
-                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
-    return exc.code().name, reason, violations
 
 
 def metadata_safe(value: str, limit: int = 256) -> str:
@@ -297,143 +238,3 @@ def _wrap_unary(
             deadline_var.reset(deadline_token)
 
     return wrapper
-
-
-def _outgoing(metadata: Any, auth: tuple[str, str] | None) -> list[tuple[str, Any]]:
-    """The caller's metadata plus the bearer token and the current request id."""
-    outgoing = list(metadata or ())
-    if auth:
-        outgoing.append(auth)
-    rid = request_id_var.get()
-    if rid:
-        outgoing.append(("x-request-id", rid))
-    return outgoing
-
-
-class _PeerUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
-    """A unary method of a ``PeerChannel``: adds our metadata, then calls the real method."""
-
-    def __init__(self, inner: grpc.aio.UnaryUnaryMultiCallable, method: str,  # type: ignore[type-arg]
-                 auth: tuple[str, str] | None) -> None:
-        self._inner = inner
-        self._method = method
-        self._auth = auth
-        self._latency = PEER_CALL_LATENCY.labels(method.rsplit("/", 1)[-1])
-
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: grpc.CallCredentials | None = None,
-        wait_for_ready: bool | None = None,
-        compression: grpc.Compression | None = None,
-    ) -> Any:
-        started = time.perf_counter()
-        outgoing = _outgoing(metadata, self._auth)
-        if tracing.enabled():
-            return self._traced(request, outgoing, timeout, credentials, wait_for_ready, compression,
-                                started)
-        call = self._inner(request, timeout=timeout, metadata=tuple(outgoing),
-                           credentials=credentials, wait_for_ready=wait_for_ready,
-                           compression=compression)
-        # Timed to the end of the call, however it ends, without wrapping it in a coroutine.
-        call.add_done_callback(partial(self._observe, started))
-        return call
-
-    def _observe(self, started: float, _call: Any = None) -> None:
-        self._latency.observe(time.perf_counter() - started)
-
-    async def _traced(self, request: Any, outgoing: list[tuple[str, Any]], timeout: float | None,
-                      credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-                      compression: grpc.Compression | None, started: float) -> Any:
-        carrier: dict[str, str] = {}
-        with tracing.client_span(self._method, carrier) as span:
-            outgoing.extend(carrier.items())
-            try:
-                response = await self._inner(
-                    request, timeout=timeout, metadata=tuple(outgoing), credentials=credentials,
-                    wait_for_ready=wait_for_ready, compression=compression)
-            except grpc.aio.AioRpcError as exc:
-                tracing.set_code(span, exc.code().name)
-                raise
-            finally:
-                self._observe(started)
-            tracing.set_code(span, "OK")
-            return response
-
-
-class _PeerUnaryStream(grpc.aio.UnaryStreamMultiCallable):  # type: ignore[type-arg]
-    """A server-streaming method of a ``PeerChannel``: our metadata too (no span: a stream
-    such as WatchUserChanges lives as long as the process)."""
-
-    def __init__(self, inner: grpc.aio.UnaryStreamMultiCallable,  # type: ignore[type-arg]
-                 auth: tuple[str, str] | None) -> None:
-        self._inner = inner
-        self._auth = auth
-
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._inner(request, timeout=timeout,
-                           metadata=tuple(_outgoing(metadata, self._auth)),
-                           credentials=credentials, wait_for_ready=wait_for_ready,
-                           compression=compression)
-
-
-class PeerChannel(grpc.aio.Channel):
-    """``channel`` whose unary and server-streaming calls carry the bearer token and the
-    current request id (unary calls also a CLIENT span when tracing is on), without grpc.aio's
-    client interceptor machinery (an extra task and call object per call). Client-streaming
-    calls, which no service makes, pass through unchanged."""
-
-    def __init__(self, channel: grpc.aio.Channel, auth_token: str | None) -> None:
-        self._channel = channel
-        self._auth = ("authorization", f"Bearer {auth_token}") if auth_token else None
-
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> Any:
-        inner = self._channel.unary_unary(method, request_serializer, response_deserializer,
-                                          _registered_method)
-        return _PeerUnaryUnary(inner, method, self._auth)
-
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> Any:
-        inner = self._channel.unary_stream(method, request_serializer, response_deserializer,
-                                           _registered_method)
-        return _PeerUnaryStream(inner, self._auth)
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> Any:
-        return self._channel.stream_unary(method, request_serializer, response_deserializer,
-                                          _registered_method)
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None,
-                      _registered_method: bool | None = False) -> Any:
-        return self._channel.stream_stream(method, request_serializer, response_deserializer,
-                                           _registered_method)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc_val: BaseException | None, exc_tb: TracebackType | None) -> None:
-        await self._channel.close(None)
-
-    async def close(self, grace: float | None = None) -> None:
-        await self._channel.close(grace)
-
-    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        return self._channel.get_state(try_to_connect)
-
-    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        await self._channel.wait_for_state_change(last_observed_state)
-
-    async def channel_ready(self) -> None:
-        await self._channel.channel_ready()

@@ -9,7 +9,7 @@ from typing import Self
 
 from aiohttp import web
 
-from .app import OfflineApi
+from .api import OfflineApi
 from .caching import PromptCache
 from .clock import SimClock
 from .config import DEFAULT_CACHE_TTL_SECONDS, OfflineConfig

@@ -25,7 +25,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.exchange import Exchange, UserState
-from services.common.interceptors import error_from_rpc
+from services.common.rich_status import error_from_rpc
 from services.common.usage import Charge, Usage
 from services.common.vocabulary import COACH, USER, MessageType, Route, Turn
 from services.router.answering import (

@@ -39,14 +39,14 @@ async def create_server(settings: Settings) -> CoachServer:
     llm_channel = open_channel(settings.llm)
     ledger_channel = open_channel(settings.ledger)
     relay = LedgerRelay(
-        repository, LedgerClient(ledger_channel, timeout_s=settings.ledger_timeout_s),
+        repository.outbox, LedgerClient(ledger_channel, timeout_s=settings.ledger_timeout_s),
         settings.relay,
     )
     llm = LlmClient(llm_channel, timeout_s=settings.llm_timeout_s)
     prefix = BaselinePrefix(llm.baseline_prefix_tokens, configured=settings.baseline_prefix_tokens)
     await prefix.start()
     history = History(repository, prefix_tokens=prefix.tokens, on_stored=relay.notify)
-    retirer = ConversationRetirer(repository, llm, settings.retire)
+    retirer = ConversationRetirer(repository.retired, llm, settings.retire)
     turns = StatefulTurns(
         repository,
         history,

@@ -30,7 +30,7 @@ class History:
 
     async def user_state(self, user_id: str, recent_turns: int, request_id: str) -> UserState:
         turns = DEFAULT_RECENT_TURNS if recent_turns <= 0 else min(recent_turns, MAX_RECENT_TURNS)
-        return await self.repository.user_state(user_id, turns, request_id)
+        return await self.repository.exchanges.user_state(user_id, turns, request_id)
 
     def prepare(
         self,
@@ -53,7 +53,7 @@ class History:
 
     async def record_exchange(self, exchange: Exchange, origin: str = "") -> StoredExchange:
         """Stores an exchange answered outside the stateful tier; idempotent on request_id."""
-        stored = await self.repository.store_exchange(self.prepare(exchange, origin=origin))
+        stored = await self.repository.exchanges.store_exchange(self.prepare(exchange, origin=origin))
         if stored.created:
             self.on_stored()
         return stored
@@ -64,7 +64,7 @@ class History:
         """Stores a batch in order, one commit for all; each idempotent on request_id."""
         if not exchanges:
             return []
-        results = await self.repository.store_exchanges(
+        results = await self.repository.exchanges.store_exchanges(
             [self.prepare(e, origin=origin) for e in exchanges]
         )
         if any(r.created for r in results):
@@ -74,14 +74,14 @@ class History:
     async def list_messages(self, user_id: str, requested_size: int, page_token: str) -> MessagePage:
         size = page_size(requested_size)
         before = decode_page_token(user_id, page_token)
-        rows = await self.repository.list_messages(user_id, before, size + 1)
+        rows = await self.repository.messages.list_messages(user_id, before, size + 1)
         more = len(rows) > size
         rows = rows[:size]
         token = encode_page_token(user_id, rows[-1].id) if more and rows else ""
         return MessagePage(tuple(rows), token)
 
     async def count_messages(self, user_id: str) -> int:
-        return await self.repository.count_messages(user_id)
+        return await self.repository.messages.count_messages(user_id)
 
     async def conversation(self, user_id: str) -> ConversationView:
-        return await self.repository.conversation_view(user_id)
+        return await self.repository.conversations.conversation_view(user_id)

@@ -11,7 +11,7 @@ from coach.type.v1 import types_pb2
 
 from services.common.deadlines import time_left
 from services.common.exchange import AnswerRecord
-from services.common.interceptors import error_from_rpc
+from services.common.rich_status import error_from_rpc
 from services.threads.peer_errors import PeerCallFailed
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from services.common.metrics import LEDGER_BACKLOG
 from services.common.repeated_pass import PassSettings, RepeatedPass
 from services.threads.ports import AnswerLedger
-from services.threads.repository import ThreadsRepository
+from services.threads.repository import OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class RelaySettings(PassSettings):
 
 class LedgerRelay:
     def __init__(
-        self, repository: ThreadsRepository, ledger: AnswerLedger, settings: RelaySettings
+        self, outbox: OutboxStore, ledger: AnswerLedger, settings: RelaySettings
     ) -> None:
-        self.repository = repository
+        self.outbox = outbox
         self.ledger = ledger
         self.settings = settings
         self._loop = RepeatedPass("ledger relay", self.send_pending, settings,
@@ -58,7 +58,7 @@ class LedgerRelay:
 
     async def send_pending(self) -> int:
         """Sends one batch; returns how many records the ledger acknowledged."""
-        sent = await self.repository.relay_outbox_batch(
+        sent = await self.outbox.relay_outbox_batch(
             self.settings.batch_size, self.ledger.record_answers
         )
         self.sent += sent
@@ -73,7 +73,7 @@ class LedgerRelay:
             return
         self._backlog_checked = now
         try:
-            LEDGER_BACKLOG.set(await self.repository.outbox_size())
+            LEDGER_BACKLOG.set(await self.outbox.outbox_size())
         except Exception as exc:  # noqa: BLE001 - a metric must not stop the relay
             log.warning("ledger backlog unknown", extra={"error": str(exc)})
 

@@ -10,7 +10,7 @@ from coach.llm.v1 import llm_service_pb2_grpc
 from coach.type.v1 import types_pb2
 
 from services.common.deadlines import time_left
-from services.common.interceptors import error_from_rpc
+from services.common.rich_status import error_from_rpc
 from services.common.usage import Usage
 from services.common.vocabulary import COACH, Turn
 from services.threads.peer_errors import PeerCallFailed

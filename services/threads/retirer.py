@@ -28,7 +28,7 @@ from services.common.errors import CoachError
 from services.common.metrics import CONVERSATIONS_DELETED
 from services.common.repeated_pass import PassSettings, RepeatedPass
 from services.threads.ports import ConversationProvider
-from services.threads.repository import RetiredConversation, ThreadsRepository
+from services.threads.repository import RetiredConversation, RetiredStore
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ class RetireSettings(PassSettings):
 
 class ConversationRetirer:
     def __init__(
-        self, repository: ThreadsRepository, provider: ConversationProvider,
+        self, retired: RetiredStore, provider: ConversationProvider,
         settings: RetireSettings,
     ) -> None:
-        self.repository = repository
+        self.retired = retired
         self.provider = provider
         self.settings = settings
         self._loop = RepeatedPass("conversation retirer", self.retire_pending, settings)
@@ -72,13 +72,14 @@ class ConversationRetirer:
     async def retire_pending(self) -> int:
         """One pass over a batch of each kind; returns how many rows it settled (deleted, or
         refused for good)."""
-        repo = self.repository
-        rotated = await repo.conversations_to_retire(self.settings.batch_size)
-        done = await self._delete_all(rotated, "rotated", repo.mark_deleted_upstream,
-                                      repo.mark_delete_refused)
-        orphans = await repo.orphans_to_delete(self.settings.orphan_grace_s, self.settings.batch_size)
-        return done + await self._delete_all(orphans, "orphaned", repo.orphan_deleted,
-                                             repo.orphan_delete_refused)
+        retired = self.retired
+        rotated = await retired.conversations_to_retire(self.settings.batch_size)
+        done = await self._delete_all(rotated, "rotated", retired.mark_deleted_upstream,
+                                      retired.mark_delete_refused)
+        orphans = await retired.orphans_to_delete(self.settings.orphan_grace_s,
+                                                  self.settings.batch_size)
+        return done + await self._delete_all(orphans, "orphaned", retired.orphan_deleted,
+                                             retired.orphan_delete_refused)
 
     async def _delete_all(
         self, conversations: list[RetiredConversation], kind: str,

@@ -214,7 +214,7 @@ class StatefulTurns:
                 origin=request.origin,
             )
             try:
-                stored = await self.repository.store_exchange(new, lease)
+                stored = await self.repository.exchanges.store_exchange(new, lease)
             except Unavailable as lost:
                 if lost.reason == "TURN_LEASE_LOST":
                     await self._owe(request, exchange.charges[0], "turn lease lost")
@@ -251,7 +251,7 @@ class StatefulTurns:
         the next exchange stored for the user (the router's fallback for this very
         request, when not stored yet), as upkeep is, and never dropped."""
         charge = Charge(answer.model, answer.usage, UNSTORED_TURN_PURPOSE)
-        await self.repository.add_owed_charge(request.user_id, request.request_id, charge)
+        await self.repository.exchanges.add_owed_charge(request.user_id, request.request_id, charge)
         log.warning("turn answered upstream but not stored: its charge is owed by the "
                     "user's next stored exchange",
                     extra={"user_id": request.user_id, "reason": why, "model": answer.model,
@@ -267,7 +267,7 @@ class StatefulTurns:
         while True:
             now = time.monotonic()
             ttl = max(deadline - now, 0.0) + LEASE_MARGIN_S
-            if await self.repository.try_acquire_turn_lease(lease, ttl):
+            if await self.repository.conversations.try_acquire_turn_lease(lease, ttl):
                 break
             sleep = delay * random.uniform(0.5, 1.0)
             if time.monotonic() + sleep > deadline - LEASE_WAIT_SLACK_S:
@@ -285,7 +285,7 @@ class StatefulTurns:
             yield lease
         finally:
             try:
-                await self.repository.release_turn_lease(lease)
+                await self.repository.conversations.release_turn_lease(lease)
             except Exception as exc:  # noqa: BLE001 - any failure: the lease must still go
                 # It expires by itself, but the user's next turn would wait until then:
                 # keep trying while the database comes back.
@@ -300,14 +300,14 @@ class StatefulTurns:
         while time.monotonic() < expires:
             await asyncio.sleep(delay)
             try:
-                await self.repository.release_turn_lease(lease)
+                await self.repository.conversations.release_turn_lease(lease)
                 log.info("turn lease released late", extra={"user_id": lease.user_id})
                 return
             except Exception:  # noqa: BLE001 - still down: try again until the lease expires
                 delay = min(delay * 2, 1.0)
 
     async def _already_answered(self, request: StatefulTurnRequest) -> StoredExchange | None:
-        existing = await self.repository.get_exchange(request.request_id)
+        existing = await self.repository.exchanges.get_exchange(request.request_id)
         if existing is None:
             return None
         if existing.user_id != request.user_id:
@@ -318,11 +318,11 @@ class StatefulTurns:
         self, lease: TurnLease, request: StatefulTurnRequest
     ) -> Conversation:
         """The active conversation, with every unseen message in it, rotated when due."""
-        conversation = await self.repository.active_conversation(request.user_id)
+        conversation = await self.repository.conversations.active_conversation(request.user_id)
         unseen: list[HistoryMessage] = []
         if conversation is not None:
             limit = BASELINE_BACKFILL_LIMIT if request.baseline else self.prune.keep_messages + 1
-            unseen = await self.repository.unseen_messages(conversation, limit)
+            unseen = await self.repository.messages.unseen_messages(conversation, limit)
         plan = plan_continuity(
             conversation, unseen, api=self.api, settings=self.prune, baseline=request.baseline
         )
@@ -338,13 +338,13 @@ class StatefulTurns:
                 api=conversation.api,
                 turns=[m.turn() for m in batch],
             )
-            await self.repository.mark_appended(conversation.id, batch[-1].id, len(batch))
+            await self.repository.conversations.mark_appended(conversation.id, batch[-1].id, len(batch))
             appended += len(batch)
         if appended:
             log.info("continuity back-filled", extra={
                 "user_id": request.user_id, "appended": appended,
                 "conversation_id": conversation.provider_conversation_id})
-            refreshed = await self.repository.active_conversation(request.user_id)
+            refreshed = await self.repository.conversations.active_conversation(request.user_id)
             assert refreshed is not None
             return refreshed
         return conversation
@@ -355,7 +355,7 @@ class StatefulTurns:
         when the database takes the note; logged either way."""
         note_error = ""
         try:
-            await asyncio.wait_for(self.repository.record_orphan(user_id, provider_id, self.api),
+            await asyncio.wait_for(self.repository.retired.record_orphan(user_id, provider_id, self.api),
                                    ORPHAN_NOTE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - best effort (the database may be what failed); logged
             note_error = repr(exc)
@@ -380,16 +380,16 @@ class StatefulTurns:
         summary is saved as it is written, so a retry only folds in what is new.
         """
         keep = BASELINE_SEED_LIMIT if request.baseline else self.prune.keep_messages
-        recent = await self.repository.recent_messages(request.user_id, keep)
+        recent = await self.repository.messages.recent_messages(request.user_id, keep)
         if old is not None:
             summary, summarized_through = old.summary, old.summarized_through
         else:  # a first conversation: an earlier attempt may have summarized already
-            summary, summarized_through = await self.repository.first_summary(request.user_id)
+            summary, summarized_through = await self.repository.conversations.first_summary(request.user_id)
         plan = plan_rotation(
             recent, summarized_through=summarized_through, baseline=request.baseline
         )
         if plan.needs_summary:
-            older = await self.repository.messages_between(
+            older = await self.repository.messages.messages_between(
                 request.user_id, plan.summarize_after, plan.summarize_through
             )
             for batch in summary_batches(older, self.prune.summary_batch):
@@ -401,7 +401,7 @@ class StatefulTurns:
                     model=self.summary_model,
                 )
                 summary = reply.summary
-                await self.repository.save_summary(
+                await self.repository.conversations.save_summary(
                     lease=lease,
                     request_id=request.request_id,
                     conversation_pk=old.id if old else None,
@@ -417,7 +417,7 @@ class StatefulTurns:
             seed_turns=[m.turn() for m in plan.seed],
         )
         try:
-            new = await self.repository.replace_conversation(
+            new = await self.repository.conversations.replace_conversation(
                 lease=lease,
                 old=old,
                 provider_conversation_id=provider_id,
@@ -429,7 +429,7 @@ class StatefulTurns:
             )
         except ConversationConflict:
             await self._orphaned(request.user_id, provider_id, "the mapping changed meanwhile")
-            current = await self.repository.active_conversation(request.user_id)
+            current = await self.repository.conversations.active_conversation(request.user_id)
             if current is None:
                 raise
             return current

@@ -13,7 +13,7 @@ from coach.ledger.v1 import ledger_service_pb2
 from coach.router.v1 import router_service_pb2
 from coach.type.v1 import types_pb2
 
-from services.common.interceptors import error_from_rpc
+from services.common.rich_status import error_from_rpc
 from tests.e2e.conftest import Suite, start_suite, stop_suite, stored_count
 
 

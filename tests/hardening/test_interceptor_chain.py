@@ -13,8 +13,9 @@ from prometheus_client import REGISTRY
 
 from services.common.deadlines import deadline_var
 from services.common.errors import NotFound
-from services.common.interceptors import PeerChannel, error_from_rpc
 from services.common.logs import request_id_var
+from services.common.peer_channel import PeerChannel
+from services.common.rich_status import error_from_rpc
 from services.common.server import CoachServer, Registration
 from services.common.settings import Env, server_settings
 

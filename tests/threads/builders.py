@@ -1,11 +1,17 @@
-"""Request builders for the threads service tests."""
+"""Request builders for the threads service tests, and driving a user's turns."""
 
 from __future__ import annotations
 
 import uuid
 
+import asyncpg
 from coach.threads.v1 import threads_service_pb2 as pb
+from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2
+
+Stub = pb_grpc.ThreadsServiceStub
+# The pruning window the threads tests run with (conftest.threads_env).
+KEEP, PRUNE_AT = 20, 40
 
 
 def rid() -> str:
@@ -42,3 +48,15 @@ def exchange(user_id: str, text: str, reply: str, request_id: str | None = None,
 def cheap(user_id: str, text: str, reply: str) -> pb.RecordExchangeRequest:
     return exchange(user_id, text, reply, route=types_pb2.ROUTE_COMPLETIONS,
                     message_type=types_pb2.MESSAGE_TYPE_CHECK_IN, model="gpt-5.4-mini")
+
+
+async def active_rows(db: asyncpg.Connection, user_id: str) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM threads.conversations WHERE user_id = $1 AND status = 'active'",
+        user_id))
+
+
+async def drive_to_rotation(stub: Stub, user_id: str) -> None:
+    """20 turns: the conversation holds 40 messages, so the next turn rotates."""
+    for i in range(PRUNE_AT // 2):
+        await stub.RunStatefulTurn(turn_request(user_id, f"turn {i}"))

@@ -1,0 +1,109 @@
+"""Reading OpenAI-style requests and writing their answers, for every route family."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ApiError, bad_request
+from ..generation import ModelResult
+
+# Request key: the model and tokens of the call a request made, for its log line.
+MODEL_CALL_KEY = web.RequestKey("offline_openai.model_call", dict)
+
+
+def respond(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """``data`` as the JSON body of the answer."""
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False).encode("utf-8"),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(
+            400,
+            f"We could not parse the JSON body of your request ({exc}).",
+            code="invalid_json",
+        ) from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def required_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"Missing required parameter: '{name}'.", param=name,
+                       code="missing_required_parameter")
+    return value
+
+
+def optional_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise bad_request(f"'{name}' must be a string", name)
+    return value
+
+
+def optional_int(body: dict[str, Any], name: str, minimum: int = 1) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise bad_request(f"'{name}' must be an integer >= {minimum}", name)
+    return value
+
+
+def optional_float(body: dict[str, Any], name: str, default: float | None) -> float | None:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise bad_request(f"'{name}' must be a number", name)
+    return float(value)
+
+
+def tools_param(body: dict[str, Any]) -> list[Any]:
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise bad_request("'tools' must be a list", "tools")
+    return tools
+
+
+def metadata_param(body: dict[str, Any], default: dict[str, Any] | None = None) -> dict[str, Any]:
+    value = body.get("metadata", default)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("'metadata' must be an object", "metadata")
+    return value
+
+
+def no_stream(body: dict[str, Any]) -> None:
+    if body.get("stream"):
+        raise bad_request("streaming is not supported by the offline server", "stream")
+
+
+def note_call(request: web.Request, model: str, result: ModelResult) -> None:
+    """Keeps the model call a request made, for the request's log line."""
+    request[MODEL_CALL_KEY] = {
+        "model": model,
+        "input_tokens": result.input_tokens,
+        "cached_tokens": result.cached_tokens,
+        "output_tokens": result.output_tokens,
+    }
