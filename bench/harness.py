@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -30,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.settings import REPO_ROOT
 from services.suite.config import SERVICES, SuiteSettings
 from services.suite.health import SERVING, wait_serving
+from services.suite.ports import free_ports
 from services.suite.suite import Suite
 
 BENCH_DIR = REPO_ROOT / ".coach" / "bench"
@@ -37,28 +36,6 @@ BENCH_DIR = REPO_ROOT / ".coach" / "bench"
 _DROPPED = ("DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "COACH_DATA_DIR",
             "COACH_AUTH_TOKEN", "COACH_USER_DAILY_MESSAGES", "COACH_USER_DAILY_BUDGET_USD",
             "COACH_POLICY", "COACH_STATEFUL_API", "OFFLINE_OPENAI_LATENCY_MS")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` ports free right now, below the kernel's ephemeral range (so no outgoing
-    connection takes one before its service binds it) and never handed out twice."""
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < n:
-        port = rng.randrange(21000, 32000)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        ports.append(port)
-    return ports
 
 
 @dataclass

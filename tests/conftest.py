@@ -30,6 +30,9 @@ setup_logging("tests", os.environ.get("COACH_TEST_LOG_LEVEL", "WARNING"))
 def _embedded_pg_url() -> str:
     import pgserver
 
+    from services.suite.postgres import ensure_system_user
+
+    ensure_system_user()  # pgserver's own useradd races with any other server starting
     data = REPO_ROOT / ".coach" / "test-pg"
     data.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data, cleanup_mode="stop")

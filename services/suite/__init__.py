@@ -8,6 +8,8 @@
 """
 
 from services.suite.config import SERVICES, SuiteSettings, free_port_env
+from services.suite.ports import free_port, free_ports
 from services.suite.suite import Suite, SuiteError
 
-__all__ = ["SERVICES", "Suite", "SuiteError", "SuiteSettings", "free_port_env"]
+__all__ = ["SERVICES", "Suite", "SuiteError", "SuiteSettings", "free_port", "free_port_env",
+           "free_ports"]

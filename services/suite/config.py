@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from services.common.errors import ConfigError
 from services.common.settings import DEFAULT_ADDRESSES, Env, data_dir
+from services.suite.ports import free_ports
 
 # Start order: each one's peers are already SERVING when it starts
 # (llm and threads use ledger; router uses all three).
@@ -90,16 +90,12 @@ def free_port_env(host: str = "127.0.0.1") -> dict[str, str]:
     """Environment for a second suite beside a running one: free ports for the four services
     and the offline server, metrics off. Merge it into the environ given to ``from_env``
     (with a COACH_DATA_DIR of its own: one supervisor per data directory)."""
-    env = {f"COACH_{name.upper()}_ADDR": f"{host}:{_free_port(host)}" for name in SERVICES}
+    *ports, offline = free_ports(len(SERVICES) + 1, host)
+    env = {f"COACH_{name.upper()}_ADDR": f"{host}:{port}"
+           for name, port in zip(SERVICES, ports, strict=True)}
     env.update({f"COACH_{name.upper()}_METRICS_PORT": "0" for name in SERVICES})
-    env["COACH_OFFLINE_OPENAI_ADDR"] = f"{host}:{_free_port(host)}"
+    env["COACH_OFFLINE_OPENAI_ADDR"] = f"{host}:{offline}"
     return env
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def parse_program(spec: str) -> tuple[str, tuple[str, ...]]:

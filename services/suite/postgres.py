@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
@@ -22,6 +23,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,34 @@ class PostgresError(RuntimeError):
     pass
 
 
+SYSTEM_USER = "pgserver"  # the user pgserver runs PostgreSQL as, when started by root
+_USERADD_EXISTS = 9  # useradd's exit status when the user exists already
+
+
+def ensure_system_user(name: str = SYSTEM_USER) -> None:
+    """As root, pgserver runs PostgreSQL as a system user and creates it with ``useradd``
+    when it is missing, with no lock: embedded servers starting at once on a machine that
+    has no such user yet (a quick bench starts four, on a new machine) race, and every
+    useradd but the first fails ("cannot lock /etc/passwd", "already exists"), and with it
+    that server's start. So the user is created here first, once, under a file lock."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(KeyError):
+        pwd.getpwnam(name)
+        return
+    lock_path = Path(tempfile.gettempdir()) / f"coach-useradd-{name}.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return
+        done = subprocess.run(["useradd", "-s", "/bin/bash", name], check=False,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode not in (0, _USERADD_EXISTS):
+            raise PostgresError(f"cannot create the system user {name!r} PostgreSQL runs as: "
+                                f"useradd: {done.stderr.strip() or done.returncode}")
+
+
 @dataclass
 class EmbeddedPostgres:
     pgdata: Path
@@ -62,6 +92,7 @@ class EmbeddedPostgres:
         """Starts (or adopts an already running) server; creates database ``coach``; returns its URL."""
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (self.pgdata / "PG_VERSION").exists()
+        await asyncio.to_thread(ensure_system_user)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _START, str(self.pgdata),
             stdin=asyncio.subprocess.DEVNULL,
