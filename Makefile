@@ -21,7 +21,7 @@ K8S_VERSION := 1.31.0
 ARGS ?=
 
 .PHONY: help venv up env test lint ruff typecheck proto proto-lint proto-check proto-breaking \
-        pytest eval bench train-router \
+        pytest test-fast eval bench train-router \
         docker-config k8s-validate clean
 
 help:
@@ -31,6 +31,7 @@ help:
 	@echo "                    pytest"
 	@echo "make env            only PostgreSQL + the offline upstream; prints export lines"
 	@echo "make lint           proto lint + ruff + mypy       make pytest   only the tests"
+	@echo "make test-fast      the unit tests only (no service, no database): seconds"
 	@echo "make proto          regenerate gen/ from protos/"
 	@echo "make eval / bench   router evaluation (held-out, cross-validation, curve) / benchmark"
 	@echo "make train-router   refit the router's learned heads from its corpus (byte for byte)"
@@ -95,6 +96,11 @@ typecheck: venv
 
 pytest: venv
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+# Markers (pyproject.toml, applied by folder in tests/conftest.py): unit, integration, faults,
+# slow. ARGS='-m "integration and not slow"' etc. picks another set.
+test-fast: venv
+	$(PY) -m pytest -q -p no:cacheprovider -m unit $(ARGS)
 
 proto: venv
 	PYTHON=$(PY) scripts/gen_protos.sh

@@ -13,7 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+# The whole quick bench: longer than the suite's per-test timeout (its own run is bounded
+# by the subprocess timeout below).
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:

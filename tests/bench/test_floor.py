@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.bare_health import HTTP, SDK
 from bench.harness import Floor
-from tests.http_upstream import serving
+from tests.helpers.http_upstream import serving
 
 COMPLETION = {
     "id": "chatcmpl-floor", "object": "chat.completion", "created": 1, "model": "gpt-5.4-mini",

@@ -14,7 +14,7 @@ import pytest
 from coach.router.v1 import router_service_pb2
 from coach.type.v1 import types_pb2
 
-from tests.e2e.conftest import Suite, start_suite, stop_suite
+from tests.helpers.suite import Suite, start_suite, stop_suite
 
 
 @pytest.fixture(scope="module")

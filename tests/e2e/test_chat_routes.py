@@ -6,9 +6,9 @@ sees, what the threads service stored and what the ledger charged.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2
@@ -16,7 +16,8 @@ from coach.router.v1 import router_service_pb2
 from coach.threads.v1 import threads_service_pb2
 from coach.type.v1 import types_pb2
 
-from tests.e2e.conftest import Suite, stored_count, stored_messages
+from tests.helpers.polling import eventually
+from tests.helpers.suite import Suite, stored_count, stored_messages
 
 
 def new_user() -> str:
@@ -63,16 +64,23 @@ async def user_ledger(suite: Suite, user: str) -> tuple[int, int]:
             return calls, cost
 
 
-async def wait_for_ledger(suite: Suite, user: str, calls: int) -> tuple[int, int]:
-    """Waits until the ledger holds ``calls`` answers for ``user`` (records travel by an outbox)."""
-    seen = (0, 0)
-    for _ in range(300):
+async def ledger_settled(suite: Suite, user: str, calls: int) -> tuple[int, int]:
+    """(calls, cost) the ledger holds for ``user`` once it holds ``calls`` answers and threads'
+    outbox has none of theirs left to send (records travel by it): no more can arrive."""
+
+    async def settled() -> tuple[int, int] | None:
         seen = await user_ledger(suite, user)
-        if seen[0] >= calls:
-            await asyncio.sleep(0.2)  # and no more arrive
-            return await user_ledger(suite, user)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"ledger holds {seen[0]} answers for {user}, expected {calls}")
+        if seen[0] < calls:
+            return None
+        conn = await asyncpg.connect(suite.env["DATABASE_URL"])
+        try:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM threads.outbox WHERE record->>'user_id' = $1", user)
+        finally:
+            await conn.close()
+        return seen if waiting == 0 else None
+
+    return await eventually(settled, what=f"the ledger holding {calls} answers of {user}")
 
 
 async def test_first_messages_go_to_the_stateful_tier_with_a_conversation(suite: Suite) -> None:
@@ -129,7 +137,7 @@ async def test_a_retry_with_the_same_request_id_is_answered_once_and_charged_onc
     assert again.messages == first.messages
     assert again.cost_usd_nanos == first.cost_usd_nanos
     assert await stored_count(suite, user, 4) == 4
-    calls, _ = await wait_for_ledger(suite, user, 4)
+    calls, _ = await ledger_settled(suite, user, 4)
     assert calls == 4  # three onboarding answers and this one, once
 
 
@@ -141,7 +149,7 @@ async def test_the_ledger_records_every_answer_with_its_exact_cost(suite: Suite)
     replies.append(await chat(suite, user, "quick q: is stretching before a run useful?"))
     assert replies[3].route == types_pb2.ROUTE_PATTERN
     assert replies[4].route == types_pb2.ROUTE_COMPLETIONS
-    calls, cost = await wait_for_ledger(suite, user, 5)
+    calls, cost = await ledger_settled(suite, user, 5)
     assert calls == 5  # canned answers count as calls too
     assert cost == sum(r.cost_usd_nanos for r in replies)
     report = await suite.ledger.GetCostReport(ledger_service_pb2.GetCostReportRequest())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +13,8 @@ from coach.router.v1 import router_service_pb2
 from coach.type.v1 import types_pb2
 
 from services.common.rich_status import error_from_rpc
-from tests.e2e.conftest import Suite, start_suite, stop_suite, stored_count
+from tests.helpers.polling import eventually
+from tests.helpers.suite import Suite, start_suite, stop_suite, stored_count
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +62,13 @@ async def test_over_the_daily_budget_is_refused(budgeted: Suite) -> None:
     user = f"user-{uuid.uuid4().hex[:12]}"
     first = await budgeted.router.Chat(ask(user, "hey coach"), timeout=15)  # stateful: costs money
     assert first.cost_usd_nanos > 1000
-    for _ in range(300):  # the ledger learns of the spend through the outbox relay
+
+    async def exceeded() -> str:  # the ledger learns of the spend through the outbox relay
         limits = await budgeted.ledger.CheckUserLimits(
             ledger_service_pb2.CheckUserLimitsRequest(user_id=user))
-        if limits.exceeded:
-            break
-        await asyncio.sleep(0.05)
+        return limits.exceeded
+
+    await eventually(exceeded, what="the ledger seeing the day's budget spent")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await budgeted.router.Chat(ask(user, "what's up"), timeout=15)
     code, reason, _ = error_from_rpc(refused.value)

@@ -8,16 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.offline_openai import start_offline_openai
-from tests.e2e.conftest import Suite, start_suite, stop_suite
-
-BREAKER_COOLDOWN_S = 2.0
-FAULT_ENV = {
-    "COACH_ONBOARDING_MESSAGES": "0",  # route by the message from the first one on
-    "COACH_BREAKER_FAILURES": "3",
-    "COACH_BREAKER_COOLDOWN_SECONDS": str(BREAKER_COOLDOWN_S),
-    "COACH_RETRY_BASE_SECONDS": "0.05",
-    "COACH_RETRY_MAX_SECONDS": "0.3",
-}
+from tests.helpers.suite import FAULT_ENV, Suite, start_suite, stop_suite
 
 
 @pytest.fixture(scope="module")

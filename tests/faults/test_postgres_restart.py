@@ -16,9 +16,10 @@ import pytest
 
 from services.offline_openai import start_offline_openai
 from services.suite.postgres import EmbeddedPostgres
-from tests.e2e.conftest import start_suite, stop_suite
-from tests.faults.processes import Load
-from tests.hardening.helpers import ledger_request_ids, wait_for_ledger
+from tests.helpers.polling import eventually
+from tests.helpers.processes import Load
+from tests.helpers.status import ledger_request_ids, recorded_in_ledger
+from tests.helpers.suite import start_suite, stop_suite
 
 
 @pytest.fixture
@@ -46,26 +47,31 @@ async def test_postgres_restart_under_load(own_postgres: EmbeddedPostgres) -> No
     prefix = f"pg-{uuid.uuid4().hex[:6]}-"
     try:
         async with Load(suite.services["router"].address, prefix, users=20, timeout=10) as load:
-            await asyncio.sleep(1.5)
+            await eventually(lambda: len(load.ok_ids()) >= 40, what="the load under way")
             await own_postgres.stop()
             stopped = time.monotonic()
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # how long the database is down: the scenario, not a wait
             await own_postgres.start()
             gap = time.monotonic() - stopped
             restarted = len(load.outcomes)
-            await asyncio.sleep(4.0)
+            recovered = stopped + gap + 1.0
+            # The load goes on until 40 messages sent a second after the restart are answered.
+            await eventually(lambda: sum(1 for o in load.outcomes[restarted:]
+                                         if o.started > recovered) >= 40,
+                             timeout=60, what="messages answered after the restart")
         codes = load.codes()
         assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
-        after = [o for o in load.outcomes[restarted:] if o.started > stopped + gap + 1.0]
+        after = [o for o in load.outcomes[restarted:] if o.started > recovered]
         assert after and all(o.code == grpc.StatusCode.OK for o in after), load.codes()
         ok = load.ok_ids()
+
         # Answers outside the stateful tier reach threads through the router's journal,
         # a moment after the reply (longer while the database was down): wait for them.
-        deadline = time.monotonic() + 30
-        while not ok <= (stored := await stored_exchanges(url, prefix)):
-            assert time.monotonic() < deadline, f"{len(ok - stored)} OK answers never stored"
-            await asyncio.sleep(0.2)
-        await wait_for_ledger(url, prefix, len(ok), timeout=30)
+        async def all_stored() -> bool:
+            return ok <= await stored_exchanges(url, prefix)
+
+        await eventually(all_stored, timeout=30, what=f"all {len(ok)} OK answers stored")
+        await recorded_in_ledger(url, prefix, len(ok), timeout=30)
         ids = await ledger_request_ids(url, prefix)
         assert len(ids) == len(set(ids))
         assert ok <= set(ids), f"{len(ok - set(ids))} answered messages missing from the ledger"

@@ -15,9 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from tests.e2e.conftest import Suite, start_suite, stop_suite
-from tests.hardening.conftest import Stubs, stubs_for
-from tests.hardening.helpers import call_failure, wait_for_ledger
+from tests.helpers.status import call_failure, recorded_in_ledger
+from tests.helpers.suite import Stubs, Suite, start_suite, stop_suite, stubs_for
 
 TOKEN = "t0k-" + uuid.uuid4().hex
 GOOD = (("authorization", f"Bearer {TOKEN}"),)
@@ -57,7 +56,7 @@ async def test_chat_works_with_the_token_end_to_end(authed: Any) -> None:
         threads_pb.CountMessagesRequest(user_id=user), metadata=GOOD, timeout=5)
     assert count.count == 2
     # threads' relay reached the ledger with the token too.
-    assert len(await wait_for_ledger(suite.env["DATABASE_URL"], user, 2)) == 2
+    assert len(await recorded_in_ledger(suite.env["DATABASE_URL"], user, 2)) == 2
 
 
 async def test_the_routers_change_stream_carries_the_token(authed: Any) -> None:

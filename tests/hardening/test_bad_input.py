@@ -15,8 +15,8 @@ from coach.threads.v1 import threads_service_pb2 as threads_pb
 from coach.type.v1 import types_pb2
 from google.protobuf import timestamp_pb2
 
-from tests.hardening.conftest import MAX_MESSAGE_BYTES
-from tests.hardening.helpers import call_failure, stored_for_users
+from tests.helpers.status import call_failure, stored_for_users
+from tests.helpers.suite import MAX_MESSAGE_BYTES
 
 PREFIX = f"bad-{uuid.uuid4().hex[:8]}-"
 USER = PREFIX + "u"

@@ -4,7 +4,6 @@ histograms, routes, tokens and cost by model, savings, upstream errors, breaker,
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 import uuid
 from collections import defaultdict
@@ -16,8 +15,10 @@ from coach.router.v1 import router_service_pb2_grpc
 from coach.type.v1 import types_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.faults.processes import free_port, process_suite, set_upstream_fault
-from tests.hardening.helpers import wait_for_ledger
+from services.suite.ports import free_ports
+from tests.helpers.polling import eventually
+from tests.helpers.processes import process_suite, set_upstream_fault
+from tests.helpers.status import recorded_in_ledger
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -37,7 +38,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 async def test_each_service_serves_its_metrics(pg_url: str, tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("router", "llm", "threads", "ledger")}
+    # Below the ephemeral range: no outgoing connection takes one before its service binds it
+    # (a service that cannot bind its metrics port serves on without metrics).
+    names = ("router", "llm", "threads", "ledger")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {f"COACH_{n.upper()}_METRICS_PORT": str(p) for n, p in ports.items()}
     env["COACH_ONBOARDING_MESSAGES"] = "0"
     prefix = f"metrics-{uuid.uuid4().hex[:6]}-"
@@ -63,14 +67,19 @@ async def test_each_service_serves_its_metrics(pg_url: str, tmp_path: Path) -> N
                 await router.Chat(bad, timeout=5)
             except grpc.aio.AioRpcError:
                 pass
-        await wait_for_ledger(pg_url, prefix, 4)
-        await asyncio.sleep(1.5)  # threads refreshes its backlog gauge about once a second
-        deadline = time.monotonic() + 10
-        while True:
+        await recorded_in_ledger(pg_url, prefix, 4)
+
+        async def settled() -> dict[str, Samples] | None:
+            """Every service's metrics once the four answers are counted everywhere: the
+            ledger recorded them, threads' backlog gauge (refreshed about once a second)
+            is back to 0."""
             m = {name: await asyncio.to_thread(scrape, port) for name, port in ports.items()}
-            if value(m["ledger"], "coach_ledger_answers_total") >= 4 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+            done = (value(m["ledger"], "coach_ledger_answers_total") >= 4
+                    and "coach_ledger_backlog" in m["threads"]
+                    and value(m["threads"], "coach_ledger_backlog") == 0)
+            return m if done else None
+
+        m = await eventually(settled, interval=0.2, what="the answers counted in the metrics")
 
     router_m, llm_m, threads_m, ledger_m = m["router"], m["llm"], m["threads"], m["ledger"]
     # Requests by method and code, and latency histograms, on every service.

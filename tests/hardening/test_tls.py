@@ -14,9 +14,9 @@ from coach.router.v1 import router_service_pb2 as router_pb
 from coach.router.v1 import router_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.conftest import Suite, start_suite, stop_suite
 from tests.hardening.certs import Certs, make_certs
-from tests.hardening.helpers import call_failure, wait_for_ledger
+from tests.helpers.status import call_failure, recorded_in_ledger
+from tests.helpers.suite import Suite, start_suite, stop_suite
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ async def test_chat_works_over_tls_end_to_end(secured: Any, certs: Certs) -> Non
                                                                                  timeout=20)
         # Not a fallback: router -> threads -> llm all spoke TLS (with mTLS, presenting certs).
         assert reply.messages and reply.route == 3, reply  # ROUTE_ASSISTANT
-    assert len(await wait_for_ledger(suite.env["DATABASE_URL"], user, 2)) == 2  # relay over TLS
+    assert len(await recorded_in_ledger(suite.env["DATABASE_URL"], user, 2)) == 2  # relay over TLS
 
 
 async def test_a_plaintext_client_is_refused(secured: Any) -> None:

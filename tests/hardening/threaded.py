@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from services.offline_openai import start_offline_openai
-from tests.e2e.conftest import Suite, start_suite, stop_suite
+from tests.helpers.suite import Suite, start_suite, stop_suite
 
 T = TypeVar("T")
 

@@ -1,26 +1,19 @@
-"""A ledger served in-process on a free port, on the session's real PostgreSQL.
+"""Fixtures: a ledger served in-process on a free port, on the session's real PostgreSQL.
 
 Tests share one database, so each writes on its own UTC days or its own user
-ids and asserts on those only.
+ids and asserts on those only (records.py builds what they send).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from coach.ledger.v1 import ledger_service_pb2 as pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
-from coach.type.v1 import types_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from tests.conftest import RunningService, start_service, stop_service
-
-# $0.01 a day per user
-BUDGET_USD = "0.01"
+from tests.helpers.services import RunningService, start_service, stop_service
+from tests.ledger.records import BUDGET_USD
 
 
 @pytest.fixture(scope="session")
@@ -38,40 +31,3 @@ async def ledger(pg_url: str) -> AsyncIterator[RunningService]:
 async def stub(ledger: RunningService) -> AsyncIterator[pb_grpc.LedgerServiceStub]:
     async with grpc.aio.insecure_channel(ledger.address) as channel:
         yield pb_grpc.LedgerServiceStub(channel)
-
-
-def at(day: str, hour: int = 12, minute: int = 0) -> dt.datetime:
-    return dt.datetime.fromisoformat(day).replace(hour=hour, minute=minute, tzinfo=dt.UTC)
-
-
-def charge(model: str, inp: int = 0, cached: int = 0, out: int = 0, reasoning: int = 0,
-           purpose: str = "answer") -> types_pb2.Charge:
-    return types_pb2.Charge(model=model, purpose=purpose, usage=types_pb2.Usage(
-        input_tokens=inp, cached_input_tokens=cached, output_tokens=out,
-        reasoning_tokens=reasoning))
-
-
-def answer(
-    when: dt.datetime,
-    route: int,
-    model: str = "",
-    charges: Sequence[types_pb2.Charge] = (),
-    *,
-    user_id: str = "user-1",
-    request_id: str | None = None,
-    message_type: int = types_pb2.MESSAGE_TYPE_QUESTION,
-    baseline_input_tokens: int = 0,
-    latency_ms: int = 120,
-) -> pb.AnswerRecord:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return pb.AnswerRecord(
-        request_id=request_id or uuid.uuid4().hex, user_id=user_id, route=route,  # type: ignore[arg-type]
-        message_type=message_type, model=model, charges=list(charges),  # type: ignore[arg-type]
-        latency_ms=latency_ms, answer_time=ts, baseline_input_tokens=baseline_input_tokens,
-    )
-
-
-async def record(stub: pb_grpc.LedgerServiceStub,
-                 records: Sequence[pb.AnswerRecord]) -> pb.RecordAnswersResponse:
-    return await stub.RecordAnswers(pb.RecordAnswersRequest(records=list(records)))

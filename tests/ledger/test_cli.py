@@ -13,8 +13,8 @@ from coach.type.v1 import types_pb2 as t
 
 from services.cli import daily_chart, main, usd
 from services.common.pricing import PriceBook
-from tests.conftest import RunningService, start_service, stop_service
-from tests.ledger.conftest import answer, at, charge, record
+from tests.helpers.services import RunningService, start_service, stop_service
+from tests.ledger.records import answer, at, charge, record
 
 BOOK = PriceBook.load()
 DAYS = ["2025-06-01", "2025-06-02", "2025-06-03"]

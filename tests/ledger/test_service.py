@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from services.common.metrics import UNPRICED_CALLS
 from services.common.pricing import PriceBook
-from tests.ledger.conftest import answer, at, charge, record
+from tests.ledger.records import answer, at, charge, record
 
 BOOK = PriceBook.load()
 Stub = pb_grpc.LedgerServiceStub

@@ -2,44 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import openai
 import pytest
-from coach.llm.v1 import llm_service_pb2_grpc
 
-from tests.conftest import RunningService, start_service, stop_service
-
-
-@dataclass
-class Llm:
-    service: RunningService
-    stub: llm_service_pb2_grpc.LlmServiceStub
-    channel: grpc.aio.Channel
-
-
-def llm_env(upstream: Any, **extra: str) -> dict[str, str]:
-    return {
-        "OPENAI_BASE_URL": upstream.base_url,
-        "OPENAI_API_KEY": "test",
-        "COACH_SHUTDOWN_GRACE_SECONDS": "0.5",
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def running_llm(upstream: Any, env: Mapping[str, str] | None = None) -> AsyncIterator[Llm]:
-    service = await start_service("llm", {**llm_env(upstream), **(env or {})})
-    channel = grpc.aio.insecure_channel(service.address)
-    try:
-        yield Llm(service, llm_service_pb2_grpc.LlmServiceStub(channel), channel)
-    finally:
-        await channel.close()
-        await stop_service(service, grace=0.5)
+from tests.helpers.services import Llm, running_llm
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from services.llm.idempotency import IdempotencyCache
+from tests.helpers.polling import eventually
 
 
 class Work:
@@ -30,15 +31,14 @@ class Work:
 async def test_a_caller_going_away_leaves_the_work_running_and_the_retry_gets_its_answer() -> None:
     cache, work = IdempotencyCache(), Work()
     first = asyncio.create_task(cache.run("turn:c1:r1", work))
-    await asyncio.sleep(0)
+    await eventually(lambda: work.runs == 1, what="the upstream call under way")
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
     assert cache.running == 1  # the upstream call goes on without its caller
     work.release.set()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert work.finished == 1 and cache.running == 0
+    await eventually(lambda: work.finished == 1 and cache.running == 0,
+                     what="the call finished without its caller")
     assert await cache.run("turn:c1:r1", work) == "answer 1"
     assert work.runs == 1  # the retry did not call the upstream again
 
@@ -47,7 +47,7 @@ async def test_a_retry_while_the_first_runs_waits_for_it() -> None:
     cache, work = IdempotencyCache(), Work()
     first = asyncio.create_task(cache.run("k", work))
     second = asyncio.create_task(cache.run("k", work))
-    await asyncio.sleep(0)
+    await eventually(lambda: work.runs == 1, what="the upstream call under way")
     first.cancel()  # the first caller goes away; the second still gets the one answer
     work.release.set()
     assert await second == "answer 1"

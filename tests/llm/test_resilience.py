@@ -29,6 +29,7 @@ from services.llm.resilience import (
     Upstream,
 )
 from services.llm.upstream import classify, retry_after_seconds
+from tests.helpers.polling import eventually
 
 
 class FakeClock:
@@ -293,7 +294,7 @@ async def test_a_bulkhead_bounds_calls_in_flight_and_a_busy_caller_gets_a_clear_
 
     calls = [asyncio.create_task(upstream.call("chat", op, Deadline.after(clock, 5.0)))
              for _ in range(5)]
-    await asyncio.sleep(0.05)
+    await eventually(lambda: in_flight == 2, what="two calls in flight")
     assert peak == 2  # the other three wait for a slot
     with pytest.raises(CoachError) as busy:
         await upstream.call("chat", op, Deadline.after(clock, 0.2))

@@ -19,7 +19,7 @@ from services.llm.config import DATA_DIR
 from services.llm.persona import load_persona
 from services.llm.tools import ToolCatalog, load_tools
 from services.offline_openai.tokens import Segment, TokenCounter
-from tests.llm.conftest import Llm, running_llm
+from tests.helpers.services import Llm, running_llm
 
 pytestmark = pytest.mark.usefixtures("healthy_upstream")
 

@@ -24,7 +24,7 @@ from services.llm.upstream import (
     create_chat_completion,
     create_client,
 )
-from tests.http_upstream import serving
+from tests.helpers.http_upstream import serving
 
 PARAMS: dict[str, Any] = {
     "model": "gpt-5.4-mini",

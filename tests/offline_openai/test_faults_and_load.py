@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from services.offline_openai import OfflineOpenAI, start_offline_openai
+from tests.helpers.polling import eventually
 
 ClientFactory = Callable[..., openai.AsyncOpenAI]
 REPO = Path(__file__).resolve().parents[2]
@@ -88,10 +89,12 @@ async def test_hang_until_client_timeout_then_release(
 
     # A hung request is answered as soon as the fault is cleared.
     patient = make_client(max_retries=0, timeout=10)
+    arrived = server.stats.requests["POST /v1/chat/completions"]
     pending = asyncio.create_task(
         patient.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
     )
-    await asyncio.sleep(0.3)
+    await eventually(lambda: server.stats.requests["POST /v1/chat/completions"] > arrived,
+                     what="the request reaching the hung server")
     assert not pending.done()
     server.faults.clear()
     completion = await asyncio.wait_for(pending, 5)
@@ -167,13 +170,10 @@ async def test_hundreds_of_concurrent_users(server: OfflineOpenAI,
         assert response.usage is not None
         return response.usage.input_tokens
 
-    started = time.perf_counter()
     totals = await asyncio.gather(*(user(n) for n in range(300)))
-    elapsed = time.perf_counter() - started
     assert len(totals) == 300
     assert server.stats.model_calls == 300
-    assert server.stats.statuses == {200: 600}
-    assert elapsed < 120  # generous: shared CI machines; all 600 calls must succeed
+    assert server.stats.statuses == {200: 600}  # every call answered, none refused
 
 
 async def test_cli_serves_and_logs_json_lines(tmp_path: Path) -> None:

@@ -9,66 +9,10 @@ import logging
 
 import pytest
 
-from services.common.exchange import Exchange, UserState
 from services.common.pricing import PriceBook
-from services.common.usage import Usage
-from services.router.answering import (
-    ChatInput,
-    ChatPolicy,
-    ChatService,
-    Completion,
-    CompletionInput,
-    UserContextIn,
-)
+from services.router.answering import ChatInput, ChatPolicy, ChatService
 from services.router.decision import Router
-
-CONTEXT = UserContextIn(display_name="Sam", current_streak=5, local_hour=9)
-
-
-class Threads:
-    async def user_state(self, user_id: str, request_id: str, recent: int,
-                         timeout: float) -> UserState:
-        return UserState(message_count=10, recent_turns=(), existing=None, messages_today=0,
-                         last_canned_reply="")
-
-    async def stateful_turn(self, turn: object, timeout: float) -> Exchange:
-        raise AssertionError("no stateful turn in these tests")
-
-
-class Llm:
-    async def complete(self, request: CompletionInput, timeout: float) -> Completion:
-        return Completion("Nice. What's next?", request.decision.model,
-                          Usage(input_tokens=420, output_tokens=12))
-
-
-class Ledger:
-    async def budget_exceeded(self, user_id: str, timeout: float) -> str | None:
-        return None
-
-
-class Cache:
-    def get(self, user_id: str, request_id: str) -> UserState | None:
-        return None
-
-    def epoch(self) -> int:
-        return 0
-
-    def put(self, user_id: str, state: UserState, epoch: int) -> None:
-        pass
-
-    def record(self, answer: Exchange) -> None:
-        pass
-
-
-class Journal:
-    def ensure_room(self) -> None:
-        pass
-
-    def append(self, answer: Exchange) -> None:
-        pass
-
-    async def flush_user(self, user_id: str, timeout: float) -> None:
-        pass
+from tests.helpers.router_ports import CONTEXT, Cache, Journal, Ledger, Llm, Threads
 
 
 @pytest.fixture(scope="module")

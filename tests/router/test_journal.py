@@ -14,6 +14,7 @@ from services.common.exchange import Exchange
 from services.common.usage import Charge, Usage
 from services.common.vocabulary import MessageType, Route
 from services.router.journal import AnswerJournal, BatchOutcome, JournalSettings
+from tests.helpers.polling import eventually
 
 
 def answer(user: str, n: int, route: Route = Route.PATTERN) -> Exchange:
@@ -34,8 +35,10 @@ class Sink:
         self.down = False
         self.gate: asyncio.Event | None = None
         self.reject: dict[str, str] = {}
+        self.attempts = 0
 
     async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
+        self.attempts += 1
         if self.gate is not None:
             await self.gate.wait()
         if self.down:
@@ -59,11 +62,7 @@ def journal(path: Path, sink: Sink, **kw: object) -> AnswerJournal:
 
 
 async def settled(j: AnswerJournal) -> None:
-    for _ in range(200):
-        if not j.pending:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{j.pending} answers still pending")
+    await eventually(lambda: not j.pending, what=lambda: f"{j.pending} answers still pending")
 
 
 async def test_answers_reach_threads_in_order_in_batches_and_files_go(tmp_path: Path) -> None:
@@ -90,7 +89,7 @@ async def test_answers_left_by_a_killed_router_are_sent_at_next_start(tmp_path: 
     answers = [answer("bo", n) for n in range(5)]
     for a in answers:
         first.append(a)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: down.attempts >= 1, what="a first attempt to send")
     await first.close(timeout=0.05)  # as good as killed: nothing stored
     segment = max(tmp_path.glob("journal-*.jsonl"))
     with segment.open("a") as f:

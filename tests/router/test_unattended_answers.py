@@ -18,7 +18,7 @@ from services.router.answering import (
     CompletionInput,
 )
 from services.router.decision import Router
-from tests.router.test_answer_log import CONTEXT, Cache, Journal, Ledger, Threads
+from tests.helpers.router_ports import CONTEXT, Cache, Journal, Ledger, Threads
 
 
 class SlowLlm:

@@ -10,6 +10,7 @@ from services.common.errors import Unavailable
 from services.common.exchange import Exchange, UserState
 from services.common.vocabulary import MessageType, Route, Turn
 from services.router.user_cache import Change, UserStateCache, follow_changes
+from tests.helpers.polling import eventually
 
 
 def state(count: int = 4) -> UserState:
@@ -82,21 +83,17 @@ async def test_follows_the_change_stream_and_goes_dark_when_it_breaks() -> None:
 
     task = asyncio.create_task(follow_changes(cache, stream, "me", retry_max_s=0.05))
     await feed.put(Change("", ""))
-    await asyncio.sleep(0.01)
-    assert cache.live
+    await eventually(lambda: cache.live, what="the cache live once the stream is")
     for user in ("mine", "theirs"):
         cache.put(user, state(), cache.epoch())
     await feed.put(Change("mine", "me"))        # this router's own write: still exact
     await feed.put(Change("theirs", "other"))   # another replica's write: dropped
-    await asyncio.sleep(0.01)
-    assert cache.get("mine", "") is not None and cache.get("theirs", "") is None
+    await eventually(lambda: cache.get("theirs", "") is None, what="their user dropped")
+    assert cache.get("mine", "") is not None
     await feed.put(Unavailable("threads restarting"))
-    await asyncio.sleep(0.01)
-    assert not cache.live and len(cache) == 0
+    await eventually(lambda: not cache.live, what="the cache off while the stream is down")
+    assert len(cache) == 0
     await feed.put(Change("", ""))  # watched again: live, empty
-    for _ in range(100):
-        if cache.live:
-            break
-        await asyncio.sleep(0.01)
-    assert cache.live and streams == 2
+    await eventually(lambda: cache.live, what="the cache live again")
+    assert streams == 2
     task.cancel()

@@ -7,10 +7,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,14 +18,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.suite.ports import free_port
+from tests.helpers.polling import eventually_blocking
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("router", "llm", "threads", "ledger")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health(address: str, timeout: float = 2.0) -> str:
@@ -103,17 +98,17 @@ class SuiteRun:
             return {}
 
     def wait_for(self, what: str, check: Any, timeout: float = 120.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """``check()`` once it is truthy; fails at once if the supervisor exits meanwhile."""
+
+        def holds() -> Any:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"the supervisor exited ({self.proc.returncode}) while "
                                      f"waiting for {what}:\n{self.log()[-4000:]}")
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+            return check()
+
+        return eventually_blocking(holds, timeout=timeout, interval=0.2,
+                                   what=lambda: f"{what}:\n{self.log()[-4000:]}")
 
     def wait_ready(self) -> dict[str, Any]:
         status = self.wait_for("state ready", lambda: (s := self.status()).get("state") == "ready"

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import asyncpg
 import pytest
 
 from services.suite import Suite, SuiteError, SuiteSettings, free_port_env
+from tests.helpers.polling import eventually_blocking
 from tests.suite.helpers import (
     REPO_ROOT,
     SERVICES,
@@ -289,15 +289,12 @@ def test_a_child_stops_when_its_supervisor_is_killed(tmp_path: Path) -> None:
     try:
         assert supervisor.stdout is not None
         child = int(supervisor.stdout.readline())
-        deadline = time.monotonic() + 20
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the child never asked to follow its supervisor"
-            time.sleep(0.05)
+        eventually_blocking(marker.exists, timeout=20,
+                            what="the child asking to follow its supervisor")
         supervisor.kill()  # SIGKILL: no clean-up of its own
         supervisor.wait()
-        while pid_alive(child):
-            assert time.monotonic() < deadline, "the child outlived its killed supervisor"
-            time.sleep(0.05)
+        eventually_blocking(lambda: not pid_alive(child), timeout=20,
+                            what="the child gone with its killed supervisor")
     finally:
         supervisor.kill()
         supervisor.wait()

@@ -1,4 +1,5 @@
-"""Request builders for the threads service tests, and driving a user's turns."""
+"""Request builders for the threads service tests, driving a user's turns, and what they
+wait for."""
 
 from __future__ import annotations
 
@@ -60,3 +61,10 @@ async def drive_to_rotation(stub: Stub, user_id: str) -> None:
     """20 turns: the conversation holds 40 messages, so the next turn rotates."""
     for i in range(PRUNE_AT // 2):
         await stub.RunStatefulTurn(turn_request(user_id, f"turn {i}"))
+
+
+async def relayed_once(db: asyncpg.Connection, request_id: str) -> bool:
+    """Whether the answer's outbox row is gone: the ledger took it, and nothing can send it
+    again (the row goes in the transaction that saw the ledger's acknowledgement)."""
+    return await db.fetchval("SELECT count(*) FROM threads.outbox WHERE request_id = $1",
+                             request_id) == 0

@@ -12,8 +12,8 @@ import pytest
 from coach.threads.v1 import threads_service_pb2_grpc
 
 from services.common.server import CoachServer
-from tests.conftest import RunningService, fresh_database, start_service, stop_service
-from tests.threads.fakes import FakeLedger, FakeLlm, serve_fake
+from tests.helpers.peer_fakes import FakeLedger, FakeLlm, serve_fake
+from tests.helpers.services import RunningService, fresh_database, start_service, stop_service
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ async def fake_ledger() -> AsyncIterator[tuple[FakeLedger, CoachServer]]:
     await server.stop(0.1)
 
 
-def threads_env(pg_url: str, llm_port: int, ledger_port: int) -> dict[str, str]:
+def _threads_env(pg_url: str, llm_port: int, ledger_port: int) -> dict[str, str]:
     return {
         "DATABASE_URL": pg_url,
         "COACH_LLM_ADDR": f"127.0.0.1:{llm_port}",
@@ -65,7 +65,7 @@ async def threads_pair(
     fake_llm: tuple[FakeLlm, CoachServer],
     fake_ledger: tuple[FakeLedger, CoachServer],
 ) -> AsyncIterator[tuple[RunningService, RunningService]]:
-    env = threads_env(pg_url, fake_llm[1].port, fake_ledger[1].port)
+    env = _threads_env(pg_url, fake_llm[1].port, fake_ledger[1].port)
     first = await start_service("threads", env)
     second = await start_service("threads", env)
     yield first, second

@@ -11,6 +11,8 @@ import pytest
 from coach.threads.v1 import threads_service_pb2 as pb
 from coach.type.v1 import types_pb2
 
+from tests.helpers.peer_fakes import FakeLedger, FakeLlm, per_user
+from tests.helpers.polling import eventually
 from tests.threads.builders import (
     KEEP,
     Stub,
@@ -21,8 +23,6 @@ from tests.threads.builders import (
     rid,
     turn_request,
 )
-from tests.threads.fakes import FakeLedger, FakeLlm, per_user
-from tests.threads.test_threads_exchanges import wait_for
 
 
 async def test_a_failed_first_conversation_does_not_pay_for_its_summary_twice(
@@ -49,7 +49,7 @@ async def test_a_failed_first_conversation_does_not_pay_for_its_summary_twice(
     assert await db.fetchval(
         "SELECT count(*) FROM threads.first_summaries WHERE user_id = $1", user_id) == 0
     # The one summary paid for is charged once, to the answer that finally used it.
-    await wait_for(lambda: any(r.request_id == done.exchange.request_id
+    await eventually(lambda: any(r.request_id == done.exchange.request_id
                                for r in ledger.for_user(user_id)))
     summary_charges = [c for r in ledger.for_user(user_id) for c in r.charges
                        if c.purpose == "summary"]
@@ -67,11 +67,10 @@ async def test_a_caller_going_away_mid_rotation_leaves_the_turn_to_finish(
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await asyncio.sleep(0.1)
-    assert await active_rows(db, user_id) == 1
+    assert await active_rows(db, user_id) == 1  # the old one serves until the new one is mapped
     llm.create_gate.set()  # the provider conversation gets created: the turn goes on
     llm.create_gate = None
-    await wait_for(lambda: any(t.message == "cancelled while rotating"
+    await eventually(lambda: any(t.message == "cancelled while rotating"
                                for t in per_user(llm.turn_calls, user_id)))
     done = await stub.RunStatefulTurn(turn_request(user_id, "after the cancel"))
     assert done.created
@@ -92,7 +91,7 @@ async def abandoned_turn(stub: Stub, llm: FakeLlm, user_id: str,
     llm.turn_delay_s = 0.3
     request = turn_request(user_id, message, rid())
     call = stub.RunStatefulTurn(request)
-    await wait_for(lambda: llm.active_per_user[user_id] == 1)
+    await eventually(lambda: llm.active_per_user[user_id] == 1)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -105,7 +104,7 @@ async def test_a_turn_whose_caller_went_away_is_stored_and_charged_once(
     """The router gave up (its deadline, a restart) while the upstream answered: the answer
     it paid for is stored and charged all the same, and the retry gets it back."""
     request = await abandoned_turn(stub, llm, user_id, "i keep skipping my runs")
-    await wait_for(lambda: request.request_id in ledger.records)
+    await eventually(lambda: request.request_id in ledger.records)
     assert ledger.records[request.request_id].route == types_pb2.ROUTE_ASSISTANT
     again = await stub.RunStatefulTurn(request)
     assert not again.created and list(again.exchange.coach_texts) == [
@@ -114,7 +113,7 @@ async def test_a_turn_whose_caller_went_away_is_stored_and_charged_once(
 
 
 async def test_a_turn_finished_after_the_callers_fallback_owes_its_charge(
-    stub: Stub, llm: FakeLlm, user_id: str
+    stub: Stub, llm: FakeLlm, user_id: str, db: asyncpg.Connection
 ) -> None:
     """The router answered with a fallback and stored it before the turn it gave up on was
     done: the turn's answer is not stored over it, and its charge goes on the next exchange."""
@@ -123,8 +122,13 @@ async def test_a_turn_finished_after_the_callers_fallback_owes_its_charge(
         user_id, "slow one", "Give me a second and try again?", request.request_id,
         route=types_pb2.ROUTE_FALLBACK, message_type=types_pb2.MESSAGE_TYPE_DEEP_COACHING))
     assert fallback.created
-    await wait_for(lambda: llm.active_per_user[user_id] == 0)
-    await asyncio.sleep(0.1)  # the turn stores (or rather does not) and owes its charge
+
+    async def owed() -> bool:  # the turn found the fallback stored, and owes its charge
+        return bool(await db.fetchval(
+            "SELECT count(*) FROM threads.pending_charges WHERE user_id = $1 "
+            "AND charge->>'purpose' = 'unstored_turn'", user_id))
+
+    await eventually(owed, what="the finished turn's charge owed")
     llm.turn_delay_s = 0.0
     kept = await stub.RunStatefulTurn(request)
     assert not kept.created and kept.exchange.route == types_pb2.ROUTE_FALLBACK

@@ -12,18 +12,11 @@ from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2
 
 from services.common.tokens import count_tokens
-from tests.threads.builders import cheap, exchange, rid, turn_request
-from tests.threads.fakes import PREFIX_TOKENS, FakeLedger
+from tests.helpers.peer_fakes import PREFIX_TOKENS, FakeLedger
+from tests.helpers.polling import eventually
+from tests.threads.builders import cheap, exchange, relayed_once, rid, turn_request
 
 Stub = pb_grpc.ThreadsServiceStub
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_user_state_reflects_recorded_exchanges(stub: Stub, user_id: str) -> None:
@@ -71,8 +64,7 @@ async def test_record_exchange_is_idempotent(
     assert await db.fetchval("SELECT count(*) FROM threads.messages WHERE request_id = $1",
                              request_id) == 2
     assert (await stub.CountMessages(pb.CountMessagesRequest(user_id=user_id))).count == 1
-    await wait_for(lambda: request_id in ledger.records)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: relayed_once(db, request_id), what="the record relayed")
     assert ledger.deliveries[request_id] == 1
     record = ledger.records[request_id]
     assert record.route == types_pb2.ROUTE_COMPLETIONS and record.model == "gpt-5.4-mini"
@@ -85,7 +77,7 @@ async def test_baseline_tokens_count_the_whole_history(
     first, second = rid(), rid()
     await stub.RecordExchange(exchange(user_id, "hey there", "Hey! Ready?", first))
     await stub.RecordExchange(exchange(user_id, "yes let's go", "Love it.", second))
-    await wait_for(lambda: first in ledger.records and second in ledger.records)
+    await eventually(lambda: first in ledger.records and second in ledger.records)
     one, two = ledger.records[first].baseline_input_tokens, ledger.records[second].baseline_input_tokens
     # The prefix is the llm service's (GetPromptPrefix), not read from its files.
     assert one - count_tokens("hey there") == PREFIX_TOKENS

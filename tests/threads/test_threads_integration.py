@@ -3,7 +3,6 @@ offline OpenAI server, and the real ledger behind the outbox."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +14,8 @@ from coach.threads.v1 import threads_service_pb2 as pb
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2
 
-from tests.conftest import RunningService, fresh_database, start_service, stop_service
+from tests.helpers.polling import eventually
+from tests.helpers.services import RunningService, fresh_database, start_service, stop_service
 from tests.threads.builders import cheap, exchange, turn_request
 
 TURNS = 60
@@ -102,11 +102,11 @@ async def test_long_conversation_on_the_real_stack(suite: Any) -> None:
     assert len(listed.messages) == 2 * TURNS
 
     # Every answer reaches the ledger exactly once, summaries charged along.
-    for _ in range(100):
+    async def all_recorded() -> list[Any] | None:
         rows = await user_report(ledger, user_id)
-        if sum(r.calls for r in rows) == answers:
-            break
-        await asyncio.sleep(0.05)
+        return rows if sum(r.calls for r in rows) >= answers else None
+
+    rows = await eventually(all_recorded, what=f"{answers} answers in the ledger")
     assert sum(r.calls for r in rows) == answers
     assert sum(r.cost_usd_nanos for r in rows) > 0
     print(f"\n{api}: input tokens per stateful turn {inputs}")

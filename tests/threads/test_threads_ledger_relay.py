@@ -7,14 +7,14 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 from coach.threads.v1 import threads_service_pb2_grpc as pb_grpc
+from prometheus_client import REGISTRY
 
 from services.common.errors import Unavailable
 from services.common.exchange import AnswerRecord
-from services.common.metrics import LEDGER_BACKLOG
 from services.threads.ledger_relay import LedgerRelay, RelaySettings
+from tests.helpers.peer_fakes import FakeLedger
+from tests.helpers.polling import eventually
 from tests.threads.builders import cheap, exchange, rid
-from tests.threads.fakes import FakeLedger
-from tests.threads.test_threads_exchanges import wait_for
 
 Stub = pb_grpc.ThreadsServiceStub
 
@@ -26,11 +26,15 @@ async def outbox_rows(db: asyncpg.Connection, request_ids: Sequence[str]) -> int
 
 async def outbox_drained(db: asyncpg.Connection, request_ids: Sequence[str]) -> None:
     """The rows go once the ledger acknowledged them (right after the ack, same transaction)."""
-    for _ in range(100):
-        if await outbox_rows(db, request_ids) == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("outbox rows left after the ledger took them")
+
+    async def drained() -> bool:
+        return await outbox_rows(db, request_ids) == 0
+
+    await eventually(drained, what="outbox rows gone after the ledger took them")
+
+
+def backlog() -> float | None:
+    return REGISTRY.get_sample_value("coach_ledger_backlog")
 
 
 async def test_ledger_down_keeps_records_and_flushes_them_once_back(
@@ -41,14 +45,14 @@ async def test_ledger_down_keeps_records_and_flushes_them_once_back(
     for i, request_id in enumerate(ids):
         await stubs[i % 2].RecordExchange(exchange(user_id, f"hi {i}", "Hey!", request_id))
     calls_before = ledger.calls
-    await asyncio.sleep(0.6)
-    assert ledger.calls > calls_before  # the relays kept trying, with back-off
+    await eventually(lambda: ledger.calls >= calls_before + 2,
+                     what="the relays trying again, with back-off")
     assert await outbox_rows(db, ids) == 30
     assert not any(r in ledger.records for r in ids)
-    await wait_for(lambda: LEDGER_BACKLOG._value.get() >= 30)  # type: ignore[attr-defined]
+    await eventually(lambda: (backlog() or 0) >= 30, what="the backlog gauge counting them")
 
     ledger.down = False
-    await wait_for(lambda: all(r in ledger.records for r in ids))
+    await eventually(lambda: all(r in ledger.records for r in ids), what="every record relayed")
     await outbox_drained(db, ids)
     assert all(ledger.deliveries[r] == 1 for r in ids)
 
@@ -67,11 +71,11 @@ async def test_ledger_flapping_under_load_loses_nothing(
     async def flapper() -> None:
         for _ in range(8):
             ledger.down = not ledger.down
-            await asyncio.sleep(0.07)
+            await asyncio.sleep(0.07)  # the flapping's rhythm, not a wait
         ledger.down = False
 
     await asyncio.gather(*(writer(k) for k in range(6)), flapper())
-    await wait_for(lambda: all(r in ledger.records for r in ids), timeout=10)
+    await eventually(lambda: all(r in ledger.records for r in ids), what="every record relayed")
     await outbox_drained(db, ids)
     # Two replicas relay the same outbox: a row is sent by one of them at a time.
     assert max(ledger.deliveries[r] for r in ids) == 1
@@ -114,11 +118,11 @@ async def test_shutdown_flushes_what_the_ledger_takes() -> None:
     relay = LedgerRelay(outbox, ledger, RelaySettings(batch_size=200, interval_s=0.01,  # type: ignore[arg-type]
                                                       backoff_s=0.01, max_backoff_s=0.05))
     relay.start()
-    await asyncio.sleep(0.2)
-    assert len(outbox.rows) == 450 and ledger.calls >= 2
+    await eventually(lambda: ledger.calls >= 2, what="the relay trying while the ledger is down")
+    assert len(outbox.rows) == 450
     ledger.down = False
     await relay.stop(flush_seconds=2)  # stops the loop first: the flush alone empties it
-    assert outbox.rows == [] and LEDGER_BACKLOG._value.get() == 0  # type: ignore[attr-defined]
+    assert outbox.rows == [] and backlog() == 0
 
 
 async def test_shutdown_with_the_ledger_down_keeps_the_records() -> None:
@@ -138,7 +142,7 @@ async def test_a_record_the_ledger_refuses_is_set_aside_and_blocks_nothing(
         for i, request_id in enumerate(ids):
             await stubs[0].RecordExchange(exchange(user_id, f"hey {i}", "Hey!", request_id))
         good = [r for r in ids if r != ids[3]]
-        await wait_for(lambda: all(r in ledger.records for r in good))
+        await eventually(lambda: all(r in ledger.records for r in good))
         await outbox_drained(db, ids)
         assert ids[3] not in ledger.records
         assert all(ledger.deliveries[r] >= 1 for r in good) and len(ledger.records) >= 9

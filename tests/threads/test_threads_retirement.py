@@ -4,6 +4,7 @@ and those a rotation created but could not map (orphans), after a grace period."
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import grpc
@@ -11,13 +12,13 @@ import pytest
 from coach.threads.v1 import threads_service_pb2 as pb
 
 from services.common.rich_status import error_from_rpc
+from tests.helpers.peer_fakes import FakeConversation, FakeLlm, per_user
+from tests.helpers.polling import eventually
 from tests.threads.builders import (
     Stub,
     drive_to_rotation,
     turn_request,
 )
-from tests.threads.fakes import FakeConversation, FakeLlm, per_user
-from tests.threads.test_threads_exchanges import wait_for
 
 
 async def test_a_rotated_conversation_is_deleted_upstream(
@@ -32,9 +33,9 @@ async def test_a_rotated_conversation_is_deleted_upstream(
     llm.failures["DeleteConversation"] = 2
     done = await stub.RunStatefulTurn(turn_request(user_id, "this one rotates"))
     assert done.exchange.conversation_id != old_id
-    await wait_for(lambda: old_id in llm.deleted, timeout=10)
+    await eventually(lambda: old_id in llm.deleted)
     assert llm.failures["DeleteConversation"] == 0  # failed twice, then deleted
-    await wait_for_rows(db, user_id)
+    await rotated_rows(db, user_id)
     assert done.exchange.conversation_id not in llm.deleted  # the active one stays
 
 
@@ -48,31 +49,42 @@ async def test_a_deletion_the_upstream_refuses_is_not_retried_and_holds_up_nothi
             """INSERT INTO threads.conversations (user_id, provider_conversation_id, api, status,
                    archived_at) VALUES ($1, $2, 'responses', 'archived', now())""",
             user_id, provider_id)
-    await wait_for(lambda: fine in llm.deleted, timeout=10)
-    for _ in range(100):  # the row is marked once the llm service said it is gone
+    await eventually(lambda: fine in llm.deleted)
+
+    async def marked() -> dict[str, Any] | None:  # once the llm service said it is gone
         rows = {r["provider_conversation_id"]: r for r in await db.fetch(
             """SELECT provider_conversation_id, upstream_deleted_at, upstream_delete_error
                  FROM threads.conversations WHERE user_id = $1""", user_id)}
-        if rows[fine]["upstream_deleted_at"] is not None:
-            break
-        await asyncio.sleep(0.05)
+        return rows if rows[fine]["upstream_deleted_at"] is not None else None
+
+    rows = await eventually(marked, what="the deleted conversation marked")
     assert rows[refused]["upstream_deleted_at"] is None
     assert "refused" in rows[refused]["upstream_delete_error"]
-    assert rows[fine]["upstream_deleted_at"] is not None
     tries = len([c for c in llm.delete_calls if c.conversation_id == refused])
-    await asyncio.sleep(0.6)  # three more looks: the refused one is not asked again
+    # Later passes of the retirers (archived after it, so looked at after it) delete others
+    # and do not ask for the refused one again.
+    for n in range(3):
+        later = f"conv_later_{n}_{user_id}"
+        await db.execute(
+            """INSERT INTO threads.conversations (user_id, provider_conversation_id, api, status,
+                   archived_at) VALUES ($1, $2, 'responses', 'archived', now())""",
+            user_id, later)
+        await eventually(lambda later=later: later in llm.deleted, what=f"{later} deleted")
     assert len([c for c in llm.delete_calls if c.conversation_id == refused]) == tries
 
 
-async def wait_for_rows(db: asyncpg.Connection, user_id: str) -> None:
-    for _ in range(100):
-        rows = await db.fetch(
+async def rotated_rows(db: asyncpg.Connection, user_id: str) -> None:
+    """The user's conversation rows: the archived one marked deleted upstream, the active one not."""
+
+    async def rows() -> list[tuple[str, bool]]:
+        return [(r["status"], r["deleted"]) for r in await db.fetch(
             """SELECT status, upstream_deleted_at IS NOT NULL AS deleted
-                 FROM threads.conversations WHERE user_id = $1 ORDER BY id""", user_id)
-        if [(r["status"], r["deleted"]) for r in rows] == [("archived", True), ("active", False)]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"conversation rows: {[dict(r) for r in rows]}")
+                 FROM threads.conversations WHERE user_id = $1 ORDER BY id""", user_id)]
+
+    async def settled() -> bool:
+        return await rows() == [("archived", True), ("active", False)]
+
+    await eventually(settled, what="an archived row marked deleted and an active one")
 
 
 async def rotation_held_at_create(stub: Stub, llm: FakeLlm, user_id: str,
@@ -85,6 +97,10 @@ async def rotation_held_at_create(stub: Stub, llm: FakeLlm, user_id: str,
     turn = asyncio.ensure_future(stub.RunStatefulTurn(turn_request(user_id, message)))
     await asyncio.wait_for(llm.create_entered.wait(), 5)
     return turn, f"conv_{len(llm.create_calls)}"
+
+
+async def no_orphans(db: asyncpg.Connection, user_id: str) -> bool:
+    return not await orphan_rows(db, user_id)
 
 
 async def orphan_rows(db: asyncpg.Connection, user_id: str) -> list[str]:
@@ -109,12 +125,9 @@ async def test_a_conversation_whose_mapping_was_not_saved_is_deleted_upstream_la
         await turn
     assert error_from_rpc(err.value)[:2] == ("UNAVAILABLE", "TURN_LEASE_LOST")
     assert await orphan_rows(db, user_id) == [created]
-    await wait_for(lambda: created in llm.deleted, timeout=10)
-    for _ in range(100):  # the note goes once the llm service said it is gone
-        if not await orphan_rows(db, user_id):
-            break
-        await asyncio.sleep(0.05)
-    assert await orphan_rows(db, user_id) == []
+    await eventually(lambda: created in llm.deleted)
+    await eventually(lambda: no_orphans(db, user_id),  # once the llm service said it is gone
+                     what="the orphan note gone")
     assert active not in llm.deleted  # the mapping in place stays
     done = await stub.RunStatefulTurn(turn_request(user_id, "and again"))
     assert done.created and done.exchange.conversation_id not in (created, active)
@@ -137,7 +150,7 @@ async def test_a_conversation_that_lost_a_rotation_race_is_deleted_upstream_late
     llm.create_gate.set()
     done = await turn
     assert done.exchange.conversation_id == winner
-    await wait_for(lambda: created in llm.deleted, timeout=10)
+    await eventually(lambda: created in llm.deleted)
     assert winner not in llm.deleted
 
 
@@ -152,12 +165,8 @@ async def test_an_orphan_note_for_a_conversation_that_is_mapped_after_all_delete
         """INSERT INTO threads.orphaned_conversations (user_id, provider_conversation_id, api,
                created_at) VALUES ($1, $2, 'responses', now() - interval '1 hour')""",
         user_id, mapped)
-    for _ in range(100):
-        if not await orphan_rows(db, user_id):
-            break
-        await asyncio.sleep(0.05)
-    assert await orphan_rows(db, user_id) == []
-    await asyncio.sleep(0.3)
+    await eventually(lambda: no_orphans(db, user_id), what="the note dropped")
+    # Gone for good: every retirer pass drops mapped notes before it picks orphans to delete.
     assert mapped not in llm.deleted
     again = await stub.RunStatefulTurn(turn_request(user_id, "still here"))
     assert again.exchange.conversation_id == mapped

@@ -1,4 +1,4 @@
-"""Helpers shared by the hardening and fault tests: statuses with their details, what is stored."""
+"""What a call failed with (status, reason, bad fields), and what the suite stored."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 import asyncpg
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from tests.helpers.polling import eventually
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,14 @@ async def ledger_request_ids(pg_url: str, user_prefix: str) -> list[str]:
         await conn.close()
 
 
-async def wait_for_ledger(pg_url: str, user_prefix: str, expected: int,
-                          timeout: float = 15.0) -> list[str]:
-    """The ledger's request_ids for these users once there are ``expected`` (or at the timeout)."""
-    import asyncio
-    import time
+async def recorded_in_ledger(pg_url: str, user_prefix: str, count: int,
+                             timeout: float = 30.0) -> list[str]:
+    """The ledger's request_ids for these users once there are ``count`` (records travel by
+    threads' outbox, a moment after the answers)."""
 
-    deadline = time.monotonic() + timeout
-    while True:
-        ids = await ledger_request_ids(pg_url, user_prefix)
-        if len(ids) >= expected or time.monotonic() > deadline:
-            return ids
-        await asyncio.sleep(0.1)
+    async def ids() -> list[str] | None:
+        found = await ledger_request_ids(pg_url, user_prefix)
+        return found if len(found) >= count else None
+
+    return await eventually(ids, timeout=timeout,
+                            what=f"{count} ledger records for users {user_prefix}*")

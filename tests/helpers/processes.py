@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import time
 import urllib.request
 import uuid
@@ -22,13 +21,8 @@ from coach.router.v1 import router_service_pb2_grpc
 from coach.type.v1 import types_pb2
 
 from services.suite.config import SuiteSettings
+from services.suite.ports import free_port
 from services.suite.suite import Suite as ProcessSuite
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +48,13 @@ async def process_suite(database_url: str, data_dir: Path, log_dir: Path,
         yield suite
     finally:
         await suite.stop()
+
+
+def upstream_requests(suite: ProcessSuite, endpoint: str) -> int:
+    """How many requests the suite's offline server got on ``endpoint`` ("POST /v1/responses")."""
+    url = f"{suite.offline_base_url.removesuffix('/v1')}/_control/stats"  # type: ignore[union-attr]
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return int(json.loads(reply.read())["requests"].get(endpoint, 0))
 
 
 def set_upstream_fault(suite: ProcessSuite, plan: dict[str, object]) -> None:
