@@ -1,4 +1,4 @@
-# coach-suite. Two commands (contract.md):
+# coach-suite. Two commands (README.md):
 #   make up     install what is needed, then run the whole suite in the foreground (Ctrl-C stops it)
 #   make test   the same set-up, then every check and the whole test suite (.ci/run calls it)
 #

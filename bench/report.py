@@ -124,7 +124,7 @@ def markdown(r: dict[str, Any]) -> str:
         "`ChatResponse.cost_usd_nanos` said, cross-checked with the ledger's `GetCostReport`; "
         "upstream calls and cached tokens are the offline server's count."),
         "",
-        "| | baseline (guide's BEFORE) | optimized | |",
+        "| | baseline (the app before) | optimized | |",
         "|---|---:|---:|---|",
         (f"| cost per 1,000 messages | ${cb:.3f} | ${co:.3f} | **{saved:.1%} saved** "
         f"(optimized = {co / cb if cb else 0:.1%} of baseline) |"),

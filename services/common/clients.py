@@ -28,8 +28,8 @@ def open_channel(peer: PeerSettings) -> grpc.aio.Channel:
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ]
-    # The token and request id ride on PeerChannel, not on a grpc.aio client interceptor
-    # (same metadata, ~50 us less CPU per call).
+    # The token and request id ride on PeerChannel, not on a grpc.aio client interceptor:
+    # the same metadata without an extra task and call object per call.
     if peer.tls.ca_file or peer.tls.enabled:
         creds = grpc.ssl_channel_credentials(
             root_certificates=peer.tls.read(peer.tls.ca_file),

@@ -50,8 +50,8 @@ LEDGER_RECORDS = Counter(
     "coach_ledger_records_total", "Answer records received by the ledger", ["outcome"]
 )
 # Recorded by the ledger, once per answer (duplicates not counted): what the answers cost, by
-# route, and what the same messages would have cost under the baseline policy (the guide's
-# BEFORE: every message on the stateful tier's strong model). Savings = baseline - actual.
+# route, and what the same messages would have cost under the baseline policy (every message
+# on the stateful tier's strong model: docs/glossary.md). Savings = baseline - actual.
 LEDGER_ANSWERS = Counter("coach_ledger_answers_total", "Answers recorded by the ledger, by route",
                          ["route"])
 ANSWER_COST_NANOS = Counter(

@@ -153,9 +153,9 @@ def freeze_startup_heap() -> None:
     """Keeps what start-up built (modules, the SDKs' and protobuf's classes, data files,
     pools) out of every later garbage collection: collected once, then frozen.
 
-    A full collection walks every tracked object; in the llm service that is ~180,000
-    objects of start-up, and one such collection took 230 ms during `make bench`'s latency
-    phase, stalling every call in flight. Frozen, later collections walk only what serving
+    A full collection walks every tracked object, start-up's too (in the llm service, many
+    more than serving makes), stalling every call in flight while it runs
+    (docs/decisions.md). Frozen, later collections walk only what serving
     created. What start-up leaves behind as garbage is collected just before."""
     gc.collect()
     gc.freeze()
@@ -199,9 +199,9 @@ def run_service(
 
 def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
     """Runs ``main`` on uvloop (``COACH_EVENT_LOOP=uvloop``, the default) or asyncio's own
-    loop. uvloop's loop (libuv, in C) takes a third of a millisecond off a cheap-tier reply
-    here, measured side by side (two suites, one on each loop): the router and llm services
-    turn their loop several times per message. Without uvloop installed (it is not made for
+    loop. uvloop's loop (libuv, in C) makes a cheap-tier reply measurably faster
+    (docs/decisions.md): the router and llm services turn their loop several times per
+    message. Without uvloop installed (it is not made for
     every platform) the service says so and runs on asyncio's loop."""
     if event_loop == "uvloop":
         try:

@@ -75,7 +75,7 @@ class AnswerStore(Protocol):
 
 @dataclass(frozen=True)
 class BaselinePolicy:
-    """The guide's BEFORE: every message on the stateful tier's strong model, full history.
+    """The baseline policy: every message on the stateful tier's strong model, full history.
 
     Baseline cost of a message = price(model, baseline_input_tokens, 0 cached,
     output tokens of the actual answer's own call), or ``typical_output_tokens``

@@ -85,8 +85,8 @@ _DAILY_SUMS = """
     sum(cost_usd_nanos)::bigint AS cost_usd_nanos
 """
 
-# The guide's daily report (calls, tokens, cost GROUP BY api_type), per UTC day,
-# paged by keyset on (answer_day, key).
+# Calls, tokens and cost per UTC day and route (or user), paged by keyset on
+# (answer_day, key).
 _DAILY_BY_ROUTE = f"""
 SELECT answer_day, route::text AS key, {_DAILY_SUMS}
 FROM answers

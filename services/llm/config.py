@@ -44,10 +44,11 @@ Other variables (defaults in brackets):
 - ``COACH_UPSTREAM_MAX_CONNECTIONS`` [500], ``COACH_UPSTREAM_KEEPALIVE`` [100]:
   HTTP pool per tier.
 - ``COACH_UPSTREAM_HTTP`` [aiohttp]: the SDK's HTTP transport, ``aiohttp`` (the SDK's
-  ``DefaultAioHttpClient``: ~0.7 ms less CPU per call here) or ``httpx`` (its default).
+  ``DefaultAioHttpClient``, lighter per call) or ``httpx`` (its default).
 - ``COACH_CHEAP_HTTP`` [direct]: how the cheap tier posts its Chat Completions request:
-  ``direct`` (on aiohttp with the SDK client's URL, headers and error classes; ~1 ms less
-  CPU per answer) or ``sdk`` (through the SDK's request pipeline). See ``upstream.py``.
+  ``direct`` (on aiohttp with the SDK client's URL, headers and error classes, without the
+  SDK's per-call pipeline) or ``sdk`` (through that pipeline). See ``upstream.py``; the
+  measurements are in docs/decisions.md.
 - ``COACH_RUN_POLL_SECONDS`` [0.05] → ``COACH_RUN_POLL_MAX_SECONDS`` [1.0]:
   Assistants run polling, growing by half each poll.
 - ``COACH_LLM_PERSONA_FILE``, ``COACH_LLM_TOOLS_FILE``: replace the data files.

@@ -1,8 +1,8 @@
 """Function tools (``data/tools.yaml``): which turns carry which, and running them.
 
-The guide's Day 1: a turn carries only the function definitions its message
-type needs, every other turn carries none; the baseline policy sends all of
-them. Definitions are serialized sorted by name with sorted keys, so every
+A turn carries only the function definitions its message type needs (they
+cost tokens on every call that carries them), every other turn carries none;
+the baseline policy sends all of them. Definitions are serialized sorted by name with sorted keys, so every
 caller that needs the same set sends the same bytes (a cacheable prefix).
 
 Running a tool here means validating the model's arguments and answering

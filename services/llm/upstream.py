@@ -4,9 +4,9 @@ errors are classified.
 One ``AsyncOpenAI`` per tier, created once at start-up, each with its own
 HTTP connection pool sized for hundreds of concurrent calls: by default on the
 SDK's aiohttp transport (``DefaultAioHttpClient``: the same httpx2 client API and
-error types, with aiohttp's C HTTP parser underneath; about 0.7 ms less CPU and
-0.5-0.9 ms less latency per call than the SDK's default ``DefaultAsyncHttpxClient``
-on this machine), or on that default with ``COACH_UPSTREAM_HTTP=httpx``. The SDK's own retries are off
+error types, with aiohttp's C HTTP parser underneath, lighter per call than the SDK's
+default ``DefaultAsyncHttpxClient``), or on that default with
+``COACH_UPSTREAM_HTTP=httpx``. The SDK's own retries are off
 (``max_retries=0``): ``services.llm.resilience`` retries, with the caller's
 deadline in mind.
 
@@ -19,14 +19,13 @@ plain JSON, and reads four fields of the answer. It goes out one of two ways
   project, user agent) and the body as the SDK serializes it; failures are raised
   as the SDK's own exceptions, so they are classified and retried exactly as the
   SDK's. It leaves out the SDK's per-call request pipeline (options, URL merging,
-  header building, httpx2 request and response objects around aiohttp), which cost
-  about 1 ms of CPU per answer here: half of the service's work for a cheap answer,
-  and a fifth of the cheap tier's whole latency at a zero-latency upstream.
+  header building, httpx2 request and response objects around aiohttp), which was
+  half of the service's own work for a cheap answer (docs/decisions.md).
 - ``sdk`` (``SdkChatCompletions``): through the SDK's pipeline (``client.post``),
   for an endpoint that needs something only the SDK does.
 
 Both skip building a ``ChatCompletion`` model from the answer (the SDK's recursive
-model construction costs about half a millisecond); ``services.llm.cheap_tier``
+model construction is costly for the four fields read); ``services.llm.cheap_tier``
 reads the few fields it needs. The stateful tier's APIs (Responses, Conversations,
 Assistants: tools, polling, many request kinds) go through the SDK.
 """

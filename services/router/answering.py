@@ -265,8 +265,8 @@ class ChatService:
     def _log_answer(user_id: str, answer: Exchange, cost: int) -> None:
         # Every answer from the upstream is logged at INFO with its tokens and cost. A canned
         # reply (no upstream call, no cost) only at DEBUG: it is counted in
-        # coach_routes_total and stored with its pattern by threads, and its line was ~8% of
-        # the router's CPU per canned reply under load.
+        # coach_routes_total and stored with its pattern by threads, and its line was a
+        # large share of the router's CPU per canned reply (docs/decisions.md).
         level = logging.DEBUG if answer.route is Route.PATTERN else logging.INFO
         if log.isEnabledFor(level):
             usage = answer.answer_usage

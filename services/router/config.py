@@ -4,7 +4,7 @@
 |---|---|---|
 | COACH_ROUTER_LISTEN / COACH_ROUTER_ADDR | where it listens | 127.0.0.1:50051 |
 | COACH_THREADS_ADDR, COACH_LLM_ADDR, COACH_LEDGER_ADDR | peers | contract ports |
-| COACH_POLICY | `optimized` or `baseline` (the guide's BEFORE) | optimized |
+| COACH_POLICY | `optimized` or `baseline` (everything on the strong stateful tier: docs/glossary.md) | optimized |
 | COACH_ONBOARDING_MESSAGES | first N messages of a user on the stateful tier | 3 |
 | COACH_RECENT_TURNS | turns read for context | 6 |
 | COACH_USER_DAILY_MESSAGES | messages per user per UTC day | unlimited |

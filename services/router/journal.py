@@ -76,11 +76,11 @@ class JournalSettings:
     batch_size: int = 256
     # How long a batch may wait to fill up. Nobody waits on it: the reply went out already,
     # and a read of the user's state or a stateful turn sends the user's answers at once.
-    # Storing costs ~9 ms of CPU per batch (the transaction, the ledger outbox and relay,
-    # the change stream) plus ~0.7 ms per answer, across threads, PostgreSQL and the
-    # ledger: at 100 answers/s, 250 ms (batches of ~25) spends half the CPU per answer that
-    # 50 ms (batches of ~5) did. What it delays: an answer reaching threads (another router
-    # replica sees it up to this much later) and the ledger's reports.
+    # Storing has a fixed CPU cost per batch (the transaction, the ledger outbox and relay,
+    # the change stream) across threads, PostgreSQL and the ledger, so larger batches cost
+    # less per answer (measured: docs/decisions.md). What it delays: an answer reaching
+    # threads (another router replica sees it up to this much later) and the ledger's
+    # reports.
     linger_s: float = 0.25
     # Kept under threads' request limit (COACH_THREADS_MAX_MESSAGE_BYTES, 8 MiB by default).
     batch_bytes: int = 2 * 1024 * 1024

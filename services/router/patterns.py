@@ -15,8 +15,8 @@ The rules a newcomer needs:
 * ``hours: [start, end]`` (inclusive, wrapping past midnight) picks among sets of
   the same message type by the **user's** local hour; sets of one type that use
   hours must cover all 24 hours exactly once.
-* ``min_streak`` keeps a set for users on a streak (the guide's completion set
-  needs ``current_streak >= 3``; below that the message goes to the cheap tier).
+* ``min_streak`` keeps a set for users on a streak (the completion set needs
+  ``current_streak >= 3``; below that the message goes to the cheap tier).
 * A reply is picked deterministically from a seed, never equal to the user's
   previous canned reply, so a set needs at least two distinct replies.
 * Filler and allowed words may not be negations ("not", "didnt", ...): "not

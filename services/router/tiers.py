@@ -107,7 +107,7 @@ class Tiers:
 
     def strong_settings(self, route: Route, message_type: MessageType) -> CallSettings:
         """The type's settings on this tier, but always with the tier's own model (the
-        baseline policy: the guide's BEFORE sent everything to the strong model)."""
+        baseline policy sends everything to the strong model)."""
         chosen = self.settings(route, message_type)
         model = self._default_models.get(route, chosen.model)
         return CallSettings(model, chosen.max_output_tokens, chosen.temperature)

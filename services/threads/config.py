@@ -27,14 +27,13 @@ STATEFUL_APIS = ("responses", "assistants")
 # the suite's 64 KiB default for small requests.
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_SUMMARY_MODEL = "gpt-5.4-mini"
-# The provider conversation keeps the last N=20 messages verbatim (the threads issue's
-# N) after the running summary, and rotates once it would hold N + 4: a rotation (one
-# Summarize call on the cheap model for the 4 messages leaving the window, a new
-# conversation seeded with summary + the last N) every second exchange, so a stateful
-# turn never resends more than 4 messages beyond the window. Measured (make bench, cost
-# phase, 5,001 messages, everything else equal; optimized cost as a share of the
-# baseline's): rotating at 22 10.4%, 24 9.8%, 26 9.9%, 30 10.0%, 40 (2N) 10.4%; below 24
-# the extra summary calls cost more than the shorter context saves.
+# The provider conversation keeps the last N=20 messages verbatim after the running
+# summary, and rotates once it would hold N + 4: a rotation (one Summarize call on the
+# cheap model for the 4 messages leaving the window, a new conversation seeded with
+# summary + the last N) every second exchange, so a stateful turn never resends more than
+# 4 messages beyond the window. A smaller slack pays for more summaries than the shorter
+# context saves, a larger one for more context than the rarer summaries save; the
+# measurements are in docs/decisions.md.
 DEFAULT_KEEP_MESSAGES = 20
 PRUNE_SLACK_MESSAGES = 4
 

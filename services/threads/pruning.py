@@ -1,6 +1,6 @@
 """Bounded upstream context: when to rotate a provider conversation, what to back-fill.
 
-The guide's Day 8-10, done right. A provider conversation holds its seed (the
+A provider conversation holds its seed (the
 last N messages, after a running summary of everything older) plus what was
 added since. Before each stateful turn:
 

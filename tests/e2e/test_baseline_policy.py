@@ -1,4 +1,4 @@
-"""COACH_POLICY=baseline: the guide's BEFORE, for side-by-side cost comparison.
+"""COACH_POLICY=baseline: the app as it was before, for side-by-side cost comparison.
 
 Every message goes to the stateful tier on the strong model with every function
 definition and no pruning, even a bare greeting.

@@ -37,7 +37,7 @@ class ChatRequest(_message.Message):
     answer, is charged once and stored once.
     """
     response_type: _builtins.str
-    """Optional hint from the app, as in the guide ("greeting", "coaching", ...)."""
+    """Optional hint from the app ("greeting", "coaching", ...)."""
     @_builtins.property
     def context(self) -> _types_pb2.UserContext: ...
     def __init__(
