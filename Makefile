@@ -78,8 +78,9 @@ proto-lint:
 proto-check: venv
 	@PYTHON=$(PY) scripts/check_protos.sh
 
-# protos/ against main's (BUF_BREAKING_AGAINST=<git revision> for another): nothing a caller
-# sees on the wire or in JSON may change (rules in protos/buf.yaml).
+# protos/ against main, or against main's previous commit on main itself
+# (BUF_BREAKING_AGAINST=<git revision> for another): nothing a caller sees on the wire or in
+# JSON may change (rules in protos/buf.yaml).
 proto-breaking: venv
 	@if command -v npm >/dev/null 2>&1 || [ -f $(BUF_STAMP) ]; then \
 	    $(MAKE) -s $(BUF_STAMP) && $(PY) scripts/check_breaking.py --buf $(BUF); \

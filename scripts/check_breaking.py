@@ -2,9 +2,10 @@
 """Fails when protos/ changed in a way that breaks a caller, compared with main.
 
 Runs ``buf breaking`` with the rules of protos/buf.yaml (WIRE_JSON, and no RPC or service
-deleted) against the protos of a git revision (``main`` unless ``--against`` or
-$BUF_BREAKING_AGAINST says otherwise), taken with ``git archive``, so it works the same in
-a clone, a worktree or CI.
+deleted) against the protos of a git revision, taken with ``git archive``, so it works the
+same in a clone, a worktree or CI. The revision: ``--against`` or $BUF_BREAKING_AGAINST;
+else ``main`` on a branch (what merging it would change), and main's previous commit on
+main itself (what its last commit or merge changed, plus any edit not committed yet).
 
 One finding of buf's is checked further instead of taken as is: a field whose message type
 moved to another package ("changed type from coach.router.v1.Usage to coach.type.v1.Usage")
@@ -87,15 +88,26 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=False, cwd=REPO, text=True, capture_output=True)
 
 
+def _commit(revision: str) -> str:
+    found = _run(["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"])
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
+def _previous_main() -> str:
+    """``main``, or its previous commit when this is main."""
+    head, main = _commit("HEAD"), _commit("main")
+    return "main^" if main and head == main and _commit("main^") else "main"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", default=os.environ.get("BUF_BREAKING_AGAINST", "main"),
-                        help="git revision to compare with (default: main)")
+    parser.add_argument("--against", default=os.environ.get("BUF_BREAKING_AGAINST", ""),
+                        help="git revision to compare with (default: main, or main^ on main)")
     parser.add_argument("--buf", default=str(REPO / ".tools/node_modules/.bin/buf"))
     options = parser.parse_args()
-    against = options.against
+    against = options.against or _previous_main()
 
-    if _run(["git", "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}"]).returncode:
+    if not _commit(against):
         print(f"buf breaking: SKIPPED: no git revision {against!r} to compare with")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
