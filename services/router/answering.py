@@ -40,7 +40,7 @@ from services.common.metrics import CRISIS_EVENTS, ROUTES
 from services.common.pricing import PriceBook
 from services.common.unattended import Unattended
 from services.common.usage import Charge, Usage
-from services.common.vocabulary import MessageType, Route, Turn
+from services.common.vocabulary import Route, Turn
 from services.router.decision import Decision, MessageContext, PriorTurn, Router
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,6 @@ class Completion:
     text: str
     model: str
     usage: Usage
-
-
-def message_type_of(decision: Decision) -> MessageType:
-    """The decision's message type as the shared vocabulary's member of the same name (the
-    classifier keeps an enum of its own with the same members)."""
-    return MessageType[decision.message_type.name]
 
 
 class UpstreamFailure(Exception):
@@ -351,7 +345,7 @@ class ChatService:
             user_text=request.message,
             coach_texts=(),
             route=decision.route,
-            message_type=message_type_of(decision),
+            message_type=decision.message_type,
         )
         if decision.route is Route.PATTERN:
             return replace(base, coach_texts=(decision.canned_reply,), pattern=decision.pattern)

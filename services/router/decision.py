@@ -5,10 +5,10 @@ Given a message and what we know about the user, decide how to answer it:
 1. **Crisis** (self-harm, suicidal ideation, disordered eating) → the stateful
    tier with ``crisis=True``, on the tier's own model (never a per-type one).
    Nothing overrides this: not the policy, not the message count, not a canned set.
-2. **Baseline policy** (the guide's BEFORE, for cost comparison) → every
+2. **Baseline policy** (the unoptimized setup we measure against, docs/origin.md) → every
    message on the stateful tier with the strong model (the tier's own model,
    whatever per-type model ``tiers.yaml`` gives the optimized policy).
-3. **Onboarding**: a user's first ``onboarding_messages`` messages (the guide's
+3. **Onboarding**: a user's first ``onboarding_messages`` messages (by default the
    first 3) → the stateful tier, to build the relationship.
 4. **Open coaching thread**: a reply to the coach's reflective or plan question
    ("probably the weekends", "sure let's do it") → the stateful tier, typed after
@@ -84,7 +84,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 class Policy(enum.Enum):
-    """``optimized`` (this router) or ``baseline`` (the guide's BEFORE)."""
+    """``optimized`` (this router) or ``baseline`` (every message on the strong stateful tier,
+    the comparison point; docs/glossary.md)."""
 
     OPTIMIZED = "optimized"
     BASELINE = "baseline"

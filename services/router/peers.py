@@ -34,7 +34,6 @@ from services.router.answering import (
     StatefulTurnInput,
     UpstreamFailure,
     UserContextIn,
-    message_type_of,
 )
 from services.router.journal import BatchOutcome
 from services.router.user_cache import Change
@@ -203,7 +202,7 @@ class GrpcThreads:
             request_id=turn.request_id,
             user_id=turn.user_id,
             message=turn.message,
-            message_type=type_to_proto(message_type_of(decision)),
+            message_type=type_to_proto(decision.message_type),
             context=context_to_proto(turn.context),
             model=decision.model,
             max_output_tokens=decision.max_output_tokens,
@@ -247,7 +246,7 @@ class GrpcLlm:
                 model=decision.model,
                 max_output_tokens=decision.max_output_tokens,
                 temperature=decision.temperature,
-                message_type=message_type_of(decision).proto_name,
+                message_type=decision.message_type.proto_name,
             ),
         )
         try:

@@ -6,7 +6,7 @@ import grpc
 from coach.router.v1 import router_service_pb2, router_service_pb2_grpc
 from coach.type.v1 import types_pb2
 
-from services.router.answering import ChatInput, ChatService, UserContextIn, message_type_of
+from services.router.answering import ChatInput, ChatService, UserContextIn
 from services.router.peers import route_to_proto, turn_from_proto, type_to_proto, usage_to_proto
 from services.router.validation import check_chat, check_classify
 
@@ -65,7 +65,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
         )
         return router_service_pb2.ClassifyResponse(
             route=route_to_proto(decision.route),
-            message_type=type_to_proto(message_type_of(decision)),
+            message_type=type_to_proto(decision.message_type),
             pattern=decision.pattern,
             model=decision.model,
             reason=decision.reason,

@@ -6,7 +6,7 @@ from coach.type.v1 import types_pb2
 
 from services.common.exchange import Exchange
 from services.common.usage import Charge, Usage
-from services.common.vocabulary import MessageType, Route
+from services.common.vocabulary import MessageType, Route, Turn
 from services.router import classifier
 
 
@@ -24,8 +24,9 @@ def test_routes_and_message_types_are_the_protos_names_and_numbers() -> None:
 
 
 def test_the_classifiers_message_types_are_the_shared_ones() -> None:
-    # The router maps its decision's type to the shared enum by name.
-    assert [t.name for t in classifier.MessageType] == [t.name for t in MessageType]
+    # One enum: the router's decision carries the shared type, no mapping by name.
+    assert classifier.MessageType is MessageType
+    assert classifier.PriorTurn is Turn
 
 
 def test_a_journal_line_written_before_still_reads() -> None:

@@ -1,35 +1,17 @@
-"""The words the router's decisions are made of: message types, prior turns."""
+"""The words the router's decisions are made of: the suite's message types and turns
+(``services.common.vocabulary``, one type per concept for every service), and the classifier's
+own groupings of them."""
 
 from __future__ import annotations
 
-import enum
 import zlib
-from dataclasses import dataclass
-from typing import Literal
 
+from services.common.vocabulary import MessageType, Turn
 
-class MessageType(enum.Enum):
-    """What kind of message the user sent; names mirror proto ``MESSAGE_TYPE_<name>``."""
+__all__ = ["COMPLEX_TYPES", "MessageType", "PriorTurn", "stable_index"]
 
-    GREETING = 1
-    ACKNOWLEDGEMENT = 2
-    CHECK_IN = 3
-    CELEBRATION = 4
-    STRUGGLING = 5
-    QUESTION = 6
-    ACCOUNTABILITY = 7
-    GOAL_SETTING = 8
-    PATTERN_ANALYSIS = 9
-    DEEP_COACHING = 10
-    CRISIS = 11
-
-
-@dataclass(frozen=True)
-class PriorTurn:
-    """One earlier turn of the conversation, oldest first in a history tuple."""
-
-    role: Literal["user", "coach"]
-    text: str
+# An earlier turn of the conversation, oldest first in a history tuple: the shared Turn.
+PriorTurn = Turn
 
 
 def stable_index(seed: str, size: int) -> int:
@@ -42,4 +24,3 @@ COMPLEX_TYPES = frozenset({
     MessageType.ACCOUNTABILITY, MessageType.GOAL_SETTING, MessageType.PATTERN_ANALYSIS,
     MessageType.DEEP_COACHING, MessageType.STRUGGLING, MessageType.CRISIS,
 })
-
