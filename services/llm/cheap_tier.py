@@ -35,23 +35,39 @@ def _count(value: Any) -> int:
 
 
 def chat_usage(completion: Mapping[str, Any]) -> Usage:
-    """Chat Completions usage (the answer's JSON): prompt_tokens already include the cached ones."""
+    """Chat Completions usage (the answer's JSON): prompt_tokens already include the cached ones
+    and the ones written to the cache; the tier is the one the answer reports; a first choice
+    that ended on ``finish_reason: "length"`` was cut off by max_completion_tokens."""
+    tier = completion.get("service_tier")
+    truncated = chat_finish_reason(completion) == "length"
     usage = completion.get("usage")
     if not isinstance(usage, dict):
-        return Usage()
+        return Usage(service_tier=tier if isinstance(tier, str) else "", truncated=truncated)
     prompt_details = usage.get("prompt_tokens_details")
+    if not isinstance(prompt_details, dict):
+        prompt_details = {}
     completion_details = usage.get("completion_tokens_details")
     return Usage(
         input_tokens=_count(usage.get("prompt_tokens")),
-        cached_input_tokens=(
-            _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
-        ),
+        cached_input_tokens=_count(prompt_details.get("cached_tokens")),
         output_tokens=_count(usage.get("completion_tokens")),
         reasoning_tokens=(
             _count(completion_details.get("reasoning_tokens"))
             if isinstance(completion_details, dict) else 0
         ),
+        cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
+        service_tier=tier if isinstance(tier, str) else "",
+        truncated=truncated,
     )
+
+
+def chat_finish_reason(completion: Mapping[str, Any]) -> str:
+    """The first choice's finish_reason ('' when there is none)."""
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    reason = choices[0].get("finish_reason")
+    return reason if isinstance(reason, str) else ""
 
 
 def chat_text(completion: Mapping[str, Any]) -> str:

@@ -53,12 +53,24 @@ def turn_item(turn: Turn) -> dict[str, Any]:
 
 
 def response_usage(response: Response) -> Usage:
+    """Usage as reported, with cache writes (input_tokens_details.cache_write_tokens, which
+    the SDK keeps as an extra field), the tier the response reports and whether
+    max_output_tokens cut it off (status "incomplete")."""
+    tier = response.service_tier if isinstance(response.service_tier, str) else ""
+    details = response.incomplete_details
+    truncated = response.status == "incomplete" and (
+        details is None or details.reason in (None, "max_output_tokens")
+    )
     usage = response.usage
     if usage is None:
-        return Usage()
-    cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
+        return Usage(service_tier=tier, truncated=truncated)
+    input_details = usage.input_tokens_details
+    cached = input_details.cached_tokens if input_details else 0
+    written = getattr(input_details, "cache_write_tokens", 0) if input_details else 0
     reasoning = usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
-    return Usage(usage.input_tokens, cached or 0, usage.output_tokens, reasoning or 0)
+    return Usage(usage.input_tokens, cached or 0, usage.output_tokens, reasoning or 0,
+                 cache_write_tokens=written if isinstance(written, int) else 0,
+                 service_tier=tier, truncated=truncated)
 
 
 def response_texts(response: Response) -> list[str]:
