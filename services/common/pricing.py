@@ -281,6 +281,26 @@ class PriceBook:
             log.warning("configured model shuts down within 30 days",
                         extra={"detail": warning})
 
+    def check_shutdowns(
+        self, models: Iterable[str], *, warn: Callable[[str], None] | None = None
+    ) -> None:
+        """Like ``require`` but for services whose models need no price here (the llm's
+        defaults may name a local model): refuses only a model already shut down, and
+        warns about one within 30 days of its shutdown."""
+        wanted = sorted({m for m in models if m})
+        gone = [p for p in (self.problem_with(m) for m in wanted)
+                if p and ("shut down" in p or "retired" in p)]
+        if gone:
+            raise ConfigError(
+                "configured model(s) cannot be used: " + "; ".join(gone)
+                + " (see services/common/data/prices.yaml)"
+            )
+        for warning in self.retiring_soon(wanted):
+            if warn is not None:
+                warn(warning)
+            log.warning("configured model shuts down within 30 days",
+                        extra={"detail": warning})
+
     def retiring_soon(self, models: Iterable[str]) -> list[str]:
         """A warning per model that shuts down within 30 days of ``today``."""
         warnings = []

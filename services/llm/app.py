@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from coach.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
 
+from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
 from services.llm.assistants_backend import AssistantsBackend
 from services.llm.cheap_tier import CheapTier
@@ -42,6 +43,9 @@ def _upstream(settings: Settings, tier: UpstreamSettings, clock: Clock) -> Upstr
 
 
 async def create_server(settings: Settings) -> CoachServer:
+    # The default models may be local (no price needed) but never shut down upstream.
+    PriceBook.load().check_shutdowns(
+        [settings.cheap.default_model, settings.stateful.default_model])
     persona = load_persona(settings.persona_file)
     catalog = load_tools(settings.tools_file)
     clock = SystemClock()

@@ -317,3 +317,16 @@ def test_a_model_already_shut_down_is_refused_with_its_date() -> None:
     book = PriceBook.load(today=dt.date(2026, 12, 11))
     with pytest.raises(ConfigError, match=r"gpt-5-mini retired on 2026-12-11"):
         book.require(["gpt-5.4-mini", "gpt-5-mini"])
+
+
+def test_services_without_prices_still_refuse_shut_down_models() -> None:
+    book = PriceBook.load(today=dt.date(2026, 12, 7))
+    warnings: list[str] = []
+    book.check_shutdowns(["llama3.1:8b", "gpt-5-nano"], warn=warnings.append)  # local: no price
+    assert warnings == [
+        "configured model gpt-5-nano shuts down on 2026-12-11 (in 4 days); move to its successor"
+    ]
+    with pytest.raises(ConfigError, match="gpt-4-turbo was shut down on 2026-10-23"):
+        book.check_shutdowns(["llama3.1:8b", "gpt-4-turbo"])
+    with pytest.raises(ConfigError, match="o3 retired on 2026-12-11"):
+        PriceBook.load(today=dt.date(2026, 12, 12)).check_shutdowns(["o3"])
