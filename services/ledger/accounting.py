@@ -28,6 +28,7 @@ from services.common.metrics import (
     COST_NANOS,
     LEDGER_ANSWERS,
     LEDGER_RECORDS,
+    TRUNCATED_ANSWERS,
     UNPRICED_CALLS,
 )
 from services.common.pricing import PriceBook
@@ -132,6 +133,8 @@ def _count_cost(stored: Sequence[PricedAnswer]) -> None:
         LEDGER_ANSWERS.labels(route).inc()
         ANSWER_COST_NANOS.labels(route).inc(p.cost_usd_nanos)
         BASELINE_COST_NANOS.labels(route).inc(p.baseline_cost_usd_nanos)
+        if p.truncated:
+            TRUNCATED_ANSWERS.labels(route).inc()
         for c in p.charges:
             COST_NANOS.labels(c.charge.model).inc(c.cost_usd_nanos)
 

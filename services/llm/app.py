@@ -24,6 +24,7 @@ from services.llm.upstream import (
     create_client,
     prepare,
 )
+from services.llm.verbosity import load_verbosity
 
 FULL_NAME = llm_service_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
 
@@ -48,6 +49,7 @@ async def create_server(settings: Settings) -> CoachServer:
         [settings.cheap.default_model, settings.stateful.default_model])
     persona = load_persona(settings.persona_file)
     catalog = load_tools(settings.tools_file)
+    verbosity = load_verbosity(settings.verbosity_file)
     clock = SystemClock()
     timeout = settings.resilience.call_timeout_s
     cheap_client = create_client(settings.cheap, timeout)
@@ -65,12 +67,14 @@ async def create_server(settings: Settings) -> CoachServer:
         history_turns=settings.history_turns,
         summary_max_tokens=settings.summary_max_tokens,
         default_model=settings.cheap.default_model,
+        verbosity=verbosity,
     )
     stateful_upstream = _upstream(settings, settings.stateful, clock)
     planner = TurnPlanner(persona, catalog)
     backends: dict[StatefulApi, StatefulBackend] = {
         StatefulApi.RESPONSES: ResponsesBackend(
-            stateful_client, stateful_upstream, planner, default_model=settings.stateful.default_model
+            stateful_client, stateful_upstream, planner,
+            default_model=settings.stateful.default_model, verbosity=verbosity,
         ),
         StatefulApi.ASSISTANTS: AssistantsBackend(
             stateful_client,

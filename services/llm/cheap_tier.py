@@ -21,6 +21,7 @@ from services.llm.persona import Persona
 from services.llm.resilience import Deadline, Upstream
 from services.llm.turns import Audience, Generation, Reply, Turn
 from services.llm.upstream import ChatCompletions
+from services.llm.verbosity import VerbosityPolicy
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ class CheapTier:
         history_turns: int,
         summary_max_tokens: int,
         default_model: str,
+        verbosity: VerbosityPolicy | None = None,
     ) -> None:
         self.chat = chat
+        self.verbosity = verbosity or VerbosityPolicy()
         self.upstream = upstream
         self.persona = persona
         self.history_turns = history_turns
@@ -148,6 +151,9 @@ class CheapTier:
         }
         if generation.sends_temperature:
             params["temperature"] = generation.temperature
+        verbosity = self.verbosity.for_turn(model, generation.message_type)
+        if verbosity:
+            params["verbosity"] = verbosity
         completion = await self._create("chat.completions", deadline, **params)
         return Reply(texts=(chat_text(completion),), model=chat_model(completion, model),
                      usage=chat_usage(completion))

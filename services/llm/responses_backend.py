@@ -36,6 +36,7 @@ from services.llm.stateful import (
 )
 from services.llm.tools import ToolCatalog
 from services.llm.turns import Reply, Role, ToolCallRecord, Turn
+from services.llm.verbosity import VerbosityPolicy
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,13 @@ class ResponsesBackend:
         planner: TurnPlanner,
         *,
         default_model: str,
+        verbosity: VerbosityPolicy | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.planner = planner
         self.default_model = default_model
+        self.verbosity = verbosity or VerbosityPolicy()
         self._background: set[asyncio.Task[None]] = set()
 
     async def create_conversation(
@@ -172,6 +175,9 @@ class ResponsesBackend:
             params["tools"] = ToolCatalog.responses_format(plan.tools)
         if turn.generation.sends_temperature:
             params["temperature"] = turn.generation.temperature
+        verbosity = self.verbosity.for_turn(model, turn.generation.message_type)
+        if verbosity:
+            params["text"] = {"verbosity": verbosity}
         inputs: list[dict[str, Any]] = []
         if plan.context_line:
             inputs.append(message_item("developer", plan.context_line))

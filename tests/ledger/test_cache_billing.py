@@ -9,11 +9,12 @@ from coach.ledger.v1 import ledger_service_pb2 as pb
 from coach.ledger.v1 import ledger_service_pb2_grpc as pb_grpc
 from coach.type.v1 import types_pb2 as t
 
+from services.common.metrics import TRUNCATED_ANSWERS
 from services.common.pricing import PriceBook
 from tests.ledger.conftest import answer, at, record
 
 BOOK = PriceBook.load()
-DAY = "2025-04-02"
+DAY = "2023-02-10"  # a day no other ledger test reports on
 
 
 def usage_charge(model: str, inp: int, cached: int, out: int, *, written: int = 0,
@@ -31,7 +32,9 @@ async def test_cache_writes_and_the_reported_tier_are_billed_and_stored(
     answer_call = usage_charge("gpt-5.6-sol", 3000, 1024, 200, written=1200, truncated=True)
     summary = usage_charge("gpt-5.4-mini", 2000, 0, 150, tier="flex", purpose="summary")
     rec = answer(at(DAY), t.ROUTE_ASSISTANT, "gpt-5.6-sol", [answer_call, summary])
+    cut_before = TRUNCATED_ANSWERS.labels("ASSISTANT")._value.get()
     assert (await record(stub, [rec])).recorded == 1
+    assert TRUNCATED_ANSWERS.labels("ASSISTANT")._value.get() == cut_before + 1
 
     expected_answer = 776 * 5_000 + 1024 * 500 + 1200 * 6_250 + 200 * 30_000
     expected_summary = (2000 * 750 + 150 * 4_500) // 2
