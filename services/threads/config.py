@@ -36,6 +36,13 @@ DEFAULT_SUMMARY_MODEL = "gpt-5.4-mini"
 # measurements are in docs/decisions.md.
 DEFAULT_KEEP_MESSAGES = 20
 PRUNE_SLACK_MESSAGES = 4
+# Cache-aware rotation (docs/cost.md): a full window rotates only when the user's cached
+# prefix is cold anyway, i.e. the first message after the stateful tier's
+# prompt_cache_retention (24h in the llm's data/caching.yaml), or at a hard ceiling of
+# messages held, where carrying more at the cached price costs more than one re-read of
+# the seed at the full price. Set COACH_PRUNE_CACHE_COLD_SECONDS=0 for the old rule.
+DEFAULT_CACHE_COLD_SECONDS = 24 * 3600
+DEFAULT_CEILING_MESSAGES = 60
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,10 @@ class Settings:
                 prune_at_messages=(env.int("COACH_PRUNE_AT_MESSAGES", keep + PRUNE_SLACK_MESSAGES,
                                            minimum=4) or keep + PRUNE_SLACK_MESSAGES),
                 summary_batch=env.int("COACH_SUMMARY_BATCH_MESSAGES", 100, minimum=1) or 100,
+                cache_cold_after_s=env.float("COACH_PRUNE_CACHE_COLD_SECONDS",
+                                             DEFAULT_CACHE_COLD_SECONDS, minimum=0),
+                ceiling_messages=env.int("COACH_PRUNE_CEILING_MESSAGES",
+                                         DEFAULT_CEILING_MESSAGES, minimum=0) or 0,
             ),
             summary_model=env.str("COACH_SUMMARY_MODEL", DEFAULT_SUMMARY_MODEL),
             relay=RelaySettings(
