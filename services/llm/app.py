@@ -7,6 +7,7 @@ from coach.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
 from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
 from services.llm.assistants_backend import AssistantsBackend
+from services.llm.caching import load_caching
 from services.llm.cheap_tier import CheapTier
 from services.llm.config import Settings, UpstreamSettings
 from services.llm.persona import load_persona
@@ -50,6 +51,7 @@ async def create_server(settings: Settings) -> CoachServer:
     persona = load_persona(settings.persona_file)
     catalog = load_tools(settings.tools_file)
     verbosity = load_verbosity(settings.verbosity_file)
+    caching = load_caching(settings.caching_file)
     clock = SystemClock()
     timeout = settings.resilience.call_timeout_s
     cheap_client = create_client(settings.cheap, timeout)
@@ -68,6 +70,7 @@ async def create_server(settings: Settings) -> CoachServer:
         summary_max_tokens=settings.summary_max_tokens,
         default_model=settings.cheap.default_model,
         verbosity=verbosity,
+        caching=caching,
     )
     stateful_upstream = _upstream(settings, settings.stateful, clock)
     planner = TurnPlanner(persona, catalog)
@@ -75,6 +78,7 @@ async def create_server(settings: Settings) -> CoachServer:
         StatefulApi.RESPONSES: ResponsesBackend(
             stateful_client, stateful_upstream, planner,
             default_model=settings.stateful.default_model, verbosity=verbosity,
+            caching=caching,
         ),
         StatefulApi.ASSISTANTS: AssistantsBackend(
             stateful_client,

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.common.usage import Usage
+from services.llm.caching import CachePolicy
 from services.llm.persona import Persona
 from services.llm.resilience import Deadline, Upstream
 from services.llm.turns import Audience, Generation, Reply, Turn
@@ -102,9 +103,11 @@ class CheapTier:
         summary_max_tokens: int,
         default_model: str,
         verbosity: VerbosityPolicy | None = None,
+        caching: CachePolicy | None = None,
     ) -> None:
         self.chat = chat
         self.verbosity = verbosity or VerbosityPolicy()
+        self.caching = caching or CachePolicy()
         self.upstream = upstream
         self.persona = persona
         self.history_turns = history_turns
@@ -154,6 +157,9 @@ class CheapTier:
         verbosity = self.verbosity.for_turn(model, generation.message_type)
         if verbosity:
             params["verbosity"] = verbosity
+        retention = self.caching.retention_for("cheap", model)
+        if retention:
+            params["prompt_cache_retention"] = retention
         completion = await self._create("chat.completions", deadline, **params)
         return Reply(texts=(chat_text(completion),), model=chat_model(completion, model),
                      usage=chat_usage(completion))
@@ -168,6 +174,10 @@ class CheapTier:
         messages.append({"role": "system", "content": f"Summary so far:\n{recap}"})
         messages.extend({"role": turn.role.value, "content": turn.text} for turn in turns)
         messages.append({"role": "user", "content": SUMMARY_REQUEST})
+        extra: dict[str, Any] = {}
+        retention = self.caching.retention_for("summary", model)
+        if retention:
+            extra["prompt_cache_retention"] = retention
         completion = await self._create(
             "chat.completions",
             deadline,
@@ -175,6 +185,7 @@ class CheapTier:
             messages=messages,
             max_completion_tokens=self.summary_max_tokens,
             prompt_cache_key=prompt_cache_key("summary", self.persona.summary),
+            **extra,
         )
         return Reply(texts=(chat_text(completion) or previous_summary,),
                      model=chat_model(completion, model), usage=chat_usage(completion))

@@ -114,6 +114,7 @@ class Settings:
     persona_file: Path
     tools_file: Path
     verbosity_file: Path = DATA_DIR / "verbosity.yaml"
+    caching_file: Path = DATA_DIR / "caching.yaml"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -177,4 +178,5 @@ class Settings:
             tools_file=Path(env.str("COACH_LLM_TOOLS_FILE", str(DATA_DIR / "tools.yaml"))),
             verbosity_file=Path(
                 env.str("COACH_LLM_VERBOSITY_FILE", str(DATA_DIR / "verbosity.yaml"))),
+            caching_file=Path(env.str("COACH_LLM_CACHING_FILE", str(DATA_DIR / "caching.yaml"))),
         )

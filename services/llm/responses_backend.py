@@ -26,6 +26,7 @@ import openai
 from openai.types.responses import Response, ResponseFunctionToolCall
 
 from services.common.usage import Usage
+from services.llm.caching import CachePolicy
 from services.llm.resilience import Deadline, SystemClock, Upstream
 from services.llm.stateful import (
     MAX_TOOL_ROUNDS,
@@ -101,12 +102,14 @@ class ResponsesBackend:
         *,
         default_model: str,
         verbosity: VerbosityPolicy | None = None,
+        caching: CachePolicy | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.planner = planner
         self.default_model = default_model
         self.verbosity = verbosity or VerbosityPolicy()
+        self.caching = caching or CachePolicy()
         self._background: set[asyncio.Task[None]] = set()
 
     async def create_conversation(
@@ -178,6 +181,9 @@ class ResponsesBackend:
         verbosity = self.verbosity.for_turn(model, turn.generation.message_type)
         if verbosity:
             params["text"] = {"verbosity": verbosity}
+        retention = self.caching.retention_for("stateful", model)
+        if retention:
+            params["prompt_cache_retention"] = retention
         inputs: list[dict[str, Any]] = []
         if plan.context_line:
             inputs.append(message_item("developer", plan.context_line))

@@ -75,3 +75,31 @@ async def test_stateful_turns_send_text_verbosity(
     stored = await upstream_client.responses.retrieve(reply.response_id)
     assert stored.text is not None and stored.text.verbosity == "low"
     assert not reply.usage.truncated
+
+
+# ---- prompt-cache retention per tier (data/caching.yaml) --------------------------------------
+
+
+def test_the_shipped_caching_file_keeps_the_stateful_tier_warm_for_a_day() -> None:
+    from services.llm.caching import load_caching, user_cache_key
+
+    policy = load_caching(DATA_DIR / "caching.yaml")
+    assert policy.retention_for("stateful", "gpt-5.5") == "24h"
+    assert policy.retention_for("cheap", "gpt-5.4-mini") == "in_memory"
+    assert policy.retention_for("stateful", "gpt-4.1") is None  # not sent to older models
+    assert user_cache_key("stateful", "persona", "ana") != user_cache_key("stateful", "persona",
+                                                                          "bo")
+    assert "ana" not in user_cache_key("stateful", "persona", "ana")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("retention: {stateful: 1w}\n", "must be one of"),
+    ("retention: {upkeep: 24h}\n", "not a tier"),
+])
+def test_a_bad_caching_file_stops_start_up(tmp_path: Path, text: str, problem: str) -> None:
+    from services.llm.caching import load_caching
+
+    path = tmp_path / "caching.yaml"
+    path.write_text("models: [gpt-5]\n" + text)
+    with pytest.raises(ConfigError, match=problem):
+        load_caching(path)
