@@ -39,10 +39,14 @@ PRUNE_SLACK_MESSAGES = 4
 # Cache-aware rotation (docs/cost.md): a full window rotates only when the user's cached
 # prefix is cold anyway, i.e. the first message after the stateful tier's
 # prompt_cache_retention (24h in the llm's data/caching.yaml), or at a hard ceiling of
-# messages held, where carrying more at the cached price costs more than one re-read of
-# the seed at the full price. Set COACH_PRUNE_CACHE_COLD_SECONDS=0 for the old rule.
+# messages held. Measured (bench/cache_breakeven.py, the bench workload through the offline
+# token model, gpt-5.5, 24h retention, 100 messages per user per month; $ per 1,000 stateful
+# turns): rotating every 4 messages 3.94; cold-or-ceiling 40: 4.63, 60: 3.49, 100: 2.69,
+# 200: 2.44, 400: 2.56 (300 a month: 3.94 / 2.36 at 200). Short ceilings keep prompts under
+# the 1,024-token caching minimum; past ~200 the cached tail costs more than a rotation.
+# Set COACH_PRUNE_CACHE_COLD_SECONDS=0 for the old rule.
 DEFAULT_CACHE_COLD_SECONDS = 24 * 3600
-DEFAULT_CEILING_MESSAGES = 60
+DEFAULT_CEILING_MESSAGES = 200
 
 
 @dataclass(frozen=True)

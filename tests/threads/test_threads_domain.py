@@ -170,8 +170,8 @@ def test_a_ceiling_below_the_window_is_refused() -> None:
         PruneSettings(keep_messages=20, prune_at_messages=24, ceiling_messages=22)
 
 
-def test_defaults_rotate_only_when_cold_or_at_sixty() -> None:
+def test_defaults_rotate_only_when_cold_or_at_two_hundred() -> None:
     from services.threads.config import Settings
 
     prune = Settings.from_env({"DATABASE_URL": "postgresql://x/y"}).prune
-    assert (prune.cache_cold_after_s, prune.ceiling_messages) == (24 * 3600, 60)
+    assert (prune.cache_cold_after_s, prune.ceiling_messages) == (24 * 3600, 200)
