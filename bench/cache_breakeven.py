@@ -79,12 +79,8 @@ def replay_user(user: User, policy: Policy, retention: str, model: str, book: Pr
         clock.set(now)
         idle = None if last_used is None else now - last_used
         would_hold = len(window) + 2
-        rotate = False
-        if would_hold > PRUNE_AT:
-            if policy.cold_after_s is None:
-                rotate = True
-            elif idle is None or idle > policy.cold_after_s:
-                rotate = True
+        cold = policy.cold_after_s is None or idle is None or idle > policy.cold_after_s
+        rotate = would_hold > PRUNE_AT and cold
         if policy.ceiling is not None and would_hold > policy.ceiling:
             rotate = True
         if rotate:
