@@ -11,7 +11,7 @@ from coach.type.v1 import types_pb2 as t
 
 from services.common.metrics import TRUNCATED_ANSWERS
 from services.common.pricing import PriceBook
-from tests.ledger.conftest import answer, at, record
+from tests.ledger.records import answer, at, record
 
 BOOK = PriceBook.load()
 DAY = "2023-02-10"  # a day no other ledger test reports on
