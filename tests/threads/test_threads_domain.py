@@ -170,8 +170,11 @@ def test_a_ceiling_below_the_window_is_refused() -> None:
         PruneSettings(keep_messages=20, prune_at_messages=24, ceiling_messages=22)
 
 
-def test_defaults_rotate_only_when_cold_or_at_two_hundred() -> None:
+def test_the_cache_aware_rule_is_opt_in() -> None:
     from services.threads.config import Settings
 
     prune = Settings.from_env({"DATABASE_URL": "postgresql://x/y"}).prune
-    assert (prune.cache_cold_after_s, prune.ceiling_messages) == (24 * 3600, 200)
+    assert (prune.cache_cold_after_s, prune.ceiling_messages) == (0, 200)
+    opted = Settings.from_env({"DATABASE_URL": "postgresql://x/y",
+                               "COACH_PRUNE_CACHE_COLD_SECONDS": "86400"}).prune
+    assert opted.cache_cold_after_s == 86400
