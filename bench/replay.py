@@ -37,6 +37,7 @@ class Sample:
     error: str = ""
     model: str = ""
     message_type: str = ""
+    truncated: bool = False  # the reply was cut off by its max_output_tokens
 
 
 async def send(client: RouterClient, user: User, i: int, m: Message, *, timeout: float,
@@ -57,7 +58,8 @@ async def send(client: RouterClient, user: User, i: int, m: Message, *, timeout:
         time.perf_counter() - t0, reply.cost_usd_nanos,
         reply.usage.input_tokens, reply.usage.cached_input_tokens,
         model=reply.model,
-        message_type=types_pb2.MessageType.Name(reply.message_type).removeprefix("MESSAGE_TYPE_"))
+        message_type=types_pb2.MessageType.Name(reply.message_type).removeprefix("MESSAGE_TYPE_"),
+        truncated=reply.usage.truncated)
 
 
 async def replay(client: RouterClient, users: Sequence[User], *, concurrency: int,
@@ -148,6 +150,9 @@ def summarize(samples: Sequence[Sample], wall_s: float) -> dict[str, object]:
         "fallbacks": routes.get("FALLBACK", 0),
         "routes": dict(routes),
         "cost_nanos": sum(s.cost_nanos for s in ok),
+        # replies cut off by max_output_tokens, among those that made an upstream call
+        "truncated": sum(s.truncated for s in ok),
+        "upstream_answers": sum(s.route in ("COMPLETIONS", "ASSISTANT") for s in ok),
         "p50_ms": statistics.median(lat) if lat else 0.0,
         "p99_ms": percentile(lat, 0.99),
         "wall_s": wall_s,

@@ -135,6 +135,8 @@ def markdown(r: dict[str, Any]) -> str:
         (f"| prompt cache hit share (cached / input tokens, upstream) | "
         f"{b['cache_hit_share']:.1%} | {o['cache_hit_share']:.1%} | as ChatResponse usage "
         f"reported it: {b['cache_hit_share_chat']:.1%} / {o['cache_hit_share_chat']:.1%} |"),
+        (f"| replies cut off by max_output_tokens (share of upstream answers) | "
+        f"{_cut(bs)} | {_cut(os_)} | a quality failure (target under 1%) |"),
         (f"| route mix canned / cheap / stateful / fallback | {_mix(bs['routes'])} | "
         f"{_mix(os_['routes'])} | |"),
         (f"| upstream model calls per 1,000 messages | "
@@ -296,3 +298,9 @@ def _scale(sc: dict[str, Any]) -> list[str]:
             lines.append(f"| {key} | {v['count']:,.0f} | {v['mean_ms']:.1f} | {v['p50_ms']:g} | "
                          f"{v['p99_ms']:g} |")
     return lines
+
+
+def _cut(summary: dict[str, Any]) -> str:
+    answers = int(summary.get("upstream_answers", 0))
+    cut = int(summary.get("truncated", 0))
+    return f"{cut / answers:.2%} ({cut:,} of {answers:,})" if answers else "—"

@@ -238,7 +238,50 @@ def _parser() -> argparse.ArgumentParser:
                         help="daily breakdown by route (chart) or also by user (table)")
     savings = commands.add_parser("savings", help="actual spend vs the baseline policy")
     dates(savings)
+    estimate = commands.add_parser(
+        "estimate", help="expected monthly cost of an exported message log (no upstream call)")
+    estimate.add_argument("--messages", required=True,
+                          help="JSON Lines: user_id, message, ts (ISO 8601 or epoch seconds)")
     return parser
+
+
+def _estimate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Replays the log through the router's decision and a token model (services/estimate.py)."""
+    from services import estimate as est
+    from services.common.pricing import PriceBook
+    from services.common.tokens import count_tokens
+    from services.llm.config import DATA_DIR as LLM_DATA
+    from services.llm.persona import load_persona
+    from services.llm.prompt_prefix import baseline_prefix_tokens
+    from services.llm.tools import load_tools
+    from services.router.decision import MessageContext, Router
+
+    try:
+        with open(args.messages, encoding="utf-8") as handle:
+            rows, errors = est.parse_log(handle)
+    except OSError as exc:
+        err.write(f"cannot read {args.messages}: {exc}\n")
+        return 2
+    err.writelines(f"{args.messages}: {error}\n" for error in errors)
+    if not rows:
+        err.write("no usable rows\n")
+        return 1
+    router = Router.from_files()
+    persona = load_persona(LLM_DATA / "persona.yaml")
+
+    def decide(message: str, count: int, hour: int | None) -> Any:
+        return router.decide(message, MessageContext(message_count=count, local_hour=hour))
+
+    result = est.estimate(
+        rows, decide, PriceBook.load(),
+        prefix_tokens=baseline_prefix_tokens(persona, load_tools(LLM_DATA / "tools.yaml")),
+        persona_tokens=count_tokens(persona.coach),
+        # the baseline's model: every message on the stateful tier's strong model
+        strong_model=Router.from_files(policy="baseline").decide(
+            "hello", MessageContext(message_count=10)).model,
+    )
+    out.write(est.render(result, errors))
+    return 0
 
 
 def _requested_range(args: argparse.Namespace) -> tuple[str, str]:
@@ -313,6 +356,8 @@ async def run_cli(argv: Sequence[str], settings: CliSettings, out: TextIO, err: 
         args = _parser().parse_args(list(argv))
     except SystemExit as exc:  # argparse printed its message
         return int(exc.code or 0)
+    if args.command == "estimate":
+        return _estimate(args, out, err)
     channel = open_channel(settings.ledger)
     try:
         client = LedgerClient(channel)

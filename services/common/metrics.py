@@ -39,6 +39,9 @@ ROUTES = Counter("coach_routes_total", "Answers by route and message type", ["ro
 CRISIS_EVENTS = Counter("coach_crisis_events_total", "Messages classified as crisis")
 TOKENS = Counter("coach_tokens_total", "Upstream tokens by model and kind", ["model", "kind"])
 COST_NANOS = Counter("coach_cost_usd_nanos_total", "Cost recorded by model (USD x 1e9)", ["model"])
+TRUNCATED_ANSWERS = Counter(
+    "coach_truncated_answers_total",
+    "Answers cut off by max_output_tokens (a quality failure), by route", ["route"])
 UNPRICED_CALLS = Counter("coach_unpriced_calls_total", "Calls on a model with no price", ["model"])
 UPSTREAM_ERRORS = Counter(
     "coach_upstream_errors_total", "Upstream call failures by API and kind", ["api", "kind"]

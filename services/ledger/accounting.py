@@ -28,6 +28,7 @@ from services.common.metrics import (
     COST_NANOS,
     LEDGER_ANSWERS,
     LEDGER_RECORDS,
+    TRUNCATED_ANSWERS,
     UNPRICED_CALLS,
 )
 from services.common.pricing import PriceBook
@@ -59,6 +60,9 @@ class PricedAnswer:
     baseline_model: str
     baseline_output_tokens: int
     baseline_cost_usd_nanos: int
+    cache_write_tokens: int = 0
+    # The answer's own call was cut off by max_output_tokens: a quality failure.
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ def price_answer(record: AnswerRecord, book: PriceBook, baseline: BaselinePolicy
         cached_input_tokens=sum(c.usage.cached_input_tokens for c in record.charges),
         output_tokens=sum(c.usage.output_tokens for c in record.charges),
         reasoning_tokens=sum(c.usage.reasoning_tokens for c in record.charges),
+        cache_write_tokens=sum(c.usage.cache_write_tokens for c in record.charges),
+        truncated=any(c.usage.truncated for c in record.charges if c.purpose == ANSWER_PURPOSE),
         cost_usd_nanos=sum(c.cost_usd_nanos for c in charges),
         unpriced=any(c.unpriced for c in charges),
         baseline_model=baseline.model,
@@ -116,10 +122,7 @@ def price_answer(record: AnswerRecord, book: PriceBook, baseline: BaselinePolicy
 
 
 def _price_charge(charge: Charge, book: PriceBook) -> PricedCharge:
-    usage = charge.usage
-    cost = book.cost_usd_nanos(
-        charge.model, usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
-    )
+    cost = book.cost_of(charge.model, charge.usage)
     return PricedCharge(charge=charge, cost_usd_nanos=cost.nanos, unpriced=not cost.priced)
 
 
@@ -130,6 +133,8 @@ def _count_cost(stored: Sequence[PricedAnswer]) -> None:
         LEDGER_ANSWERS.labels(route).inc()
         ANSWER_COST_NANOS.labels(route).inc(p.cost_usd_nanos)
         BASELINE_COST_NANOS.labels(route).inc(p.baseline_cost_usd_nanos)
+        if p.truncated:
+            TRUNCATED_ANSWERS.labels(route).inc()
         for c in p.charges:
             COST_NANOS.labels(c.charge.model).inc(c.cost_usd_nanos)
 

@@ -29,25 +29,27 @@ WITH new_answers AS (
         request_id, user_id, route, message_type, model, latency_ms, answered_at, answer_day,
         input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_usd_nanos,
         unpriced, baseline_input_tokens, baseline_output_tokens, baseline_model,
-        baseline_cost_usd_nanos)
+        baseline_cost_usd_nanos, cache_write_tokens, truncated)
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::smallint[], $4::smallint[], $5::text[], $6::bigint[],
         $7::timestamptz[], $8::date[], $9::bigint[], $10::bigint[], $11::bigint[],
         $12::bigint[], $13::bigint[], $14::boolean[], $15::bigint[], $16::bigint[],
-        $17::text[], $18::bigint[])
+        $17::text[], $18::bigint[], $31::bigint[], $32::boolean[])
     ORDER BY 1
     ON CONFLICT (request_id) DO NOTHING
     RETURNING request_id
 ), new_charges AS (
     INSERT INTO charges (
         request_id, seq, purpose, model, input_tokens, cached_input_tokens, output_tokens,
-        reasoning_tokens, cost_usd_nanos, unpriced, route, answer_day)
+        reasoning_tokens, cost_usd_nanos, unpriced, route, answer_day, cache_write_tokens,
+        service_tier, truncated)
     SELECT c.* FROM unnest(
         $19::text[], $20::smallint[], $21::text[], $22::text[], $23::bigint[], $24::bigint[],
         $25::bigint[], $26::bigint[], $27::bigint[], $28::boolean[], $29::smallint[],
-        $30::date[])
+        $30::date[], $33::bigint[], $34::text[], $35::boolean[])
         AS c(request_id, seq, purpose, model, input_tokens, cached_input_tokens,
-             output_tokens, reasoning_tokens, cost_usd_nanos, unpriced, route, answer_day)
+             output_tokens, reasoning_tokens, cost_usd_nanos, unpriced, route, answer_day,
+             cache_write_tokens, service_tier, truncated)
     WHERE c.request_id IN (SELECT request_id FROM new_answers)
     RETURNING 1
 )
@@ -179,9 +181,12 @@ class LedgerRepository:
 
 
 def _batch_columns(answers: Sequence[PricedAnswer]) -> list[list[object]]:
-    """The batch as column arrays for unnest(): 18 answer columns, then 12 charge columns."""
+    """The batch as column arrays for unnest(): 18 answer columns, 12 charge columns, then the
+    columns added later (2 answer columns, 3 charge columns: $31..$35)."""
     a_cols: list[list[object]] = [[] for _ in range(18)]
     c_cols: list[list[object]] = [[] for _ in range(12)]
+    a_more: list[list[object]] = [[] for _ in range(2)]
+    c_more: list[list[object]] = [[] for _ in range(3)]
     for p in answers:
         e = p.record
         for col, value in zip(a_cols, (
@@ -192,6 +197,8 @@ def _batch_columns(answers: Sequence[PricedAnswer]) -> list[list[object]]:
             p.baseline_output_tokens, p.baseline_model, p.baseline_cost_usd_nanos,
         ), strict=True):
             col.append(value)
+        a_more[0].append(p.cache_write_tokens)
+        a_more[1].append(p.truncated)
         for seq, c in enumerate(p.charges):
             for col, value in zip(c_cols, (
                 e.request_id, seq, c.charge.purpose, c.charge.model, c.charge.usage.input_tokens,
@@ -200,4 +207,7 @@ def _batch_columns(answers: Sequence[PricedAnswer]) -> list[list[object]]:
                 p.answer_day,
             ), strict=True):
                 col.append(value)
-    return [*a_cols, *c_cols]
+            c_more[0].append(c.charge.usage.cache_write_tokens)
+            c_more[1].append(c.charge.usage.service_tier)
+            c_more[2].append(c.charge.usage.truncated)
+    return [*a_cols, *c_cols, *a_more, *c_more]

@@ -138,9 +138,14 @@ def answer_entries(request: pb.RecordAnswersRequest) -> list[AnswerRecord]:
             v.text(f"{cw}.model", ch.model, max_chars=MAX_ID_CHARS, required=True)
             v.text(f"{cw}.purpose", ch.purpose, max_chars=MAX_ID_CHARS)
             v.tokens(f"{cw}.usage", u.input_tokens, u.cached_input_tokens, u.output_tokens,
-                     u.reasoning_tokens)
+                     u.reasoning_tokens, u.cache_write_tokens)
             v.check(u.cached_input_tokens <= u.input_tokens, f"{cw}.usage.cached_input_tokens",
                     "cached input tokens are part of input tokens: must not exceed them")
+            v.check(u.cached_input_tokens > u.input_tokens  # reported once, above
+                    or u.cached_input_tokens + u.cache_write_tokens <= u.input_tokens,
+                    f"{cw}.usage.cache_write_tokens",
+                    "cached and cache-write tokens are parts of input tokens: must not exceed them")
+            v.text(f"{cw}.usage.service_tier", u.service_tier, max_chars=MAX_ID_CHARS)
             v.check(u.reasoning_tokens <= u.output_tokens, f"{cw}.usage.reasoning_tokens",
                     "reasoning tokens are part of output tokens: must not exceed them")
             charges.append(Charge.of(ch))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from coach.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
 
+from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
 from services.llm.assistants_backend import AssistantsBackend
+from services.llm.caching import load_caching
 from services.llm.cheap_tier import CheapTier
 from services.llm.config import Settings, UpstreamSettings
 from services.llm.persona import load_persona
@@ -23,6 +25,7 @@ from services.llm.upstream import (
     create_client,
     prepare,
 )
+from services.llm.verbosity import load_verbosity
 
 FULL_NAME = llm_service_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
 
@@ -42,8 +45,13 @@ def _upstream(settings: Settings, tier: UpstreamSettings, clock: Clock) -> Upstr
 
 
 async def create_server(settings: Settings) -> CoachServer:
+    # The default models may be local (no price needed) but never shut down upstream.
+    PriceBook.load().check_shutdowns(
+        [settings.cheap.default_model, settings.stateful.default_model])
     persona = load_persona(settings.persona_file)
     catalog = load_tools(settings.tools_file)
+    verbosity = load_verbosity(settings.verbosity_file)
+    caching = load_caching(settings.caching_file)
     clock = SystemClock()
     timeout = settings.resilience.call_timeout_s
     cheap_client = create_client(settings.cheap, timeout)
@@ -61,12 +69,16 @@ async def create_server(settings: Settings) -> CoachServer:
         history_turns=settings.history_turns,
         summary_max_tokens=settings.summary_max_tokens,
         default_model=settings.cheap.default_model,
+        verbosity=verbosity,
+        caching=caching,
     )
     stateful_upstream = _upstream(settings, settings.stateful, clock)
     planner = TurnPlanner(persona, catalog)
     backends: dict[StatefulApi, StatefulBackend] = {
         StatefulApi.RESPONSES: ResponsesBackend(
-            stateful_client, stateful_upstream, planner, default_model=settings.stateful.default_model
+            stateful_client, stateful_upstream, planner,
+            default_model=settings.stateful.default_model, verbosity=verbosity,
+            caching=caching,
         ),
         StatefulApi.ASSISTANTS: AssistantsBackend(
             stateful_client,

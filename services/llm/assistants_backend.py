@@ -64,15 +64,19 @@ def run_usage(run: Run) -> Usage:
     usage = run.usage
     if usage is None:
         return Usage()
-    cached = 0
+    cached = written = 0
     details = getattr(usage, "prompt_tokens_details", None) or getattr(
         usage, "prompt_token_details", None
     )
     if isinstance(details, dict):
         cached = int(details.get("cached_tokens") or 0)
+        written = int(details.get("cache_write_tokens") or 0)
     elif details is not None:
         cached = int(getattr(details, "cached_tokens", 0) or 0)
-    return Usage(usage.prompt_tokens, cached, usage.completion_tokens, 0)
+        written = int(getattr(details, "cache_write_tokens", 0) or 0)
+    truncated = run.status == "incomplete"
+    return Usage(usage.prompt_tokens, cached, usage.completion_tokens, 0,
+                 cache_write_tokens=written, truncated=truncated)
 
 
 def definition_hash(model: str, instructions: str) -> str:

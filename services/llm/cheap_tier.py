@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.common.usage import Usage
+from services.llm.caching import CachePolicy
 from services.llm.persona import Persona
 from services.llm.resilience import Deadline, Upstream
 from services.llm.turns import Audience, Generation, Reply, Turn
 from services.llm.upstream import ChatCompletions
+from services.llm.verbosity import VerbosityPolicy
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +37,39 @@ def _count(value: Any) -> int:
 
 
 def chat_usage(completion: Mapping[str, Any]) -> Usage:
-    """Chat Completions usage (the answer's JSON): prompt_tokens already include the cached ones."""
+    """Chat Completions usage (the answer's JSON): prompt_tokens already include the cached ones
+    and the ones written to the cache; the tier is the one the answer reports; a first choice
+    that ended on ``finish_reason: "length"`` was cut off by max_completion_tokens."""
+    tier = completion.get("service_tier")
+    truncated = chat_finish_reason(completion) == "length"
     usage = completion.get("usage")
     if not isinstance(usage, dict):
-        return Usage()
+        return Usage(service_tier=tier if isinstance(tier, str) else "", truncated=truncated)
     prompt_details = usage.get("prompt_tokens_details")
+    if not isinstance(prompt_details, dict):
+        prompt_details = {}
     completion_details = usage.get("completion_tokens_details")
     return Usage(
         input_tokens=_count(usage.get("prompt_tokens")),
-        cached_input_tokens=(
-            _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
-        ),
+        cached_input_tokens=_count(prompt_details.get("cached_tokens")),
         output_tokens=_count(usage.get("completion_tokens")),
         reasoning_tokens=(
             _count(completion_details.get("reasoning_tokens"))
             if isinstance(completion_details, dict) else 0
         ),
+        cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
+        service_tier=tier if isinstance(tier, str) else "",
+        truncated=truncated,
     )
+
+
+def chat_finish_reason(completion: Mapping[str, Any]) -> str:
+    """The first choice's finish_reason ('' when there is none)."""
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    reason = choices[0].get("finish_reason")
+    return reason if isinstance(reason, str) else ""
 
 
 def chat_text(completion: Mapping[str, Any]) -> str:
@@ -84,8 +102,12 @@ class CheapTier:
         history_turns: int,
         summary_max_tokens: int,
         default_model: str,
+        verbosity: VerbosityPolicy | None = None,
+        caching: CachePolicy | None = None,
     ) -> None:
         self.chat = chat
+        self.verbosity = verbosity or VerbosityPolicy()
+        self.caching = caching or CachePolicy()
         self.upstream = upstream
         self.persona = persona
         self.history_turns = history_turns
@@ -132,6 +154,12 @@ class CheapTier:
         }
         if generation.sends_temperature:
             params["temperature"] = generation.temperature
+        verbosity = self.verbosity.for_turn(model, generation.message_type)
+        if verbosity:
+            params["verbosity"] = verbosity
+        retention = self.caching.retention_for("cheap", model)
+        if retention:
+            params["prompt_cache_retention"] = retention
         completion = await self._create("chat.completions", deadline, **params)
         return Reply(texts=(chat_text(completion),), model=chat_model(completion, model),
                      usage=chat_usage(completion))
@@ -146,6 +174,10 @@ class CheapTier:
         messages.append({"role": "system", "content": f"Summary so far:\n{recap}"})
         messages.extend({"role": turn.role.value, "content": turn.text} for turn in turns)
         messages.append({"role": "user", "content": SUMMARY_REQUEST})
+        extra: dict[str, Any] = {}
+        retention = self.caching.retention_for("summary", model)
+        if retention:
+            extra["prompt_cache_retention"] = retention
         completion = await self._create(
             "chat.completions",
             deadline,
@@ -153,6 +185,7 @@ class CheapTier:
             messages=messages,
             max_completion_tokens=self.summary_max_tokens,
             prompt_cache_key=prompt_cache_key("summary", self.persona.summary),
+            **extra,
         )
         return Reply(texts=(chat_text(completion) or previous_summary,),
                      model=chat_model(completion, model), usage=chat_usage(completion))

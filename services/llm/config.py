@@ -113,6 +113,8 @@ class Settings:
     run_poll_max_s: float
     persona_file: Path
     tools_file: Path
+    verbosity_file: Path = DATA_DIR / "verbosity.yaml"
+    caching_file: Path = DATA_DIR / "caching.yaml"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -174,4 +176,7 @@ class Settings:
             run_poll_max_s=env.float("COACH_RUN_POLL_MAX_SECONDS", 1.0, minimum=0.001),
             persona_file=Path(env.str("COACH_LLM_PERSONA_FILE", str(DATA_DIR / "persona.yaml"))),
             tools_file=Path(env.str("COACH_LLM_TOOLS_FILE", str(DATA_DIR / "tools.yaml"))),
+            verbosity_file=Path(
+                env.str("COACH_LLM_VERBOSITY_FILE", str(DATA_DIR / "verbosity.yaml"))),
+            caching_file=Path(env.str("COACH_LLM_CACHING_FILE", str(DATA_DIR / "caching.yaml"))),
         )

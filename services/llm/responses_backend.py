@@ -26,6 +26,7 @@ import openai
 from openai.types.responses import Response, ResponseFunctionToolCall
 
 from services.common.usage import Usage
+from services.llm.caching import CachePolicy
 from services.llm.resilience import Deadline, SystemClock, Upstream
 from services.llm.stateful import (
     MAX_TOOL_ROUNDS,
@@ -36,6 +37,7 @@ from services.llm.stateful import (
 )
 from services.llm.tools import ToolCatalog
 from services.llm.turns import Reply, Role, ToolCallRecord, Turn
+from services.llm.verbosity import VerbosityPolicy
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,24 @@ def turn_item(turn: Turn) -> dict[str, Any]:
 
 
 def response_usage(response: Response) -> Usage:
+    """Usage as reported, with cache writes (input_tokens_details.cache_write_tokens, which
+    the SDK keeps as an extra field), the tier the response reports and whether
+    max_output_tokens cut it off (status "incomplete")."""
+    tier = response.service_tier if isinstance(response.service_tier, str) else ""
+    details = response.incomplete_details
+    truncated = response.status == "incomplete" and (
+        details is None or details.reason in (None, "max_output_tokens")
+    )
     usage = response.usage
     if usage is None:
-        return Usage()
-    cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
+        return Usage(service_tier=tier, truncated=truncated)
+    input_details = usage.input_tokens_details
+    cached = input_details.cached_tokens if input_details else 0
+    written = getattr(input_details, "cache_write_tokens", 0) if input_details else 0
     reasoning = usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
-    return Usage(usage.input_tokens, cached or 0, usage.output_tokens, reasoning or 0)
+    return Usage(usage.input_tokens, cached or 0, usage.output_tokens, reasoning or 0,
+                 cache_write_tokens=written if isinstance(written, int) else 0,
+                 service_tier=tier, truncated=truncated)
 
 
 def response_texts(response: Response) -> list[str]:
@@ -87,11 +101,15 @@ class ResponsesBackend:
         planner: TurnPlanner,
         *,
         default_model: str,
+        verbosity: VerbosityPolicy | None = None,
+        caching: CachePolicy | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.planner = planner
         self.default_model = default_model
+        self.verbosity = verbosity or VerbosityPolicy()
+        self.caching = caching or CachePolicy()
         self._background: set[asyncio.Task[None]] = set()
 
     async def create_conversation(
@@ -160,6 +178,12 @@ class ResponsesBackend:
             params["tools"] = ToolCatalog.responses_format(plan.tools)
         if turn.generation.sends_temperature:
             params["temperature"] = turn.generation.temperature
+        verbosity = self.verbosity.for_turn(model, turn.generation.message_type)
+        if verbosity:
+            params["text"] = {"verbosity": verbosity}
+        retention = self.caching.retention_for("stateful", model)
+        if retention:
+            params["prompt_cache_retention"] = retention
         inputs: list[dict[str, Any]] = []
         if plan.context_line:
             inputs.append(message_item("developer", plan.context_line))

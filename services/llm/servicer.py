@@ -127,7 +127,8 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     def _account(self, method: str, user_id: str, reply: Reply, started: float) -> None:
         usage = reply.usage
         for kind, value in (("input", usage.input_tokens), ("cached_input", usage.cached_input_tokens),
-                            ("output", usage.output_tokens), ("reasoning", usage.reasoning_tokens)):
+                            ("output", usage.output_tokens), ("reasoning", usage.reasoning_tokens),
+                            ("cache_write", usage.cache_write_tokens)):
             if value:
                 TOKENS.labels(reply.model, kind).inc(value)
         # DEBUG: the router logs every answer (model, tokens, cost, latency) at INFO; per-RPC
@@ -136,6 +137,8 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             "upstream answer",
             extra={"method": method, "user_id": user_id, "model": reply.model,
                    "input_tokens": usage.input_tokens, "cached_input_tokens": usage.cached_input_tokens,
+                   "cache_write_tokens": usage.cache_write_tokens,
+                   "service_tier": usage.service_tier, "truncated": usage.truncated,
                    "output_tokens": usage.output_tokens, "tool_calls": len(reply.tool_calls),
                    "latency_ms": round((time.monotonic() - started) * 1000, 1)},
         )

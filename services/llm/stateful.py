@@ -9,7 +9,9 @@ default) and ``services.llm.assistants_backend`` (Assistants API v2).
 Shared rules, so both backends bill the same way:
 - the instructions are the persona, byte for byte the same for every user,
   and the tool definitions (sorted, canonical JSON) come with it: a stable,
-  cacheable prefix under one ``prompt_cache_key`` for the tier (never per user);
+  cacheable prefix; each user's turns go under their own ``prompt_cache_key``
+  (the prefix's hash and the user's), so the user's whole conversation prefix
+  stays cached on one upstream cache between turns;
   a turn that carries tools also carries the persona's ``tools`` guidance
   (after the persona; turns without tools are not billed for it);
 - per-user context (the context line) and crisis guidance travel with the
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.common.errors import InvalidArgument
-from services.llm.cheap_tier import prompt_cache_key
+from services.llm.caching import user_cache_key
 from services.llm.persona import Persona
 from services.llm.resilience import Deadline
 from services.llm.tools import ToolCatalog, ToolSpec
@@ -143,7 +145,7 @@ class TurnPlanner:
             safety=self.persona.safety if turn.generation.is_crisis else None,
             # One key for the tier's instructions, whatever tools a turn carries: turns
             # with and without tools then route to the same cache (never per user).
-            cache_key=prompt_cache_key("stateful", self.persona.coach),
+            cache_key=user_cache_key("stateful", self.persona.coach, turn.user_id),
         )
 
     def sent(self, turn: TurnInput) -> None:

@@ -6,8 +6,11 @@ earlier request in the same scope already sent. The scope is the model plus the
 `prompt_cache_key` when one is given (else the model alone): caches live per model.
 
 A cached prefix expires after ``ttl_seconds`` of inactivity (OpenAI: 5-10 minutes with
-the default in-memory retention); every request that sends a prefix, hit or not,
-refreshes it. Time is read from a `SimClock` (real, or simulated by a benchmark); when
+the default in-memory retention), or after 24 hours when the request asked for
+``prompt_cache_retention: "24h"``; every request that sends a prefix, hit or not,
+refreshes it (with that request's retention). The tokens a request adds to the cache
+(its longest cacheable prefix beyond what was already cached) are its cache writes,
+which the models that bill them report as ``cache_write_tokens``. Time is read from a `SimClock` (real, or simulated by a benchmark); when
 the clock switches between real and simulated time the cache starts empty.
 
 Each boundary prefix is remembered as a digest of its tokens; the digests are computed
@@ -21,12 +24,23 @@ import hashlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .clock import SimClock
 
 MIN_CACHEABLE_TOKENS = 1024
 CACHE_STEP_TOKENS = 128
 DEFAULT_TTL_SECONDS = 600.0
+RETENTION_IN_MEMORY = "in_memory"
+RETENTION_24H = "24h"
+RETENTIONS = (RETENTION_IN_MEMORY, RETENTION_24H)
+EXTENDED_TTL_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOutcome:
+    cached_tokens: int  # the prefix read from the cache
+    written_tokens: int  # the tokens this request added to the cache
 
 
 def cache_boundaries(prompt_len: int) -> list[int]:
@@ -46,7 +60,8 @@ class PromptCache:
                  clock: SimClock | None = None) -> None:
         if ttl_seconds < 0:
             raise ValueError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
-        self._seen: OrderedDict[bytes, float] = OrderedDict()  # digest -> last used
+        # digest -> (last used, seconds of inactivity it survives; 0 = forever)
+        self._seen: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self._max = max_entries
         self.ttl_seconds = float(ttl_seconds)
         self.clock = clock if clock is not None else SimClock()
@@ -79,35 +94,46 @@ class PromptCache:
             self._seen.clear()
             self._base = self.clock.base
             return
-        if not self.ttl_seconds:
-            return
         seen = self._seen
-        horizon = now - self.ttl_seconds
-        while seen:
-            key, last_used = next(iter(seen.items()))
-            if last_used >= horizon:
+        while seen:  # the front is the least recently used; a longer-lived one stops the sweep
+            key, (last_used, ttl) = next(iter(seen.items()))
+            if not ttl or last_used + ttl >= now:
                 break
             del seen[key]
 
+    def ttl_for(self, retention: str | None) -> float:
+        """Seconds of inactivity a prefix survives under a request's retention."""
+        if retention == RETENTION_24H:
+            return EXTENDED_TTL_SECONDS if self.ttl_seconds else 0.0
+        return self.ttl_seconds
+
     def lookup_and_remember(self, scope: str, tokens: Sequence[int]) -> int:
         """Cached tokens for this prompt; afterwards its prefixes count as seen (now)."""
+        return self.read_and_write(scope, tokens).cached_tokens
+
+    def read_and_write(
+        self, scope: str, tokens: Sequence[int], retention: str | None = None
+    ) -> CacheOutcome:
+        """What this prompt read from the cache and wrote to it; its prefixes are then
+        remembered as used now, under the request's retention."""
         keys = self._prefix_keys(scope, tokens)
         now = self.clock.now()
         self._expire(now)
         if not keys:
-            return 0
+            return CacheOutcome(0, 0)
         seen = self._seen
-        horizon = now - self.ttl_seconds if self.ttl_seconds else float("-inf")
         cached = 0
         for index in range(len(keys) - 1, -1, -1):
-            last_used = seen.get(keys[index])
+            entry = seen.get(keys[index])
             # The front sweep misses entries stamped later than now (simulated time set back).
-            if last_used is not None and last_used >= horizon:
+            if entry is not None and (not entry[1] or entry[0] + entry[1] >= now):
                 cached = MIN_CACHEABLE_TOKENS + CACHE_STEP_TOKENS * index
                 break
+        ttl = self.ttl_for(retention)
         for key in keys:
-            seen[key] = now
+            seen[key] = (now, ttl)
             seen.move_to_end(key)
         while len(seen) > self._max:
             seen.popitem(last=False)
-        return cached
+        longest = MIN_CACHEABLE_TOKENS + CACHE_STEP_TOKENS * (len(keys) - 1)
+        return CacheOutcome(cached, longest - cached)

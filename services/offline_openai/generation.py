@@ -8,6 +8,21 @@ from typing import Any
 
 from .caching import PromptCache
 from .replies import GoalCall, Reply, ReplyRequest, TextReply, decide_reply
+
+# Models that bill prompt-cache writes (1.25x input from the gpt-5.6 family on) and so
+# report them as cache_write_tokens; earlier models write to the cache for free.
+CACHE_WRITE_BILLING_PREFIXES = ("gpt-5.6", "gpt-6", "gpt-7")
+# What a response reports for a requested service_tier ("auto" runs on default).
+REPORTED_TIERS = {"auto": "default", "default": "default", "flex": "flex",
+                  "priority": "priority", "scale": "scale", "batch": "batch"}
+
+
+def bills_cache_writes(model: str) -> bool:
+    return model.startswith(CACHE_WRITE_BILLING_PREFIXES)
+
+
+def reported_tier(requested: str | None) -> str:
+    return REPORTED_TIERS.get(requested or "auto", "default")
 from .stats import Stats
 from .tokens import Segment, TokenCounter, tools_text
 
@@ -24,6 +39,8 @@ class ModelCall:
     saved_goal: str = ""  # the goal of the function call being answered, if any
     extra_instructions: Sequence[str] = field(default_factory=tuple)
     preamble_allowed: bool = True  # False for Assistants runs (see ReplyRequest)
+    cache_retention: str | None = None  # "in_memory" (default) or "24h"
+    verbosity: str | None = None  # low / medium / high; None: medium
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +50,7 @@ class ModelResult:
     input_tokens: int  # includes cached_tokens
     cached_tokens: int
     output_tokens: int
+    cache_write_tokens: int = 0  # reported only by models that bill cache writes
 
     @property
     def total_tokens(self) -> int:
@@ -60,7 +78,9 @@ class OfflineModel:
     def generate(self, call: ModelCall) -> ModelResult:
         prompt = self.counter.prompt_tokens(self.prompt_segments(call))
         scope = f"{call.model}\x1f{call.cache_key or ''}"
-        cached = self.cache.lookup_and_remember(scope, prompt)
+        outcome = self.cache.read_and_write(scope, prompt, call.cache_retention)
+        cached = outcome.cached_tokens
+        written = outcome.written_tokens if bills_cache_writes(call.model) else 0
 
         user_texts = [s.text for s in call.context if s.role == "user"]
         last = call.context[-1] if call.context else None
@@ -75,6 +95,7 @@ class OfflineModel:
                 saved_goal=call.saved_goal,
                 context_size=len(call.context),
                 preamble_allowed=call.preamble_allowed,
+                verbosity=call.verbosity,
             )
         )
         truncated = False
@@ -89,5 +110,5 @@ class OfflineModel:
                 reply = TextReply(text)
             else:
                 output_tokens = self.counter.count(text)
-        self.stats.record_model_call(len(prompt), cached, output_tokens)
-        return ModelResult(reply, truncated, len(prompt), cached, output_tokens)
+        self.stats.record_model_call(len(prompt), cached, output_tokens, written, truncated)
+        return ModelResult(reply, truncated, len(prompt), cached, output_tokens, written)

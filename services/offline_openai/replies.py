@@ -73,6 +73,45 @@ AFTER_GOAL_SAVED_REPLIES = (
 )
 
 
+# What a real model adds around its core reply, more of it the higher the verbosity
+# (OpenAI's `text.verbosity`, default "medium"). The natural length depends on the
+# message and the verbosity only, never on max_output_tokens, which only cuts it.
+ELABORATIONS = (
+    "Progress like this is built from small, repeatable actions rather than big pushes.",
+    ("It helps to decide in advance exactly when and where you'll do it, so the choice is "
+     "already made when the moment comes."),
+    "Over weeks, consistency matters more than any single day.",
+    "It often helps to look at the hour, the place and the people around you.",
+    "A note somewhere you'll see it in the morning does a lot of the remembering for you.",
+    ("Consistency beats intensity here; a short session you actually do is worth more than "
+     "a long one you keep postponing."),
+    "When something gets in the way, treat it as information about the plan, not about you.",
+    "Tell me how it went afterwards, even if it only went halfway.",
+    "Pair it with something you already do every day so it rides on an existing habit.",
+    "Keep an eye on energy as well as time; the same task is easier at the right hour.",
+    "Celebrate the small wins out loud; it makes the next one more likely.",
+    "If you miss once, the rule is simple: never miss twice in a row.",
+)
+VERBOSITIES = ("low", "medium", "high")
+DEFAULT_VERBOSITY = "medium"
+_EXTRA_SENTENCES = {"low": (0, 0), "medium": (2, 4), "high": (6, 9)}
+
+
+def natural_text(core: str, verbosity: str | None, key: str) -> str:
+    """The reply at its natural length for ``verbosity``: a deterministic number of
+    elaborations picked by ``key`` (low adds none), then the core reply, so the reply
+    still ends on the coach's question as a real coach's does."""
+    verbosity = verbosity or DEFAULT_VERBOSITY
+    low, high = _EXTRA_SENTENCES[verbosity]
+    if not high:
+        return core
+    digest = hashlib.sha256(f"{verbosity}\x1f{key}".encode()).digest()
+    count = low + digest[0] % (high - low + 1)
+    start = digest[1] % len(ELABORATIONS)
+    extra = [ELABORATIONS[(start + 5 * i) % len(ELABORATIONS)] for i in range(count)]
+    return " ".join([*extra, core])
+
+
 @dataclass(frozen=True, slots=True)
 class TextReply:
     text: str
@@ -114,6 +153,7 @@ class ReplyRequest:
     # Assistants run in this server answers after the outputs instead; the Chat
     # Completions path passes no instructions: the cheap tier never carries tools).
     preamble_allowed: bool = True
+    verbosity: str | None = None  # low / medium / high; None: the API's default (medium)
 
 
 def _pick(options: Sequence[str], key: str) -> str:
@@ -151,7 +191,8 @@ def decide_reply(request: ReplyRequest) -> Reply:
     key = f"{request.context_size}\x1f{text}"
     if request.answering_tool_output:
         goal = request.saved_goal or "your goal"
-        return TextReply(_pick(AFTER_GOAL_SAVED_REPLIES, key).format(goal=goal))
+        core = _pick(AFTER_GOAL_SAVED_REPLIES, key).format(goal=goal)
+        return TextReply(natural_text(core, request.verbosity, key))
     if SUMMARY_PATTERN.search(request.instructions) or SUMMARY_PATTERN.search(text):
         return TextReply(summary_text(request.user_texts))
     if GOAL_TOOL_NAME in request.tool_names and GOAL_PATTERN.search(text):
@@ -160,11 +201,11 @@ def decide_reply(request: ReplyRequest) -> Reply:
             return GoalCall(goal, preamble=_pick(AFTER_GOAL_SAVED_REPLIES, key).format(goal=goal))
         return GoalCall(goal)
     if STRUGGLE_PATTERN.search(text):
-        return TextReply(_pick(STRUGGLE_REPLIES, key))
+        return TextReply(natural_text(_pick(STRUGGLE_REPLIES, key), request.verbosity, key))
     if WIN_PATTERN.search(text):
-        return TextReply(_pick(WIN_REPLIES, key))
+        return TextReply(natural_text(_pick(WIN_REPLIES, key), request.verbosity, key))
     if GREETING_PATTERN.search(text):
-        return TextReply(_pick(GREETING_REPLIES, key))
+        return TextReply(natural_text(_pick(GREETING_REPLIES, key), request.verbosity, key))
     if text.rstrip().endswith("?"):
-        return TextReply(_pick(QUESTION_REPLIES, key))
-    return TextReply(_pick(GENERAL_REPLIES, key))
+        return TextReply(natural_text(_pick(QUESTION_REPLIES, key), request.verbosity, key))
+    return TextReply(natural_text(_pick(GENERAL_REPLIES, key), request.verbosity, key))

@@ -20,19 +20,24 @@ class Stats:
     cached_tokens: int = 0
     output_tokens: int = 0
     faults_injected: int = 0
+    cache_write_tokens: int = 0  # reported (by models that bill them)
+    truncated_replies: int = 0  # cut off by max_output_tokens
 
-    def record_model_call(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> None:
+    def record_model_call(self, input_tokens: int, cached_tokens: int, output_tokens: int,
+                          cache_write_tokens: int = 0, truncated: bool = False) -> None:
         self.model_calls += 1
         self.input_tokens += input_tokens
         self.cached_tokens += cached_tokens
         self.output_tokens += output_tokens
+        self.cache_write_tokens += cache_write_tokens
+        self.truncated_replies += truncated
 
     def reset(self) -> None:
         self.requests.clear()
         self.statuses.clear()
         self.handling_s.clear()
         self.model_calls = self.input_tokens = self.cached_tokens = self.output_tokens = 0
-        self.faults_injected = 0
+        self.faults_injected = self.cache_write_tokens = self.truncated_replies = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -45,4 +50,6 @@ class Stats:
             "cached_tokens": self.cached_tokens,
             "output_tokens": self.output_tokens,
             "faults_injected": self.faults_injected,
+            "cache_write_tokens": self.cache_write_tokens,
+            "truncated_replies": self.truncated_replies,
         }

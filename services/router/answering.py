@@ -274,7 +274,10 @@ class ChatService:
                     "model": answer.model,
                     "input_tokens": usage.input_tokens,
                     "cached_input_tokens": usage.cached_input_tokens,
+                    "cache_write_tokens": usage.cache_write_tokens,
                     "output_tokens": usage.output_tokens,
+                    "service_tier": usage.service_tier,
+                    "truncated": usage.truncated,
                     "cost_usd_nanos": cost,
                     "latency_ms": answer.latency_ms,
                 },
@@ -313,10 +316,7 @@ class ChatService:
     def cost_of(self, answer: Exchange) -> int:
         total = 0
         for charge in answer.charges:
-            usage = charge.usage
-            total += self.prices.cost_usd_nanos(
-                charge.model, usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
-            ).nanos
+            total += self.prices.cost_of(charge.model, charge.usage).nanos
         return total
 
     async def _enforce_limits(self, user_id: str, state: UserState, deadline: float) -> None:

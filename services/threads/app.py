@@ -10,6 +10,7 @@ from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
 
 from services.common.clients import open_channel
 from services.common.db import apply_migrations, create_pool
+from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
 from services.threads.config import Settings
 from services.threads.history import History
@@ -29,6 +30,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def create_server(settings: Settings) -> CoachServer:
+    PriceBook.load().check_shutdowns([settings.summary_model])  # before any connection opens
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
     try:
         await apply_migrations(pool, "threads", MIGRATIONS)

@@ -6,10 +6,22 @@ added since. Before each stateful turn:
 
 * messages answered elsewhere (canned, cheap, fallback) that the conversation
   has not seen are appended, so the strong model sees the whole story;
-* when the conversation would then hold more than ``prune_at_messages``, or more
-  than N messages are unseen, it is rotated instead: the messages falling out of
-  the window are folded into the summary (only those: the summary is
-  incremental) and a new conversation is seeded with summary + last N messages.
+* when more than N messages are unseen, or the conversation would then hold more
+  than ``prune_at_messages`` AND its cached prefix is cold anyway (the first
+  message after ``cache_cold_after_s`` of inactivity: the upstream would read the
+  whole conversation at full price either way), or more than the hard
+  ``ceiling_messages`` whatever the cache, it is rotated instead: the messages
+  falling out of the window are folded into the summary (only those: the
+  summary is incremental) and a new conversation is seeded with summary + last
+  N messages.
+
+Why not rotate as soon as the window is full: a rotation starts a new prefix, so
+the next turn reads the whole seed at the full input price (and writes it to the
+cache, at 1.25x on the models that bill writes) instead of at the cached price
+(a tenth). While the cache is warm, keeping a few more messages costs a tenth of
+their tokens per turn; a rotation costs 90% of the seed once (docs/cost.md has
+the break-even). ``cache_cold_after_s`` of 0 restores the old rule (rotate as
+soon as the window is full).
 
 The baseline policy never prunes and never summarizes. Pure functions only.
 """
@@ -34,6 +46,11 @@ class PruneSettings:
     prune_at_messages: int = 24
     # Most messages folded into the summary by one Summarize call.
     summary_batch: int = MAX_TURNS_PER_CALL
+    # A full window rotates only once the conversation has been idle this long (its
+    # cached prefix expired: the stateful tier's prompt_cache_retention); 0: always.
+    cache_cold_after_s: float = 0.0
+    # Rotate whatever the cache once the conversation would hold more (0: no ceiling).
+    ceiling_messages: int = 0
 
     def __post_init__(self) -> None:
         if not 2 <= self.keep_messages <= MAX_TURNS_PER_CALL:
@@ -46,6 +63,13 @@ class PruneSettings:
             raise ConfigError(
                 "COACH_PRUNE_AT_MESSAGES must be at least COACH_PRUNE_KEEP_MESSAGES + 2 "
                 f"(got {self.prune_at_messages} < {self.keep_messages} + 2)"
+            )
+        if self.cache_cold_after_s < 0:
+            raise ConfigError("COACH_PRUNE_CACHE_COLD_SECONDS must not be negative")
+        if self.ceiling_messages and self.ceiling_messages < self.prune_at_messages:
+            raise ConfigError(
+                "COACH_PRUNE_CEILING_MESSAGES must be 0 (none) or at least COACH_PRUNE_AT_MESSAGES "
+                f"(got {self.ceiling_messages} < {self.prune_at_messages})"
             )
 
 
@@ -65,12 +89,14 @@ def plan_continuity(
     api: str,
     settings: PruneSettings,
     baseline: bool,
+    idle_s: float | None = None,
 ) -> ContinuityPlan:
     """Decides between back-filling and rotating.
 
     ``unseen`` is oldest first; in the optimized policy the caller passes at
     most ``keep_messages + 1`` of the newest unseen messages (one more than the
-    window tells "more than N unseen").
+    window tells "more than N unseen"). ``idle_s`` is how long the conversation has
+    been unused upstream (None: unknown, read as cold).
     """
     if conversation is None:
         return ContinuityPlan(rotate=True, reason="first_conversation")
@@ -80,8 +106,14 @@ def plan_continuity(
         return ContinuityPlan(rotate=True, reason="api_changed")
     if len(unseen) > settings.keep_messages:
         return ContinuityPlan(rotate=True, reason="unseen_beyond_window")
-    if conversation.held_messages + len(unseen) + TURN_MESSAGES > settings.prune_at_messages:
-        return ContinuityPlan(rotate=True, reason="window_full")
+    would_hold = conversation.held_messages + len(unseen) + TURN_MESSAGES
+    if settings.ceiling_messages and would_hold > settings.ceiling_messages:
+        return ContinuityPlan(rotate=True, reason="ceiling")
+    if would_hold > settings.prune_at_messages:
+        if not settings.cache_cold_after_s:
+            return ContinuityPlan(rotate=True, reason="window_full")
+        if idle_s is None or idle_s > settings.cache_cold_after_s:
+            return ContinuityPlan(rotate=True, reason="window_full_cache_cold")
     return ContinuityPlan(rotate=False, reason="", append=tuple(unseen))
 
 

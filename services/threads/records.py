@@ -55,6 +55,8 @@ class Conversation:
     seed_turns: int
     turns_in_window: int
     generation: int
+    # Last change (a turn answered or appended in it): when its cached prefix was last used.
+    updated_at: datetime | None = None
 
     @property
     def held_messages(self) -> int:

@@ -102,10 +102,16 @@ def exchange_from_pb(message: pb.Exchange) -> Exchange:
     for i, c in enumerate(message.charges):
         u = c.usage
         v.tokens(f"exchange.charges[{i}].usage", u.input_tokens, u.cached_input_tokens,
-                 u.output_tokens, u.reasoning_tokens)
+                 u.output_tokens, u.reasoning_tokens, u.cache_write_tokens)
         # The ledger refuses these too: stored here, the record would wait in the outbox forever.
         v.check(u.cached_input_tokens <= u.input_tokens, f"exchange.charges[{i}].usage",
                 "cached input tokens are part of input tokens: must not exceed them")
+        v.check(u.cached_input_tokens > u.input_tokens  # reported once, above
+                    or u.cached_input_tokens + u.cache_write_tokens <= u.input_tokens,
+                f"exchange.charges[{i}].usage",
+                "cached and cache-write tokens are parts of input tokens: must not exceed them")
+        v.text(f"exchange.charges[{i}].usage.service_tier", u.service_tier,
+               max_chars=MAX_NAME_CHARS)
         v.check(u.reasoning_tokens <= u.output_tokens, f"exchange.charges[{i}].usage",
                 "reasoning tokens are part of output tokens: must not exceed them")
         v.text(f"exchange.charges[{i}].model", c.model, max_chars=MAX_NAME_CHARS)

@@ -40,6 +40,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from services.common.errors import Unavailable
 from services.common.exchange import Exchange
@@ -142,6 +143,7 @@ class StatefulTurns:
         summary_model: str,
         turn_budget_s: float = 120.0,
         on_rotated: Callable[[], None] | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.repository = repository
         self.history = history
@@ -152,6 +154,7 @@ class StatefulTurns:
         self.turn_budget_s = turn_budget_s
         # Called once a rotation archived a conversation (the retirer deletes it upstream).
         self.on_rotated = on_rotated
+        self.now = now or (lambda: datetime.now(UTC))
         self.locks = UserLocks()
         # Releases that failed (database restarting), retried in the background.
         self._late_releases: set[asyncio.Task[None]] = set()
@@ -323,8 +326,12 @@ class StatefulTurns:
         if conversation is not None:
             limit = BASELINE_BACKFILL_LIMIT if request.baseline else self.prune.keep_messages + 1
             unseen = await self.repository.messages.unseen_messages(conversation, limit)
+        idle_s = None
+        if conversation is not None and conversation.updated_at is not None:
+            idle_s = (self.now() - conversation.updated_at).total_seconds()
         plan = plan_continuity(
-            conversation, unseen, api=self.api, settings=self.prune, baseline=request.baseline
+            conversation, unseen, api=self.api, settings=self.prune, baseline=request.baseline,
+            idle_s=idle_s,
         )
         if plan.rotate:
             return await self._rotate(lease, conversation, request, plan.reason)

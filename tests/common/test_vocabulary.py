@@ -40,3 +40,11 @@ def test_a_journal_line_written_before_still_reads() -> None:
     assert exchange.answer_usage == Usage(input_tokens=90, output_tokens=12)
     assert exchange.charges == (Charge("gpt-5.4-mini", Usage(90, 0, 12, 0)),)
     assert exchange.to_json() == line
+
+
+def test_cache_writes_tier_and_truncation_survive_the_journal() -> None:
+    charge = Charge("gpt-5.6-sol", Usage(3000, 1024, 200, 0, cache_write_tokens=1200,
+                                         service_tier="flex", truncated=True))
+    assert Charge.from_json(charge.to_json()) == charge
+    proto = types_pb2.Charge(**charge.fields())
+    assert Charge.of(proto) == charge

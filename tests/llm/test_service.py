@@ -236,26 +236,28 @@ async def test_a_call_without_a_reply_gets_a_follow_up(
         "developer", "user", "function_call", "function_call_output", "assistant"]
 
 
-async def test_other_turns_carry_no_tools_and_share_a_cache_key(
+async def test_other_turns_carry_no_tools_and_a_cache_key_per_user(
     llm: Llm, upstream_client: openai.AsyncOpenAI
 ) -> None:
-    keys = set()
-    for _ in range(2):
-        user_id = uid()
+    keys: dict[str, set[str]] = {}
+    for user_id in (uid(), uid()):
         conv = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id=user_id),
                                                  timeout=5)
-        reply = await llm.stub.StatefulTurn(
-            pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,
-                                   message="I want to get better at mornings", audience=SAM,
-                                   generation=gen(CHECK_IN)),
-            timeout=5,
-        )
-        assert not reply.tool_calls
-        stored = await upstream_client.responses.retrieve(reply.response_id)
-        assert stored.tools == []
-        assert stored.instructions == PERSONA.coach  # no tool guidance without tools
-        keys.add(stored.prompt_cache_key)
-    assert len(keys) == 1  # one key per prefix, not per user
+        for text in ("I want to get better at mornings", "mostly before work"):
+            reply = await llm.stub.StatefulTurn(
+                pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,
+                                       message=text, audience=SAM, generation=gen(CHECK_IN)),
+                timeout=5,
+            )
+            assert not reply.tool_calls
+            stored = await upstream_client.responses.retrieve(reply.response_id)
+            assert stored.tools == []
+            assert stored.instructions == PERSONA.coach  # no tool guidance without tools
+            assert stored.prompt_cache_retention == "24h"  # type: ignore[attr-defined]
+            assert stored.prompt_cache_key is not None and user_id not in stored.prompt_cache_key
+            keys.setdefault(user_id, set()).add(stored.prompt_cache_key)
+    # one key per user (their conversation prefix stays on one cache), stable across turns
+    assert [len(k) for k in keys.values()] == [1, 1] and len(set.union(*keys.values())) == 2
 
 
 async def test_baseline_sends_every_tool(llm: Llm, upstream_client: openai.AsyncOpenAI) -> None:

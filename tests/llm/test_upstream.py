@@ -84,6 +84,7 @@ async def test_same_request_and_answer_as_the_sdk_create(offline_openai: Any) ->
         input_tokens=by_sdk.usage.prompt_tokens,
         cached_input_tokens=by_sdk.usage.prompt_tokens_details.cached_tokens or 0,
         output_tokens=by_sdk.usage.completion_tokens,
+        service_tier=by_sdk.service_tier or "",
     )
 
 

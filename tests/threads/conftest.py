@@ -56,6 +56,8 @@ def _threads_env(pg_url: str, llm_port: int, ledger_port: int) -> dict[str, str]
         # PRUNE_AT), whatever the service's default is.
         "COACH_PRUNE_KEEP_MESSAGES": "20",
         "COACH_PRUNE_AT_MESSAGES": "40",
+        # ... and rotate as soon as it is full (the cache-aware rule: test_threads_domain).
+        "COACH_PRUNE_CACHE_COLD_SECONDS": "0",
     }
 
 

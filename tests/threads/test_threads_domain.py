@@ -129,3 +129,52 @@ def test_default_window_keeps_twenty_messages_and_rotates_at_twenty_four() -> No
     prune = Settings.from_env({"DATABASE_URL": "postgresql://x/y"}).prune
     assert (prune.keep_messages, prune.prune_at_messages) == (20, 24)
     assert (PruneSettings().keep_messages, PruneSettings().prune_at_messages) == (20, 24)
+
+
+# ---- cache-aware rotation (issue 18) ----------------------------------------------------------
+
+CACHE_AWARE = PruneSettings(keep_messages=20, prune_at_messages=24,
+                            cache_cold_after_s=24 * 3600, ceiling_messages=60)
+
+
+def test_a_full_window_is_kept_while_the_users_cache_is_warm() -> None:
+    # 22 held + 1 unseen + this turn's 2 > 24, but the prefix was used an hour ago: rotating
+    # would re-read the whole seed at full price; appending reads it at the cached price.
+    plan = plan_continuity(conversation(22), messages(30, 1), api="responses",
+                           settings=CACHE_AWARE, baseline=False, idle_s=3600)
+    assert not plan.rotate and len(plan.append) == 1
+
+
+def test_the_first_message_after_the_retention_window_rotates() -> None:
+    plan = plan_continuity(conversation(30), [], api="responses", settings=CACHE_AWARE,
+                           baseline=False, idle_s=24 * 3600 + 1)
+    assert plan.rotate and plan.reason == "window_full_cache_cold"
+    # not before the window is full, however cold: a short conversation is cheap to re-read
+    assert not plan_continuity(conversation(10), [], api="responses", settings=CACHE_AWARE,
+                               baseline=False, idle_s=10 * 24 * 3600).rotate
+    # unknown idle time reads as cold
+    assert plan_continuity(conversation(30), [], api="responses", settings=CACHE_AWARE,
+                           baseline=False).rotate
+
+
+def test_the_hard_ceiling_rotates_a_warm_conversation() -> None:
+    plan = plan_continuity(conversation(58), messages(90, 1), api="responses",
+                           settings=CACHE_AWARE, baseline=False, idle_s=30)
+    assert plan.rotate and plan.reason == "ceiling"  # 58 + 1 + 2 > 60
+    assert not plan_continuity(conversation(56), messages(90, 1), api="responses",
+                               settings=CACHE_AWARE, baseline=False, idle_s=30).rotate
+
+
+def test_a_ceiling_below_the_window_is_refused() -> None:
+    with pytest.raises(ConfigError, match="COACH_PRUNE_CEILING_MESSAGES"):
+        PruneSettings(keep_messages=20, prune_at_messages=24, ceiling_messages=22)
+
+
+def test_the_cache_aware_rule_is_opt_in() -> None:
+    from services.threads.config import Settings
+
+    prune = Settings.from_env({"DATABASE_URL": "postgresql://x/y"}).prune
+    assert (prune.cache_cold_after_s, prune.ceiling_messages) == (0, 200)
+    opted = Settings.from_env({"DATABASE_URL": "postgresql://x/y",
+                               "COACH_PRUNE_CACHE_COLD_SECONDS": "86400"}).prune
+    assert opted.cache_cold_after_s == 86400

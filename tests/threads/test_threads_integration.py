@@ -58,6 +58,8 @@ async def suite(
         "COACH_LEDGER_ADDR": real_ledger.address,
         "COACH_STATEFUL_API": api,
         "COACH_THREADS_RELAY_INTERVAL_SECONDS": "0.05",
+        # The window rule (rotate once full); the cache-aware rule is test_threads_domain's.
+        "COACH_PRUNE_CACHE_COLD_SECONDS": "0",
     })
     async with grpc.aio.insecure_channel(threads.address) as t, \
             grpc.aio.insecure_channel(real_ledger.address) as lg:

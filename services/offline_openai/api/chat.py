@@ -6,13 +6,16 @@ from typing import Any
 
 from aiohttp import web
 
+from ..caching import RETENTIONS
 from ..errors import ApiError, bad_request
-from ..generation import ModelCall, ModelResult
+from ..generation import ModelCall, ModelResult, reported_tier
 from ..items import content_text, function_tool_names, goal_from_arguments
-from ..replies import GoalCall
+from ..replies import VERBOSITIES, GoalCall
 from ..store import new_id, now
 from ..tokens import Segment
 from .http import (
+    SERVICE_TIERS,
+    choice_param,
     no_stream,
     note_call,
     optional_int,
@@ -30,7 +33,8 @@ def _chat_usage(result: ModelResult) -> dict[str, Any]:
         "prompt_tokens": result.input_tokens,
         "completion_tokens": result.output_tokens,
         "total_tokens": result.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": result.cached_tokens, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens, "audio_tokens": 0,
+                                  "cache_write_tokens": result.cache_write_tokens},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -76,6 +80,10 @@ class ChatRoutes(Routes):
         max_tokens = optional_int(body, "max_completion_tokens") or optional_int(
             body, "max_tokens"
         )
+        retention = choice_param(body.get("prompt_cache_retention"), "prompt_cache_retention",
+                                 RETENTIONS)
+        verbosity = choice_param(body.get("verbosity"), "verbosity", VERBOSITIES)
+        tier = choice_param(body.get("service_tier"), "service_tier", SERVICE_TIERS)
         await self._model_latency()
         result = self.model.generate(
             ModelCall(
@@ -86,6 +94,8 @@ class ChatRoutes(Routes):
                 cache_key=optional_str(body, "prompt_cache_key") or None,
                 max_output_tokens=max_tokens,
                 saved_goal=saved_goal if segments[-1].role == "tool" else "",
+                cache_retention=retention,
+                verbosity=verbosity,
             )
         )
         note_call(request, model, result)
@@ -122,7 +132,7 @@ class ChatRoutes(Routes):
                     }
                 ],
                 "usage": _chat_usage(result),
-                "service_tier": "default",
+                "service_tier": reported_tier(tier),
                 "system_fingerprint": "fp_offline",
             }
         )

@@ -107,3 +107,15 @@ def note_call(request: web.Request, model: str, result: ModelResult) -> None:
         "cached_tokens": result.cached_tokens,
         "output_tokens": result.output_tokens,
     }
+
+
+def choice_param(value: Any, name: str, choices: tuple[str, ...]) -> str | None:
+    """An optional string that must be one of ``choices`` (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in choices:
+        raise bad_request(f"'{name}' must be one of {', '.join(choices)}", name)
+    return value
+
+
+SERVICE_TIERS = ("auto", "default", "flex", "priority", "scale")

@@ -7,8 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..caching import RETENTIONS
 from ..errors import ApiError, bad_request, not_found
-from ..generation import ModelCall, ModelResult
+from ..generation import ModelCall, ModelResult, reported_tier
 from ..items import (
     function_tool_names,
     input_item,
@@ -16,9 +17,11 @@ from ..items import (
     reply_items,
     saved_goal_for_output,
 )
-from ..replies import GoalCall, TextReply
+from ..replies import VERBOSITIES, GoalCall, TextReply
 from ..store import Conversation, ResponseRecord, StoredItem, new_id, now
 from .http import (
+    SERVICE_TIERS,
+    choice_param,
     metadata_param,
     no_stream,
     note_call,
@@ -37,7 +40,8 @@ from .routes import Routes
 def _responses_usage(result: ModelResult) -> dict[str, Any]:
     return {
         "input_tokens": result.input_tokens,
-        "input_tokens_details": {"cached_tokens": result.cached_tokens, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": result.cached_tokens,
+                                 "cache_write_tokens": result.cache_write_tokens},
         "output_tokens": result.output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": result.total_tokens,
@@ -97,6 +101,14 @@ class ResponsesRoutes(Routes):
         everything = context + new_items
         max_output_tokens = optional_int(body, "max_output_tokens")
         cache_key = optional_str(body, "prompt_cache_key") or None
+        retention = choice_param(body.get("prompt_cache_retention"), "prompt_cache_retention",
+                                 RETENTIONS)
+        text_param = body.get("text")
+        if text_param is not None and not isinstance(text_param, dict):
+            raise bad_request("'text' must be an object", "text")
+        verbosity = choice_param((text_param or {}).get("verbosity"), "text.verbosity",
+                                 VERBOSITIES)
+        tier = choice_param(body.get("service_tier"), "service_tier", SERVICE_TIERS)
         await self._model_latency()
         result = self.model.generate(
             ModelCall(
@@ -108,6 +120,8 @@ class ResponsesRoutes(Routes):
                 cache_key=cache_key,
                 max_output_tokens=max_output_tokens,
                 saved_goal=saved_goal_for_output(everything),
+                cache_retention=retention,
+                verbosity=verbosity,
             )
         )
         note_call(request, model, result)
@@ -138,14 +152,15 @@ class ResponsesRoutes(Routes):
             "store": body.get("store", True) is not False,
             "temperature": optional_float(body, "temperature", 1.0),
             "top_p": optional_float(body, "top_p", 1.0),
-            "text": {"format": {"type": "text"}},
+            "text": {"format": {"type": "text"}, "verbosity": verbosity or "medium"},
+            "prompt_cache_retention": retention,
             "tool_choice": body.get("tool_choice", "auto"),
             "tools": tools,
             "truncation": body.get("truncation", "disabled"),
             "usage": _responses_usage(result),
             "user": body.get("user"),
             "metadata": metadata_param(body),
-            "service_tier": "default",
+            "service_tier": reported_tier(tier),
         }
         if response["store"]:
             self.store.remember_response(ResponseRecord(response, everything + output))

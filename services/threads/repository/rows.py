@@ -93,6 +93,7 @@ def conversation_from_row(row: asyncpg.Record) -> Conversation:
         seed_turns=row["seed_turns"],
         turns_in_window=row["turns_in_window"],
         generation=row["generation"],
+        updated_at=row["updated_at"],
     )
 
 

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63oach/type/v1/types.proto\x12\rcoach.type.v1\"7\n\x04Turn\x12!\n\x04role\x18\x01 \x01(\x0e\x32\x13.coach.type.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"k\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x03\"M\n\x06\x43harge\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.coach.type.v1.Usage\x12\x0f\n\x07purpose\x18\x03 \x01(\t\"u\n\x0bUserContext\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63urrent_streak\x18\x02 \x01(\x05\x12\x17\n\nlocal_hour\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08timezone\x18\x04 \x01(\tB\r\n\x0b_local_hour*q\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x11\n\rROUTE_PATTERN\x10\x01\x12\x15\n\x11ROUTE_COMPLETIONS\x10\x02\x12\x13\n\x0fROUTE_ASSISTANT\x10\x03\x12\x12\n\x0eROUTE_FALLBACK\x10\x04*\xf5\x02\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_TYPE_GREETING\x10\x01\x12 \n\x1cMESSAGE_TYPE_ACKNOWLEDGEMENT\x10\x02\x12\x19\n\x15MESSAGE_TYPE_CHECK_IN\x10\x03\x12\x1c\n\x18MESSAGE_TYPE_CELEBRATION\x10\x04\x12\x1b\n\x17MESSAGE_TYPE_STRUGGLING\x10\x05\x12\x19\n\x15MESSAGE_TYPE_QUESTION\x10\x06\x12\x1f\n\x1bMESSAGE_TYPE_ACCOUNTABILITY\x10\x07\x12\x1d\n\x19MESSAGE_TYPE_GOAL_SETTING\x10\x08\x12!\n\x1dMESSAGE_TYPE_PATTERN_ANALYSIS\x10\t\x12\x1e\n\x1aMESSAGE_TYPE_DEEP_COACHING\x10\n\x12\x17\n\x13MESSAGE_TYPE_CRISIS\x10\x0b*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_COACH\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63oach/type/v1/types.proto\x12\rcoach.type.v1\"7\n\x04Turn\x12!\n\x04role\x18\x01 \x01(\x0e\x32\x13.coach.type.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb0\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x05 \x01(\x03\x12\x14\n\x0cservice_tier\x18\x06 \x01(\t\x12\x11\n\ttruncated\x18\x07 \x01(\x08\"M\n\x06\x43harge\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.coach.type.v1.Usage\x12\x0f\n\x07purpose\x18\x03 \x01(\t\"u\n\x0bUserContext\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63urrent_streak\x18\x02 \x01(\x05\x12\x17\n\nlocal_hour\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08timezone\x18\x04 \x01(\tB\r\n\x0b_local_hour*q\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x11\n\rROUTE_PATTERN\x10\x01\x12\x15\n\x11ROUTE_COMPLETIONS\x10\x02\x12\x13\n\x0fROUTE_ASSISTANT\x10\x03\x12\x12\n\x0eROUTE_FALLBACK\x10\x04*\xf5\x02\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_TYPE_GREETING\x10\x01\x12 \n\x1cMESSAGE_TYPE_ACKNOWLEDGEMENT\x10\x02\x12\x19\n\x15MESSAGE_TYPE_CHECK_IN\x10\x03\x12\x1c\n\x18MESSAGE_TYPE_CELEBRATION\x10\x04\x12\x1b\n\x17MESSAGE_TYPE_STRUGGLING\x10\x05\x12\x19\n\x15MESSAGE_TYPE_QUESTION\x10\x06\x12\x1f\n\x1bMESSAGE_TYPE_ACCOUNTABILITY\x10\x07\x12\x1d\n\x19MESSAGE_TYPE_GOAL_SETTING\x10\x08\x12!\n\x1dMESSAGE_TYPE_PATTERN_ANALYSIS\x10\t\x12\x1e\n\x1aMESSAGE_TYPE_DEEP_COACHING\x10\n\x12\x17\n\x13MESSAGE_TYPE_CRISIS\x10\x0b*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_COACH\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coach.type.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTE']._serialized_start=408
-  _globals['_ROUTE']._serialized_end=521
-  _globals['_MESSAGETYPE']._serialized_start=524
-  _globals['_MESSAGETYPE']._serialized_end=897
-  _globals['_ROLE']._serialized_start=899
-  _globals['_ROLE']._serialized_end=958
+  _globals['_ROUTE']._serialized_start=478
+  _globals['_ROUTE']._serialized_end=591
+  _globals['_MESSAGETYPE']._serialized_start=594
+  _globals['_MESSAGETYPE']._serialized_end=967
+  _globals['_ROLE']._serialized_start=969
+  _globals['_ROLE']._serialized_end=1028
   _globals['_TURN']._serialized_start=44
   _globals['_TURN']._serialized_end=99
-  _globals['_USAGE']._serialized_start=101
-  _globals['_USAGE']._serialized_end=208
-  _globals['_CHARGE']._serialized_start=210
-  _globals['_CHARGE']._serialized_end=287
-  _globals['_USERCONTEXT']._serialized_start=289
-  _globals['_USERCONTEXT']._serialized_end=406
+  _globals['_USAGE']._serialized_start=102
+  _globals['_USAGE']._serialized_end=278
+  _globals['_CHARGE']._serialized_start=280
+  _globals['_CHARGE']._serialized_end=357
+  _globals['_USERCONTEXT']._serialized_start=359
+  _globals['_USERCONTEXT']._serialized_end=476
 # @@protoc_insertion_point(module_scope)

@@ -139,10 +139,27 @@ class Usage(_message.Message):
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     cached_input_tokens: _builtins.int
     output_tokens: _builtins.int
     reasoning_tokens: _builtins.int
+    cache_write_tokens: _builtins.int
+    """Input tokens written to the prompt cache on this call (a part of
+    input_tokens, like cached_input_tokens): input_tokens_details.cache_write_tokens
+    on Responses, prompt_tokens_details.cache_write_tokens on Chat Completions.
+    Billed at the model's cache-write price where it has one.
+    """
+    service_tier: _builtins.str
+    """The service tier the upstream REPORTS it used ("default", "flex", "batch",
+    "priority"), which sets the price; empty when it reported none (priced as default).
+    """
+    truncated: _builtins.bool
+    """The reply was cut off by its max_output_tokens (Responses status "incomplete",
+    Chat Completions finish_reason "length"): a quality failure, counted.
+    """
     def __init__(
         self,
         *,
@@ -150,10 +167,13 @@ class Usage(_message.Message):
         cached_input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        service_tier: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_tokens", b"cache_write_tokens", "cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "service_tier", b"service_tier", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

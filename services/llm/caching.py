@@ -1,0 +1,62 @@
+"""Prompt-cache levers per tier (``data/caching.yaml``): the retention each tier asks for
+and the ``prompt_cache_key`` of a stateful turn (one per user)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.common.errors import ConfigError
+
+RETENTIONS = ("in_memory", "24h")
+TIERS = ("cheap", "stateful", "summary")
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    retention: dict[str, str] = field(default_factory=dict)  # tier -> retention
+    models: tuple[str, ...] = ()
+
+    def retention_for(self, tier: str, model: str) -> str | None:
+        """The prompt_cache_retention to send, or None (model does not take it, or unset)."""
+        if not model.startswith(self.models):
+            return None
+        return self.retention.get(tier)
+
+
+def user_cache_key(tier: str, prefix: str, user_id: str) -> str:
+    """One key per user and stable prefix: a user's requests share the cached conversation
+    prefix (the user id is hashed, never sent)."""
+    prefix_hash = hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:8]
+    user_hash = hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:16]
+    return f"coach-{tier}-{prefix_hash}-{user_hash}"
+
+
+def load_caching(path: Path) -> CachePolicy:
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the caching file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping with models and retention")
+    models = data.get("models") or []
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"{path}: models must be a list of model name prefixes")
+    raw = data.get("retention") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: retention must map {', '.join(TIERS)} to a retention")
+    retention: dict[str, str] = {}
+    for tier, value in raw.items():
+        if tier not in TIERS:
+            raise ConfigError(f"{path}: retention.{tier} is not a tier ({', '.join(TIERS)})")
+        if value not in RETENTIONS:
+            raise ConfigError(f"{path}: retention.{tier} must be one of "
+                              f"{', '.join(RETENTIONS)}, not {value!r}")
+        retention[str(tier)] = str(value)
+    return CachePolicy(retention=retention, models=tuple(models))
