@@ -112,6 +112,9 @@ class AssistantsBackend:
         self.clock = clock or SystemClock()
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        # Threads whose abandoned run is being cancelled: a thread takes no new message until
+        # its run has left "cancelling", so the next turn on it waits for the cancel first.
+        self._cancelling: dict[str, asyncio.Task[None]] = {}
 
     # -- the assistant ----------------------------------------------------------------
 
@@ -191,6 +194,11 @@ class AssistantsBackend:
         return thread_id
 
     async def _add_message(self, thread_id: str, role: str, text: str, deadline: Deadline) -> None:
+        pending = self._cancelling.get(thread_id)
+        if pending is not None:
+            # Bounded by the caller's deadline; past it the add below fails as the upstream says.
+            await asyncio.wait({pending}, timeout=max(0.0, deadline.remaining() - MIN_ATTEMPT_S))
+
         async def add(timeout: float) -> None:
             await _quiet(
                 self.client.beta.threads.messages.create,
@@ -364,7 +372,14 @@ class AssistantsBackend:
 
         task = asyncio.get_running_loop().create_task(cancel())
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._cancelling[thread_id] = task
+
+        def settled(done: asyncio.Task[None]) -> None:
+            self._background.discard(done)
+            if self._cancelling.get(thread_id) is done:
+                del self._cancelling[thread_id]
+
+        task.add_done_callback(settled)
 
     async def close(self) -> None:
         if self._background:

@@ -171,13 +171,16 @@ async def test_an_assistants_run_cut_at_the_deadline_leaves_the_thread_usable(
                                   path_prefix=f"/v1/threads/{thread.conversation_id}/runs/")
         error, _ = await failing(llm.stub.StatefulTurn(turn, timeout=2))
         assert error.code() is grpc.StatusCode.UNAVAILABLE
-        # ... and the abandoned run is cancelled, so the user's next turn is answered.
+        # ... and the abandoned run is being cancelled; the user's next turn waits for the
+        # cancel to finish (the thread takes no message while a run is "cancelling") and is
+        # answered.
         runs = offline_openai.store.thread(thread.conversation_id).runs
         await eventually(lambda: all(r.body["status"] in ("cancelled", "cancelling", "completed",
                                                           "failed", "expired")
                                      for r in runs.values()),
-                         what="the abandoned run cancelled")
+                         what="the abandoned run being cancelled")
         assert (await llm.stub.StatefulTurn(turn, timeout=5)).texts
+        assert all(r.body["status"] != "cancelling" for r in runs.values())
 
 
 def upstream_requests(offline_openai: Any, path: str) -> int:
