@@ -52,6 +52,8 @@ async def create_server(settings: Settings) -> CoachServer:
             daily_messages=settings.daily_messages,
             daily_budget_enabled=settings.daily_budget_enabled,
             default_deadline_s=settings.chat_deadline_s,
+            claims=settings.request_claims,
+            claim_margin_s=settings.claim_margin_s,
         ),
     )
 

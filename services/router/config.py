@@ -15,6 +15,8 @@
 | COACH_ROUTER_JOURNAL_FSYNC | fsync every journaled answer (survives power loss, slower) | false |
 | COACH_ROUTER_JOURNAL_LINGER_MS | how long a journal batch may wait to fill before it is sent (larger batches: less CPU per stored answer; answers reach threads and the ledger that much later) | 250 |
 | COACH_ROUTER_USER_CACHE_SIZE | users whose state the router caches; 0 turns the cache off | 100000 |
+| COACH_ROUTER_REQUEST_CLAIMS | claim each caller-given request id in threads before deciding, so a retry on any router replica gets the first answer (false only for a single router: saves one threads call per cached message) | true |
+| COACH_ROUTER_CLAIM_MARGIN_SECONDS | how long a claim outlives the caller's deadline (then a dead router's claim is taken over) | 30 |
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Settings:
     journal_fsync: bool
     journal_linger_s: float
     user_cache_size: int
+    request_claims: bool = True
+    claim_margin_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,4 +78,7 @@ class Settings:
             journal_linger_s=(env.float("COACH_ROUTER_JOURNAL_LINGER_MS", 250.0, minimum=0.0)
                               or 0.0) / 1000,
             user_cache_size=env.int("COACH_ROUTER_USER_CACHE_SIZE", 100_000, minimum=0) or 0,
+            request_claims=env.bool("COACH_ROUTER_REQUEST_CLAIMS", True),
+            claim_margin_s=env.float("COACH_ROUTER_CLAIM_MARGIN_SECONDS", 30.0, minimum=1.0)
+            or 30.0,
         )

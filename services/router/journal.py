@@ -202,6 +202,10 @@ class AnswerJournal:
     def pending(self) -> int:
         return len(self._pending)
 
+    def pending_for(self, user_id: str) -> int:
+        """This user's answers journaled and not stored yet."""
+        return self._per_user.get(user_id, 0)
+
     async def flush_user(self, user_id: str, timeout: float) -> None:
         """Waits until every journaled answer of the user is stored in threads."""
         if not self._per_user[user_id]:

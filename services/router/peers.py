@@ -29,6 +29,8 @@ from services.common.rich_status import error_from_rpc
 from services.common.usage import Charge, Usage
 from services.common.vocabulary import COACH, USER, MessageType, Route, Turn
 from services.router.answering import (
+    AnswerClaim,
+    BegunAnswer,
     Completion,
     CompletionInput,
     StatefulTurnInput,
@@ -40,6 +42,7 @@ from services.router.journal import BatchOutcome
 from services.router.user_cache import Change
 
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # threads: the request_id belongs to another user
+REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"  # threads: another replica is answering it
 
 # Status codes of an upstream call that mean "answer with a fallback".
 _UPSTREAM_TROUBLE = {
@@ -62,6 +65,8 @@ def storage_error(exc: grpc.aio.AioRpcError, what: str) -> CoachError:
             reason=REQUEST_ID_REUSED,
             violations=[FieldViolation("request_id", "already used for another user's message")],
         )
+    if reason == REQUEST_IN_PROGRESS:  # another replica is answering it: retry
+        return Unavailable(exc.details() or what, reason=REQUEST_IN_PROGRESS, retry_after_s=0.5)
     if code == "INVALID_ARGUMENT":
         return InvalidArgument(exc.details() or what, reason=reason or "INVALID_ARGUMENT",
                                violations=violations)
@@ -172,6 +177,40 @@ class GrpcThreads:
             messages_today=reply.messages_today,
             last_canned_reply=reply.last_canned_reply,
         )
+
+    async def begin_answer(self, claim: AnswerClaim, recent: int, timeout: float) -> BegunAnswer:
+        try:
+            reply = await self.stub.BeginAnswer(
+                threads_service_pb2.BeginAnswerRequest(
+                    user_id=claim.user_id, request_id=claim.request_id, holder=self.origin,
+                    claim_token=claim.token, lease_ms=max(int(claim.lease_s * 1000), 1),
+                    wait_ms=int(claim.wait_s * 1000), recent_turns=recent,
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
+        if reply.HasField("existing"):
+            return BegunAnswer(answer_from_proto(reply.existing), 0)
+        state = None
+        if recent > 0:
+            state = UserState(
+                message_count=reply.message_count,
+                recent_turns=tuple(turn_from_proto(t) for t in reply.recent_turns),
+                existing=None,
+                messages_today=reply.messages_today,
+                last_canned_reply=reply.last_canned_reply,
+            )
+        return BegunAnswer(None, reply.message_count, state)
+
+    async def abandon_answer(self, claim: AnswerClaim, timeout: float) -> None:
+        try:
+            await self.stub.AbandonAnswer(
+                threads_service_pb2.AbandonAnswerRequest(request_id=claim.request_id,
+                                                         claim_token=claim.token),
+                timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
 
     async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
         """The journal's sink: stores answers in order, one transaction for the batch."""

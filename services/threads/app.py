@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from coach.threads.v1 import threads_service_pb2, threads_service_pb2_grpc
 from services.common.clients import open_channel
 from services.common.db import apply_migrations, create_pool
 from services.common.server import CoachServer, Registration
+from services.threads.answer_claims import AnswerClaims
 from services.threads.config import Settings
 from services.threads.history import History
 from services.threads.ledger_client import LedgerClient
@@ -26,6 +28,9 @@ from services.threads.user_changes import UserChanges
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Claims on request ids are kept an hour (threads.exchanges answers retries after that).
+CLAIMS_KEPT_S = 3600.0
+CLAIMS_SWEEP_EVERY_S = 60.0
 
 
 async def create_server(settings: Settings) -> CoachServer:
@@ -58,6 +63,9 @@ async def create_server(settings: Settings) -> CoachServer:
         on_rotated=retirer.notify,
     )
     changes = UserChanges(lambda: asyncpg.connect(settings.database_url))
+    claims = AnswerClaims(repository.claims, history)
+    sweeper = asyncio.create_task(
+        claims.sweep_forever(CLAIMS_KEPT_S, every_s=CLAIMS_SWEEP_EVERY_S), name="claim-sweeper")
     changes.start()
     relay.start()
     retirer.start()
@@ -69,6 +77,7 @@ async def create_server(settings: Settings) -> CoachServer:
         "delete_rotated_conversations": settings.retire.enabled})
 
     async def end_watches() -> None:
+        sweeper.cancel()
         await changes.stop()
 
     async def finish_turns() -> None:
@@ -88,7 +97,7 @@ async def create_server(settings: Settings) -> CoachServer:
     return CoachServer(
         settings.server,
         [Registration(threads_service_pb2_grpc.add_ThreadsServiceServicer_to_server,
-                      ThreadsServicer(history, turns, changes), name)],
+                      ThreadsServicer(history, turns, changes, claims), name)],
         on_drain=[end_watches, finish_turns],
         on_stop=[flush_ledger, close],
     )
