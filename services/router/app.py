@@ -33,7 +33,9 @@ async def create_server(settings: Settings) -> CoachServer:
     origin = f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     threads = GrpcThreads(threads_channel, origin=origin)
     journal = AnswerJournal(JournalSettings(settings.journal_dir, fsync=settings.journal_fsync,
-                                            linger_s=settings.journal_linger_s), threads)
+                                            linger_s=settings.journal_linger_s,
+                                            adopt_siblings=settings.journal_adopt_siblings),
+                            threads)
     journal.open()
     cache = UserStateCache(max_users=settings.user_cache_size, recent_turns=settings.recent_turns)
     following = (asyncio.create_task(follow_changes(cache, threads.changes, origin))
