@@ -13,6 +13,7 @@ holds each answer's cost once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from tests.helpers.polling import eventually
 from tests.helpers.processes import MESSAGES, process_suite
 
 REPLICAS = "router=2,threads=2,llm=2"
+DAILY_MESSAGES = 40
 CONTEXT = types_pb2.UserContext(local_hour=10, display_name="Ana")
 ROUND_ROBIN = [("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))]
 
@@ -60,7 +62,8 @@ async def replicas(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     extra = {"COACH_REPLICAS": REPLICAS,
              # a dead router's claims expire soon after their caller's deadline
              "COACH_ROUTER_CLAIM_MARGIN_SECONDS": "2",
-             "COACH_LEDGER_FLUSH_INTERVAL_SECONDS": "0.05"}
+             "COACH_LEDGER_FLUSH_INTERVAL_SECONDS": "0.05",
+             "COACH_USER_DAILY_MESSAGES": str(DAILY_MESSAGES)}
     async with process_suite(pg_url, tmp / "data", tmp / "logs", extra) as suite:
         assert len(suite.replicas["router"]) == 2 and len(suite.replicas["threads"]) == 2
         channels = [grpc.aio.insecure_channel(a) for a in suite.replicas["router"]]
@@ -176,6 +179,61 @@ async def test_copies_at_once_on_both_routers_get_one_answer_and_one_charge(
     answered_upstream = sum(await asyncio.gather(*(user(i) for i in range(8))))
     assert replicas.upstream_calls() - before == answered_upstream
     await assert_stored_once_in_order(replicas, prefix, sent)
+
+
+async def test_the_user_cache_follows_answers_given_on_the_other_router(
+        replicas: Replicas) -> None:
+    """Both routers cache the user; each answer the other one gives counts at once: the
+    first 3 messages are onboarding (stateful tier), the 4th on is a canned reply, and a
+    canned reply is never the one given just before, whichever router gave that."""
+    for i in range(4):
+        user = f"cache-{uuid.uuid4().hex[:6]}-{i}"
+        replies = [await replicas.routers[(n + i) % 2].Chat(ask(user, "hey", uuid.uuid4().hex),
+                                                            timeout=20)
+                   for n in range(7)]
+        assert [r.route for r in replies] == [types_pb2.ROUTE_ASSISTANT] * 3 + [
+            types_pb2.ROUTE_PATTERN] * 4, user
+        canned = [tuple(r.messages) for r in replies[3:]]
+        assert all(a != b for a, b in itertools.pairwise(canned)), canned
+
+
+async def test_one_provider_conversation_per_user_across_replicas(replicas: Replicas) -> None:
+    """Stateful messages alternating routers, then two at once (one per router): every
+    answer is in the user's one conversation, and the store maps one."""
+    prefix = f"conv-{uuid.uuid4().hex[:6]}-"
+
+    async def user(i: int) -> set[str]:
+        name = f"{prefix}{i}"
+        conversations = set()
+        for n in range(3):
+            reply = await replicas.routers[(n + i) % 2].Chat(
+                ask(name, MESSAGES[2], uuid.uuid4().hex), timeout=20)
+            conversations.add(reply.conversation_id)
+        both = await asyncio.gather(*(r.Chat(ask(name, MESSAGES[2], uuid.uuid4().hex),
+                                             timeout=20) for r in replicas.routers))
+        assert all(r.route == types_pb2.ROUTE_ASSISTANT for r in both)
+        return conversations | {r.conversation_id for r in both}
+
+    for conversations in await asyncio.gather(*(user(i) for i in range(4))):
+        assert len(conversations) == 1 and "" not in conversations, conversations
+    rows = await fetch(replicas.pg_url, """SELECT user_id, count(*) AS n
+        FROM threads.conversations WHERE user_id LIKE $1 GROUP BY user_id""", prefix)
+    assert sorted(r["n"] for r in rows) == [1, 1, 1, 1]
+
+
+async def test_the_daily_message_limit_holds_across_routers(replicas: Replicas) -> None:
+    """COACH_USER_DAILY_MESSAGES over both routers together: the user's messages alternate
+    between them, and the one past the limit is refused, whichever router gets it."""
+    user = f"limit-{uuid.uuid4().hex[:6]}"
+    codes = []
+    for n in range(DAILY_MESSAGES + 3):
+        try:
+            await replicas.routers[n % 2].Chat(ask(user, "hey", uuid.uuid4().hex), timeout=20)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.aio.AioRpcError as exc:
+            codes.append(exc.code())
+    assert codes == [grpc.StatusCode.OK] * DAILY_MESSAGES + [
+        grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
 
 
 async def test_a_router_killed_under_load_loses_nothing(replicas: Replicas) -> None:
