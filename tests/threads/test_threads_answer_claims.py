@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from coach.threads.v1 import threads_service_pb2 as pb
@@ -83,3 +84,27 @@ async def test_a_claim_waits_for_the_users_earlier_answers_claimed_elsewhere(
     state = await asyncio.wait_for(later, 5)
     assert state.message_count == 1 and [t.text for t in state.recent_turns] == [
         "did my run", "Nice. How far?"]
+
+
+async def test_a_second_answer_to_an_answered_request_id_owes_its_charge(
+        stubs: list[Stub], user_id: str, pg_url: str) -> None:
+    """A claim taken over from a router that was only slow: both answered, both paid
+    upstream. The first stored answer stands; the second one's charge is owed by the user's
+    next exchange, so the ledger still matches the upstream bill."""
+    first, second = stubs
+    answer = cheap(user_id, "did my run", "Nice. How far?")
+    await first.RecordExchange(answer)
+    again = cheap(user_id, "did my run", "Great, what distance?")
+    again.exchange.request_id = answer.exchange.request_id
+    result = await second.RecordExchanges(pb.RecordExchangesRequest(exchanges=[again.exchange]))
+    assert not result.results[0].created
+    resent = await second.RecordExchanges(pb.RecordExchangesRequest(exchanges=[answer.exchange]))
+    assert not resent.results[0].created  # the same answer sent again owes nothing
+    conn = await asyncpg.connect(pg_url)
+    try:
+        owed = await conn.fetch(
+            "SELECT charge->>'purpose' AS purpose FROM threads.pending_charges WHERE user_id = $1",
+            user_id)
+    finally:
+        await conn.close()
+    assert [r["purpose"] for r in owed] == ["duplicate_answer"]
