@@ -227,6 +227,9 @@ class ChatService:
         self._unattended = Unattended("answer")
         # Claims being given back (the message was refused), in the background.
         self._abandoning: set[asyncio.Task[None]] = set()
+        # Every claim token of this process starts with it: after a crash, the next process
+        # gives back the claims with another prefix (threads' AbandonStaleClaims).
+        self.claim_token_prefix = f"{uuid.uuid4().hex[:12]}."
 
     # -- decisions ------------------------------------------------------------------
 
@@ -373,7 +376,7 @@ class ChatService:
         if cached is not None and cached.existing is not None:
             return cached, None  # answered here: the answer the store has (or will have)
         left = self._left(deadline)
-        claim = AnswerClaim(user_id, request_id, uuid.uuid4().hex,
+        claim = AnswerClaim(user_id, request_id, self.claim_token_prefix + uuid.uuid4().hex,
                             lease_s=left + self.policy.claim_margin_s,
                             wait_s=max(left - self.policy.fallback_reserve_s, 0.0))
         if cached is None:

@@ -122,6 +122,8 @@ class AnswerJournal:
         self._progress = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        # Segments up to this one held answers an earlier process left (0: none).
+        self._leftovers_through = 0
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class AnswerJournal:
         if self.settings.adopt_siblings:
             self._adopt_orphans(directory)
         left = self._load_leftovers(directory)
+        self._leftovers_through = self._segment if left else 0
         if left:
             log.warning("journal: sending answers an earlier process left unsent",
                         extra={"answers": left})
@@ -212,6 +215,11 @@ class AnswerJournal:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    async def leftovers_stored(self) -> None:
+        """Returns once the answers an earlier process left in the journal are stored."""
+        while self._pending and self._pending[0].segment <= self._leftovers_through:
+            await self._progress.wait()  # a fresh event after each batch stored
 
     def pending_for(self, user_id: str) -> int:
         """This user's answers journaled and not stored yet."""

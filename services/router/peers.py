@@ -155,10 +155,12 @@ def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Exchange:
 # -- clients ------------------------------------------------------------------------
 
 class GrpcThreads:
-    def __init__(self, channel: grpc.aio.Channel, *, origin: str) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, origin: str, holder: str = "") -> None:
         self.stub = threads_service_pb2_grpc.ThreadsServiceStub(channel)
         # Written on every write, so this router can tell its own changes from others'.
         self.origin = origin
+        # This router in its claims, the same across its restarts (see abandon_stale_claims).
+        self.holder = holder or origin
 
     async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState:
         try:
@@ -182,7 +184,7 @@ class GrpcThreads:
         try:
             reply = await self.stub.BeginAnswer(
                 threads_service_pb2.BeginAnswerRequest(
-                    user_id=claim.user_id, request_id=claim.request_id, holder=self.origin,
+                    user_id=claim.user_id, request_id=claim.request_id, holder=self.holder,
                     claim_token=claim.token, lease_ms=max(int(claim.lease_s * 1000), 1),
                     wait_ms=int(claim.wait_s * 1000), recent_turns=recent,
                 ),
@@ -211,6 +213,17 @@ class GrpcThreads:
                 timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise storage_error(exc, "the conversation store") from exc
+
+    async def abandon_stale_claims(self, current_token_prefix: str, timeout: float) -> int:
+        """Gives back the unanswered claims this router's earlier process left (it died)."""
+        try:
+            reply = await self.stub.AbandonStaleClaims(
+                threads_service_pb2.AbandonStaleClaimsRequest(
+                    holder=self.holder, current_token_prefix=current_token_prefix),
+                timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
+        return int(reply.abandoned)
 
     async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
         """The journal's sink: stores answers in order, one transaction for the batch."""

@@ -97,6 +97,9 @@ class AnswerClaims:
     async def abandon(self, request_id: str, token: str) -> None:
         await self.claims.abandon(request_id, token)
 
+    async def abandon_stale(self, holder: str, current_token_prefix: str) -> int:
+        return await self.claims.abandon_stale(holder, current_token_prefix)
+
     async def sweep_forever(self, older_than_s: float, every_s: float) -> None:
         """Deletes old claims (answered or expired long ago) for as long as it runs."""
         while True:

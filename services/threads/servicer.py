@@ -201,6 +201,17 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         await self.claims.abandon(request.request_id, request.claim_token)
         return pb.AbandonAnswerResponse()
 
+    async def AbandonStaleClaims(
+        self, request: pb.AbandonStaleClaimsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbandonStaleClaimsResponse:
+        v = Validator()
+        v.text("holder", request.holder, max_chars=MAX_NAME_CHARS, required=True)
+        v.text("current_token_prefix", request.current_token_prefix, max_chars=MAX_NAME_CHARS,
+               required=True)
+        v.raise_if_any()
+        abandoned = await self.claims.abandon_stale(request.holder, request.current_token_prefix)
+        return pb.AbandonStaleClaimsResponse(abandoned=abandoned)
+
     async def RecordExchange(
         self, request: pb.RecordExchangeRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordExchangeResponse:

@@ -182,3 +182,25 @@ async def test_a_router_adopts_the_journals_of_routers_gone_from_sibling_folders
     await settled(live)
     await live.close(timeout=1)
     await adopter.close(timeout=1)
+
+
+async def test_leftovers_stored_waits_for_what_an_earlier_process_left(tmp_path: Path) -> None:
+    sink = Sink()
+    sink.down = True
+    first = journal(tmp_path, sink)
+    first.append(answer("ann", 0))
+    await first.close(timeout=0.1)
+    sink.gate = asyncio.Event()
+    second = journal(tmp_path, sink)
+    second.append(answer("ann", 1))
+    sink.down = False
+    waiting = asyncio.create_task(second.leftovers_stored())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    sink.gate.set()
+    await asyncio.wait_for(waiting, 5)
+    await settled(second)
+    await second.close(timeout=1)
+    fresh = journal(tmp_path / "empty", Sink())
+    await asyncio.wait_for(fresh.leftovers_stored(), 1)  # nothing left: at once
+    await fresh.close(timeout=1)

@@ -108,3 +108,23 @@ async def test_a_second_answer_to_an_answered_request_id_owes_its_charge(
     finally:
         await conn.close()
     assert [r["purpose"] for r in owed] == ["duplicate_answer"]
+
+
+async def test_a_restarted_router_gives_back_what_its_dead_process_claimed(
+        stubs: list[Stub], user_id: str) -> None:
+    """Same holder, the old process's token prefix: given back; the new process's claims and
+    other routers' stay."""
+    first, second = stubs
+    stale, current, others = rid(), rid(), rid()
+    await first.BeginAnswer(begin(user_id, stale, "router-h:/j", token="old1.a"))
+    await first.BeginAnswer(begin(user_id, current, "router-h:/j", token="new1.b"))
+    await first.BeginAnswer(begin(user_id, others, "router-x:/j", token="old1.c"))
+    given = await second.AbandonStaleClaims(pb.AbandonStaleClaimsRequest(
+        holder="router-h:/j", current_token_prefix="new1."))
+    assert given.abandoned == 1
+    taken = await second.BeginAnswer(begin(user_id, stale, "router-b"))
+    assert not taken.HasField("existing")
+    for held in (current, others):
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await second.BeginAnswer(begin(user_id, held, "router-b"))
+        assert failure_of(busy.value).reason == "REQUEST_IN_PROGRESS"

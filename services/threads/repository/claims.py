@@ -86,6 +86,14 @@ class ClaimStore:
                 WHERE request_id = $1 AND token = $2 AND expires_at < 'infinity'""",
             request_id, token)
 
+    async def abandon_stale(self, holder: str, current_token_prefix: str) -> int:
+        """Gives back the unanswered claims of ``holder`` not taken by its current process."""
+        result = await self.pool.execute(
+            """DELETE FROM threads.answer_claims
+                WHERE holder = $1 AND NOT starts_with(token, $2) AND expires_at < 'infinity'""",
+            holder, current_token_prefix)
+        return int(result.split()[-1])
+
     async def sweep(self, older_than_s: float, limit: int = 10_000) -> int:
         """Deletes claims older than ``older_than_s`` (answered or expired long ago)."""
         result = await self.pool.execute(

@@ -26,7 +26,7 @@ from coach.type.v1 import types_pb2 as coach_dot_type_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&coach/threads/v1/threads_service.proto\x12\x10\x63oach.threads.v1\x1a\x19\x63oach/type/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n\x08\x45xchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tuser_text\x18\x03 \x01(\t\x12\x13\n\x0b\x63oach_texts\x18\x04 \x03(\t\x12#\n\x05route\x18\x05 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x06 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\x0f\n\x07pattern\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12&\n\x07\x63harges\x18\t \x03(\x0b\x32\x15.coach.type.v1.Charge\x12\x17\n\x0f\x63onversation_id\x18\n \x01(\t\x12\x12\n\nlatency_ms\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_turns\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb9\x01\n\x14GetUserStateResponse\x12\x15\n\rmessage_count\x18\x01 \x01(\x05\x12)\n\x0crecent_turns\x18\x02 \x03(\x0b\x32\x13.coach.type.v1.Turn\x12,\n\x08\x65xisting\x18\x03 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x16\n\x0emessages_today\x18\x04 \x01(\x05\x12\x19\n\x11last_canned_reply\x18\x05 \x01(\t\"\x97\x01\n\x12\x42\x65ginAnswerRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06holder\x18\x03 \x01(\t\x12\x13\n\x0b\x63laim_token\x18\x04 \x01(\t\x12\x10\n\x08lease_ms\x18\x05 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x06 \x01(\x05\x12\x14\n\x0crecent_turns\x18\x07 \x01(\x05\"\xb8\x01\n\x13\x42\x65ginAnswerResponse\x12,\n\x08\x65xisting\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x15\n\rmessage_count\x18\x02 \x01(\x05\x12)\n\x0crecent_turns\x18\x03 \x03(\x0b\x32\x13.coach.type.v1.Turn\x12\x16\n\x0emessages_today\x18\x04 \x01(\x05\x12\x19\n\x11last_canned_reply\x18\x05 \x01(\t\"?\n\x14\x41\x62\x61ndonAnswerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63laim_token\x18\x02 \x01(\t\"\x17\n\x15\x41\x62\x61ndonAnswerResponse\"U\n\x15RecordExchangeRequest\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"W\n\x16RecordExchangeResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"W\n\x16RecordExchangesRequest\x12-\n\texchanges\x18\x01 \x03(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"N\n\x17RecordExchangesResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".coach.threads.v1.RecordedExchange\"j\n\x10RecordedExchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0frejected_reason\x18\x03 \x01(\t\x12\x18\n\x10rejected_message\x18\x04 \x01(\t\")\n\x17WatchUserChangesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\";\n\x18WatchUserChangesResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\"\x8e\x02\n\x16RunStatefulTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12+\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x1a.coach.type.v1.UserContext\x12\r\n\x05model\x18\x06 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x08\x12\x0e\n\x06origin\x18\n \x01(\t\"X\n\x17RunStatefulTurnResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"M\n\x13ListMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xeb\x01\n\rStoredMessage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.coach.type.v1.Role\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x05route\x18\x04 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x05 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\r\n\x05model\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x14ListMessagesResponse\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.coach.threads.v1.StoredMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x14\x43ountMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"&\n\x15\x43ountMessagesResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\")\n\x16GetConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x17GetConversationResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x17\n\x0fturns_in_window\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x05\x32\xf8\x07\n\x0eThreadsService\x12]\n\x0cGetUserState\x12%.coach.threads.v1.GetUserStateRequest\x1a&.coach.threads.v1.GetUserStateResponse\x12Z\n\x0b\x42\x65ginAnswer\x12$.coach.threads.v1.BeginAnswerRequest\x1a%.coach.threads.v1.BeginAnswerResponse\x12`\n\rAbandonAnswer\x12&.coach.threads.v1.AbandonAnswerRequest\x1a\'.coach.threads.v1.AbandonAnswerResponse\x12\x63\n\x0eRecordExchange\x12\'.coach.threads.v1.RecordExchangeRequest\x1a(.coach.threads.v1.RecordExchangeResponse\x12\x66\n\x0fRecordExchanges\x12(.coach.threads.v1.RecordExchangesRequest\x1a).coach.threads.v1.RecordExchangesResponse\x12k\n\x10WatchUserChanges\x12).coach.threads.v1.WatchUserChangesRequest\x1a*.coach.threads.v1.WatchUserChangesResponse0\x01\x12\x66\n\x0fRunStatefulTurn\x12(.coach.threads.v1.RunStatefulTurnRequest\x1a).coach.threads.v1.RunStatefulTurnResponse\x12]\n\x0cListMessages\x12%.coach.threads.v1.ListMessagesRequest\x1a&.coach.threads.v1.ListMessagesResponse\x12`\n\rCountMessages\x12&.coach.threads.v1.CountMessagesRequest\x1a\'.coach.threads.v1.CountMessagesResponse\x12\x66\n\x0fGetConversation\x12(.coach.threads.v1.GetConversationRequest\x1a).coach.threads.v1.GetConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&coach/threads/v1/threads_service.proto\x12\x10\x63oach.threads.v1\x1a\x19\x63oach/type/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n\x08\x45xchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tuser_text\x18\x03 \x01(\t\x12\x13\n\x0b\x63oach_texts\x18\x04 \x03(\t\x12#\n\x05route\x18\x05 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x06 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\x0f\n\x07pattern\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12&\n\x07\x63harges\x18\t \x03(\x0b\x32\x15.coach.type.v1.Charge\x12\x17\n\x0f\x63onversation_id\x18\n \x01(\t\x12\x12\n\nlatency_ms\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_turns\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb9\x01\n\x14GetUserStateResponse\x12\x15\n\rmessage_count\x18\x01 \x01(\x05\x12)\n\x0crecent_turns\x18\x02 \x03(\x0b\x32\x13.coach.type.v1.Turn\x12,\n\x08\x65xisting\x18\x03 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x16\n\x0emessages_today\x18\x04 \x01(\x05\x12\x19\n\x11last_canned_reply\x18\x05 \x01(\t\"\x97\x01\n\x12\x42\x65ginAnswerRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06holder\x18\x03 \x01(\t\x12\x13\n\x0b\x63laim_token\x18\x04 \x01(\t\x12\x10\n\x08lease_ms\x18\x05 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x06 \x01(\x05\x12\x14\n\x0crecent_turns\x18\x07 \x01(\x05\"\xb8\x01\n\x13\x42\x65ginAnswerResponse\x12,\n\x08\x65xisting\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x15\n\rmessage_count\x18\x02 \x01(\x05\x12)\n\x0crecent_turns\x18\x03 \x03(\x0b\x32\x13.coach.type.v1.Turn\x12\x16\n\x0emessages_today\x18\x04 \x01(\x05\x12\x19\n\x11last_canned_reply\x18\x05 \x01(\t\"?\n\x14\x41\x62\x61ndonAnswerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63laim_token\x18\x02 \x01(\t\"\x17\n\x15\x41\x62\x61ndonAnswerResponse\"I\n\x19\x41\x62\x61ndonStaleClaimsRequest\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x1c\n\x14\x63urrent_token_prefix\x18\x02 \x01(\t\"/\n\x1a\x41\x62\x61ndonStaleClaimsResponse\x12\x11\n\tabandoned\x18\x01 \x01(\x05\"U\n\x15RecordExchangeRequest\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"W\n\x16RecordExchangeResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"W\n\x16RecordExchangesRequest\x12-\n\texchanges\x18\x01 \x03(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0e\n\x06origin\x18\x02 \x01(\t\"N\n\x17RecordExchangesResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".coach.threads.v1.RecordedExchange\"j\n\x10RecordedExchange\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0frejected_reason\x18\x03 \x01(\t\x12\x18\n\x10rejected_message\x18\x04 \x01(\t\")\n\x17WatchUserChangesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\";\n\x18WatchUserChangesResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\"\x8e\x02\n\x16RunStatefulTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x0cmessage_type\x18\x04 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12+\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x1a.coach.type.v1.UserContext\x12\r\n\x05model\x18\x06 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x08\x12\x0e\n\x06origin\x18\n \x01(\t\"X\n\x17RunStatefulTurnResponse\x12,\n\x08\x65xchange\x18\x01 \x01(\x0b\x32\x1a.coach.threads.v1.Exchange\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"M\n\x13ListMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xeb\x01\n\rStoredMessage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.coach.type.v1.Role\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x05route\x18\x04 \x01(\x0e\x32\x14.coach.type.v1.Route\x12\x30\n\x0cmessage_type\x18\x05 \x01(\x0e\x32\x1a.coach.type.v1.MessageType\x12\r\n\x05model\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x14ListMessagesResponse\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.coach.threads.v1.StoredMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x14\x43ountMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"&\n\x15\x43ountMessagesResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\")\n\x16GetConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x17GetConversationResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x17\n\x0fturns_in_window\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x05\x32\xe9\x08\n\x0eThreadsService\x12]\n\x0cGetUserState\x12%.coach.threads.v1.GetUserStateRequest\x1a&.coach.threads.v1.GetUserStateResponse\x12Z\n\x0b\x42\x65ginAnswer\x12$.coach.threads.v1.BeginAnswerRequest\x1a%.coach.threads.v1.BeginAnswerResponse\x12`\n\rAbandonAnswer\x12&.coach.threads.v1.AbandonAnswerRequest\x1a\'.coach.threads.v1.AbandonAnswerResponse\x12o\n\x12\x41\x62\x61ndonStaleClaims\x12+.coach.threads.v1.AbandonStaleClaimsRequest\x1a,.coach.threads.v1.AbandonStaleClaimsResponse\x12\x63\n\x0eRecordExchange\x12\'.coach.threads.v1.RecordExchangeRequest\x1a(.coach.threads.v1.RecordExchangeResponse\x12\x66\n\x0fRecordExchanges\x12(.coach.threads.v1.RecordExchangesRequest\x1a).coach.threads.v1.RecordExchangesResponse\x12k\n\x10WatchUserChanges\x12).coach.threads.v1.WatchUserChangesRequest\x1a*.coach.threads.v1.WatchUserChangesResponse0\x01\x12\x66\n\x0fRunStatefulTurn\x12(.coach.threads.v1.RunStatefulTurnRequest\x1a).coach.threads.v1.RunStatefulTurnResponse\x12]\n\x0cListMessages\x12%.coach.threads.v1.ListMessagesRequest\x1a&.coach.threads.v1.ListMessagesResponse\x12`\n\rCountMessages\x12&.coach.threads.v1.CountMessagesRequest\x1a\'.coach.threads.v1.CountMessagesResponse\x12\x66\n\x0fGetConversation\x12(.coach.threads.v1.GetConversationRequest\x1a).coach.threads.v1.GetConversationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,38 +47,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ABANDONANSWERREQUEST']._serialized_end=1137
   _globals['_ABANDONANSWERRESPONSE']._serialized_start=1139
   _globals['_ABANDONANSWERRESPONSE']._serialized_end=1162
-  _globals['_RECORDEXCHANGEREQUEST']._serialized_start=1164
-  _globals['_RECORDEXCHANGEREQUEST']._serialized_end=1249
-  _globals['_RECORDEXCHANGERESPONSE']._serialized_start=1251
-  _globals['_RECORDEXCHANGERESPONSE']._serialized_end=1338
-  _globals['_RECORDEXCHANGESREQUEST']._serialized_start=1340
-  _globals['_RECORDEXCHANGESREQUEST']._serialized_end=1427
-  _globals['_RECORDEXCHANGESRESPONSE']._serialized_start=1429
-  _globals['_RECORDEXCHANGESRESPONSE']._serialized_end=1507
-  _globals['_RECORDEDEXCHANGE']._serialized_start=1509
-  _globals['_RECORDEDEXCHANGE']._serialized_end=1615
-  _globals['_WATCHUSERCHANGESREQUEST']._serialized_start=1617
-  _globals['_WATCHUSERCHANGESREQUEST']._serialized_end=1658
-  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_start=1660
-  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_end=1719
-  _globals['_RUNSTATEFULTURNREQUEST']._serialized_start=1722
-  _globals['_RUNSTATEFULTURNREQUEST']._serialized_end=1992
-  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_start=1994
-  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_end=2082
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=2084
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=2161
-  _globals['_STOREDMESSAGE']._serialized_start=2164
-  _globals['_STOREDMESSAGE']._serialized_end=2399
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2401
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2499
-  _globals['_COUNTMESSAGESREQUEST']._serialized_start=2501
-  _globals['_COUNTMESSAGESREQUEST']._serialized_end=2540
-  _globals['_COUNTMESSAGESRESPONSE']._serialized_start=2542
-  _globals['_COUNTMESSAGESRESPONSE']._serialized_end=2580
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=2582
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2623
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=2625
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=2750
-  _globals['_THREADSSERVICE']._serialized_start=2753
-  _globals['_THREADSSERVICE']._serialized_end=3769
+  _globals['_ABANDONSTALECLAIMSREQUEST']._serialized_start=1164
+  _globals['_ABANDONSTALECLAIMSREQUEST']._serialized_end=1237
+  _globals['_ABANDONSTALECLAIMSRESPONSE']._serialized_start=1239
+  _globals['_ABANDONSTALECLAIMSRESPONSE']._serialized_end=1286
+  _globals['_RECORDEXCHANGEREQUEST']._serialized_start=1288
+  _globals['_RECORDEXCHANGEREQUEST']._serialized_end=1373
+  _globals['_RECORDEXCHANGERESPONSE']._serialized_start=1375
+  _globals['_RECORDEXCHANGERESPONSE']._serialized_end=1462
+  _globals['_RECORDEXCHANGESREQUEST']._serialized_start=1464
+  _globals['_RECORDEXCHANGESREQUEST']._serialized_end=1551
+  _globals['_RECORDEXCHANGESRESPONSE']._serialized_start=1553
+  _globals['_RECORDEXCHANGESRESPONSE']._serialized_end=1631
+  _globals['_RECORDEDEXCHANGE']._serialized_start=1633
+  _globals['_RECORDEDEXCHANGE']._serialized_end=1739
+  _globals['_WATCHUSERCHANGESREQUEST']._serialized_start=1741
+  _globals['_WATCHUSERCHANGESREQUEST']._serialized_end=1782
+  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_start=1784
+  _globals['_WATCHUSERCHANGESRESPONSE']._serialized_end=1843
+  _globals['_RUNSTATEFULTURNREQUEST']._serialized_start=1846
+  _globals['_RUNSTATEFULTURNREQUEST']._serialized_end=2116
+  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_start=2118
+  _globals['_RUNSTATEFULTURNRESPONSE']._serialized_end=2206
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=2208
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=2285
+  _globals['_STOREDMESSAGE']._serialized_start=2288
+  _globals['_STOREDMESSAGE']._serialized_end=2523
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2525
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2623
+  _globals['_COUNTMESSAGESREQUEST']._serialized_start=2625
+  _globals['_COUNTMESSAGESREQUEST']._serialized_end=2664
+  _globals['_COUNTMESSAGESRESPONSE']._serialized_start=2666
+  _globals['_COUNTMESSAGESRESPONSE']._serialized_end=2704
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=2706
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2747
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=2749
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=2874
+  _globals['_THREADSSERVICE']._serialized_start=2877
+  _globals['_THREADSSERVICE']._serialized_end=4006
 # @@protoc_insertion_point(module_scope)

@@ -263,6 +263,49 @@ class AbandonAnswerResponse(_message.Message):
 Global___AbandonAnswerResponse: _TypeAlias = AbandonAnswerResponse  # noqa: Y015
 
 @_typing.final
+class AbandonStaleClaimsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDER_FIELD_NUMBER: _builtins.int
+    CURRENT_TOKEN_PREFIX_FIELD_NUMBER: _builtins.int
+    holder: _builtins.str
+    """The router (BeginAnswerRequest.holder), the same across its restarts."""
+    current_token_prefix: _builtins.str
+    """The claim tokens of the router's current process start with this; others are stale."""
+    def __init__(
+        self,
+        *,
+        holder: _builtins.str = ...,
+        current_token_prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_token_prefix", b"current_token_prefix", "holder", b"holder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonStaleClaimsRequest: _TypeAlias = AbandonStaleClaimsRequest  # noqa: Y015
+
+@_typing.final
+class AbandonStaleClaimsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ABANDONED_FIELD_NUMBER: _builtins.int
+    abandoned: _builtins.int
+    def __init__(
+        self,
+        *,
+        abandoned: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonStaleClaimsResponse: _TypeAlias = AbandonStaleClaimsResponse  # noqa: Y015
+
+@_typing.final
 class RecordExchangeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -51,6 +51,11 @@ class ThreadsServiceStub:
                 request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerRequest.SerializeToString,
                 response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerResponse.FromString,
                 _registered_method=True)
+        self.AbandonStaleClaims = channel.unary_unary(
+                '/coach.threads.v1.ThreadsService/AbandonStaleClaims',
+                request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsRequest.SerializeToString,
+                response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsResponse.FromString,
+                _registered_method=True)
         self.RecordExchange = channel.unary_unary(
                 '/coach.threads.v1.ThreadsService/RecordExchange',
                 request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeRequest.SerializeToString,
@@ -114,6 +119,15 @@ class ThreadsServiceServicer:
 
     def AbandonAnswer(self, request, context):
         """Gives back a claim that will not be answered (the caller refused the message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbandonStaleClaims(self, request, context):
+        """Gives back the unanswered claims an earlier process of the same router left when it
+        died (same holder, another token prefix), so retries need not wait for their leases:
+        a router calls it at start, once the answers its journal held are stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +208,11 @@ def add_ThreadsServiceServicer_to_server(servicer, server):
                     servicer.AbandonAnswer,
                     request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerRequest.FromString,
                     response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerResponse.SerializeToString,
+            ),
+            'AbandonStaleClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonStaleClaims,
+                    request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsRequest.FromString,
+                    response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsResponse.SerializeToString,
             ),
             'RecordExchange': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordExchange,
@@ -314,6 +333,33 @@ class ThreadsService:
             '/coach.threads.v1.ThreadsService/AbandonAnswer',
             coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerRequest.SerializeToString,
             coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonStaleClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coach.threads.v1.ThreadsService/AbandonStaleClaims',
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsRequest.SerializeToString,
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class ThreadsServiceStub:
     """
     AbandonAnswer: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonAnswerRequest, _threads_service_pb2.AbandonAnswerResponse]
     """Gives back a claim that will not be answered (the caller refused the message)."""
+    AbandonStaleClaims: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonStaleClaimsRequest, _threads_service_pb2.AbandonStaleClaimsResponse]
+    """Gives back the unanswered claims an earlier process of the same router left when it
+    died (same holder, another token prefix), so retries need not wait for their leases:
+    a router calls it at start, once the answers its journal held are stored.
+    """
     RecordExchange: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.RecordExchangeRequest, _threads_service_pb2.RecordExchangeResponse]
     """Stores an exchange answered outside the stateful tier (canned, cheap,
     fallback). Idempotent on request_id.
@@ -96,6 +101,11 @@ class ThreadsServiceAsyncStub(ThreadsServiceStub):
     """
     AbandonAnswer: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonAnswerRequest, _threads_service_pb2.AbandonAnswerResponse]  # type: ignore[assignment]
     """Gives back a claim that will not be answered (the caller refused the message)."""
+    AbandonStaleClaims: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonStaleClaimsRequest, _threads_service_pb2.AbandonStaleClaimsResponse]  # type: ignore[assignment]
+    """Gives back the unanswered claims an earlier process of the same router left when it
+    died (same holder, another token prefix), so retries need not wait for their leases:
+    a router calls it at start, once the answers its journal held are stored.
+    """
     RecordExchange: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.RecordExchangeRequest, _threads_service_pb2.RecordExchangeResponse]  # type: ignore[assignment]
     """Stores an exchange answered outside the stateful tier (canned, cheap,
     fallback). Idempotent on request_id.
@@ -159,6 +169,17 @@ class ThreadsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_threads_service_pb2.AbandonAnswerResponse, _abc.Awaitable[_threads_service_pb2.AbandonAnswerResponse]]:
         """Gives back a claim that will not be answered (the caller refused the message)."""
+
+    @_abc_1.abstractmethod
+    def AbandonStaleClaims(
+        self,
+        request: _threads_service_pb2.AbandonStaleClaimsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_threads_service_pb2.AbandonStaleClaimsResponse, _abc.Awaitable[_threads_service_pb2.AbandonStaleClaimsResponse]]:
+        """Gives back the unanswered claims an earlier process of the same router left when it
+        died (same holder, another token prefix), so retries need not wait for their leases:
+        a router calls it at start, once the answers its journal held are stored.
+        """
 
     @_abc_1.abstractmethod
     def RecordExchange(
