@@ -43,6 +43,8 @@ from services.router.user_cache import Change
 
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # threads: the request_id belongs to another user
 REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"  # threads: another replica is answering it
+# threads: the user's earlier answers given by another replica are not stored yet
+USER_ANSWERS_PENDING = "USER_ANSWERS_PENDING"
 
 # Status codes of an upstream call that mean "answer with a fallback".
 _UPSTREAM_TROUBLE = {
@@ -65,8 +67,8 @@ def storage_error(exc: grpc.aio.AioRpcError, what: str) -> CoachError:
             reason=REQUEST_ID_REUSED,
             violations=[FieldViolation("request_id", "already used for another user's message")],
         )
-    if reason == REQUEST_IN_PROGRESS:  # another replica is answering it: retry
-        return Unavailable(exc.details() or what, reason=REQUEST_IN_PROGRESS, retry_after_s=0.5)
+    if reason in (REQUEST_IN_PROGRESS, USER_ANSWERS_PENDING):  # another replica: retry
+        return Unavailable(exc.details() or what, reason=reason, retry_after_s=0.5)
     if code == "INVALID_ARGUMENT":
         return InvalidArgument(exc.details() or what, reason=reason or "INVALID_ARGUMENT",
                                violations=violations)

@@ -12,9 +12,14 @@ A router asks, before it decides anything, to begin answering (user, request id)
   the same request id) or until its lease expires (its router died): then we take over.
 
 Per-user order across routers: when other routers hold claims on this user's earlier
-messages (answered, not stored yet: still in their journals), the claim waits up to
-``order_wait_s`` for them to be stored, so that the state returned (and the answer
-decided from it) follows them, and the user's exchanges are stored in the order given.
+messages (answered, not stored yet: still in their journals), the claim waits for them to
+be stored, so that the state returned (and the answer decided from it) follows them, and
+the user's exchanges are stored in the order given. Normally that is one journal linger
+(250 ms); when the other router died with answers in its journal, until it is back and
+has stored them (or its claims expired). Should the caller's deadline come first, our
+claim is given back and the caller gets UNAVAILABLE (USER_ANSWERS_PENDING: retry with the
+same request id): an answer stored out of order would be seen out of order by the user's
+conversation for good.
 
 The store's message count comes back with every claim, so a router can tell its cached
 state of the user from a stale one (another replica answered meanwhile).
@@ -37,8 +42,6 @@ log = logging.getLogger(__name__)
 
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.2
-# Waiting for other routers' claims on the user's earlier messages, at most.
-ORDER_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,13 @@ class Begun:
 
 
 class AnswerClaims:
-    def __init__(self, claims: ClaimStore, history: History, *,
-                 order_wait_s: float = ORDER_WAIT_S) -> None:
+    def __init__(self, claims: ClaimStore, history: History) -> None:
         self.claims = claims
         self.history = history
-        self.order_wait_s = order_wait_s
 
     async def begin(self, request: BeginAnswer) -> Begun:
         started = time.monotonic()
         deadline = started + max(request.wait_s, 0.0)
-        order_deadline = started + min(request.wait_s, self.order_wait_s)
         delay = POLL_FIRST_S
         while True:
             attempt = await self.claims.claim(request.user_id, request.request_id,
@@ -81,12 +81,18 @@ class AnswerClaims:
             if attempt.existing is not None:
                 return Begun(attempt.existing, 0)
             now = time.monotonic()
-            if attempt.claimed and (not attempt.claimed_elsewhere or now >= order_deadline):
+            if attempt.claimed and not attempt.claimed_elsewhere:
                 if request.recent_turns <= 0:
                     return Begun(None, attempt.message_count)
                 state = await self.history.user_state(request.user_id, request.recent_turns, "")
                 return Begun(None, state.message_count, state)
             sleep = delay * random.uniform(0.5, 1.0)
+            if now + sleep > deadline and attempt.claimed:
+                await self.claims.abandon(request.request_id, request.token)
+                raise Unavailable(
+                    "this user's earlier answers, given by another router, are not stored yet; "
+                    "retry with the same request id",
+                    reason="USER_ANSWERS_PENDING", retry_after_s=1.0)
             if now + sleep > deadline:
                 raise Unavailable(
                     "this request id is being answered elsewhere; retry with the same request id",

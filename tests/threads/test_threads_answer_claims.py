@@ -115,16 +115,34 @@ async def test_a_restarted_router_gives_back_what_its_dead_process_claimed(
     """Same holder, the old process's token prefix: given back; the new process's claims and
     other routers' stay."""
     first, second = stubs
+    # three users, so that no claim waits for another's (per-user order)
     stale, current, others = rid(), rid(), rid()
-    await first.BeginAnswer(begin(user_id, stale, "router-h:/j", token="old1.a"))
-    await first.BeginAnswer(begin(user_id, current, "router-h:/j", token="new1.b"))
-    await first.BeginAnswer(begin(user_id, others, "router-x:/j", token="old1.c"))
+    users = {stale: user_id, current: f"{user_id}-2", others: f"{user_id}-3"}
+    await first.BeginAnswer(begin(users[stale], stale, "router-h:/j", token="old1.a"))
+    await first.BeginAnswer(begin(users[current], current, "router-h:/j", token="new1.b"))
+    await first.BeginAnswer(begin(users[others], others, "router-x:/j", token="old1.c"))
     given = await second.AbandonStaleClaims(pb.AbandonStaleClaimsRequest(
         holder="router-h:/j", current_token_prefix="new1."))
     assert given.abandoned == 1
-    taken = await second.BeginAnswer(begin(user_id, stale, "router-b"))
+    taken = await second.BeginAnswer(begin(users[stale], stale, "router-b"))
     assert not taken.HasField("existing")
     for held in (current, others):
         with pytest.raises(grpc.aio.AioRpcError) as busy:
-            await second.BeginAnswer(begin(user_id, held, "router-b"))
+            await second.BeginAnswer(begin(users[held], held, "router-b"))
         assert failure_of(busy.value).reason == "REQUEST_IN_PROGRESS"
+
+
+async def test_a_claim_gives_up_rather_than_store_out_of_order(
+        stubs: list[Stub], user_id: str) -> None:
+    """The other router's earlier answer is not stored by the caller's deadline (that router
+    died with it in its journal): UNAVAILABLE, and the claim goes back for the retry."""
+    first, second = stubs
+    await first.BeginAnswer(begin(user_id, rid(), "router-a"))
+    later = rid()
+    with pytest.raises(grpc.aio.AioRpcError) as pending:
+        await second.BeginAnswer(begin(user_id, later, "router-b", wait_ms=200))
+    assert failure_of(pending.value).reason == "USER_ANSWERS_PENDING"
+    # given back: another router may claim it at once (and wait in turn)
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await first.BeginAnswer(begin(user_id, later, "router-c", wait_ms=0))
+    assert failure_of(again.value).reason == "USER_ANSWERS_PENDING"
