@@ -39,6 +39,8 @@ MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("threads/test_prompt_prefix.py", ("unit",)),
     ("suite/test_start_races.py", ("unit",)),
     ("suite/test_supervisor.py", ("integration", "slow")),
+    ("suite/test_replicas_config.py", ("unit",)),
+    ("replicas/test_replicas_processes.py", ("integration", "faults", "slow")),
     ("faults/test_upstream_faults.py", ("integration", "faults")),
     ("faults/", ("integration", "faults", "slow")),
     ("hardening/test_metrics.py", ("integration", "slow")),

@@ -2,9 +2,12 @@
 
 ``ChatService.chat`` is the whole path of a message:
 
-1. state: the user's state comes from the router's cache (kept exact by
-   threads' change stream) or, on a miss, from threads; a request id that
-   was already answered returns the stored answer (charged once, stored once);
+1. state: a request id the caller gave is claimed in threads first (BeginAnswer),
+   before anything is decided: answered already on any router replica, the stored
+   answer comes back (charged once, stored once); being answered by another replica,
+   its answer is waited for. The user's state comes from the router's cache (checked
+   against the store's message count that comes back with the claim, and kept exact
+   by threads' change stream) or, on a miss, with the claim from threads;
 2. decide (``Router.decide``): canned reply, cheap tier or stateful tier;
 3. limits: messages per UTC day and spend per day, checked before any
    upstream call; crisis messages are answered even over a limit;
@@ -26,6 +29,7 @@ below; ``peers.py`` implements them over gRPC and tests can fake them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -99,6 +103,12 @@ class Completion:
     usage: Usage
 
 
+def _replay(answer: Exchange) -> UserState:
+    """A state that only says: this request id is answered (``answer``)."""
+    return UserState(message_count=0, recent_turns=(), existing=answer, messages_today=0,
+                     last_canned_reply="")
+
+
 class UpstreamFailure(Exception):
     """The upstream (or the llm service in front of it) could not answer in time."""
 
@@ -107,8 +117,33 @@ class UpstreamFailure(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class AnswerClaim:
+    """This router's claim on a request id (threads' BeginAnswer): held until the answer is
+    stored, abandoned if the message is refused, expired after ``lease_s`` otherwise."""
+
+    user_id: str
+    request_id: str
+    token: str
+    lease_s: float
+    # How long to wait for another replica's answer to the same request id.
+    wait_s: float
+
+
+@dataclass(frozen=True)
+class BegunAnswer:
+    """The stored answer (``existing``), or the claim held, with the store's message count
+    of the user and, when asked for, their state."""
+
+    existing: Exchange | None
+    message_count: int
+    state: UserState | None = None
+
+
 class ThreadsPort(Protocol):
     async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState: ...
+    async def begin_answer(self, claim: AnswerClaim, recent: int, timeout: float) -> BegunAnswer: ...
+    async def abandon_answer(self, claim: AnswerClaim, timeout: float) -> None: ...
     async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Exchange: ...
 
 
@@ -119,6 +154,7 @@ class StateCache(Protocol):
     def epoch(self) -> int: ...
     def put(self, user_id: str, state: UserState, epoch: int) -> None: ...
     def record(self, answer: Exchange) -> None: ...
+    def drop(self, user_id: str) -> None: ...
 
 
 class AnswerStore(Protocol):
@@ -127,6 +163,7 @@ class AnswerStore(Protocol):
     def ensure_room(self) -> None: ...
     def append(self, answer: Exchange) -> None: ...
     async def flush_user(self, user_id: str, timeout: float) -> None: ...
+    def pending_for(self, user_id: str) -> int: ...
 
 
 class LlmPort(Protocol):
@@ -150,6 +187,13 @@ class ChatPolicy:
     default_deadline_s: float = 20.0
     # Time kept back from the caller's deadline to answer with a fallback and store it.
     fallback_reserve_s: float = 1.0
+    # Claim each caller-given request id in threads before deciding (one answer per request
+    # id across router replicas); off only for a single router, whose own cache and journal
+    # know every answer it gave.
+    claims: bool = True
+    # A claim outlives the caller's deadline by this much: a dead router's claim then
+    # expires and a retry takes over. Its journal must store its answers within it.
+    claim_margin_s: float = 30.0
 
 
 class ChatService:
@@ -175,6 +219,11 @@ class ChatService:
         self._rng = random.Random()
         # Cheap-tier answers being kept, some of them without a caller any more.
         self._unattended = Unattended("answer")
+        # Claims being given back (the message was refused), in the background.
+        self._abandoning: set[asyncio.Task[None]] = set()
+        # Every claim token of this process starts with it: after a crash, the next process
+        # gives back the claims with another prefix (threads' AbandonStaleClaims).
+        self.claim_token_prefix = f"{uuid.uuid4().hex[:12]}."
 
     # -- decisions ------------------------------------------------------------------
 
@@ -221,10 +270,24 @@ class ChatService:
         request_id = request.request_id or uuid.uuid4().hex
         self.journal.ensure_room()
 
-        state = await self._user_state(request.user_id, request_id, deadline)
+        claim: AnswerClaim | None = None
+        if request.request_id and self.policy.claims:
+            state, claim = await self._begin(request.user_id, request_id, deadline)
+        else:  # a request id made up here: nobody else can have answered it
+            state = await self._user_state(request.user_id, request_id, deadline)
         if state.existing is not None:
             return ChatResult(state.existing, self.cost_of(state.existing), replayed=True)
+        try:
+            return await self._decide_and_answer(request, request_id, state, deadline, started)
+        except CoachError:
+            if claim is not None:  # refused (a daily limit, storage): the claim goes back
+                self._abandon(claim)
+            raise
 
+    async def _decide_and_answer(
+        self, request: ChatInput, request_id: str, state: UserState, deadline: float,
+        started: float,
+    ) -> ChatResult:
         ctx = self.context_for(
             request.context, state.message_count, state.recent_turns, state.last_canned_reply
         )
@@ -299,6 +362,51 @@ class ChatService:
     async def finish(self, timeout_s: float) -> None:
         """Waits (at most ``timeout_s``) for answers still being kept: at shutdown."""
         await self._unattended.finish(timeout_s)
+
+    async def _begin(
+        self, user_id: str, request_id: str, deadline: float
+    ) -> tuple[UserState, AnswerClaim | None]:
+        """The user's state with this request id claimed, or the stored answer (``existing``)
+        when any replica answered it already: asked of threads before anything is decided,
+        whether the user is cached here or not."""
+        cached = self.cache.get(user_id, request_id)
+        if cached is not None and cached.existing is not None:
+            return cached, None  # answered here: the answer the store has (or will have)
+        left = self._left(deadline)
+        claim = AnswerClaim(user_id, request_id, self.claim_token_prefix + uuid.uuid4().hex,
+                            lease_s=left + self.policy.claim_margin_s,
+                            wait_s=max(left - self.policy.fallback_reserve_s, 0.0))
+        if cached is None:
+            # What threads returns must include this router's own answers still in the journal.
+            await self.journal.flush_user(user_id, left)
+            epoch = self.cache.epoch()
+            begun = await self.threads.begin_answer(claim, self.policy.recent_turns,
+                                                    self._left(deadline))
+            if begun.existing is not None:
+                return _replay(begun.existing), None
+            assert begun.state is not None
+            self.cache.put(user_id, begun.state, epoch)
+            return begun.state, claim
+        begun = await self.threads.begin_answer(claim, 0, left)
+        if begun.existing is not None:
+            return _replay(begun.existing), None
+        if begun.message_count + self.journal.pending_for(user_id) == cached.message_count:
+            return cached, claim
+        # Another replica answered this user since it was cached (its change notice may
+        # still be on its way): the cached state is stale.
+        self.cache.drop(user_id)
+        return await self._user_state(user_id, "", deadline), claim
+
+    def _abandon(self, claim: AnswerClaim) -> None:
+        async def abandon() -> None:
+            try:
+                await self.threads.abandon_answer(claim, 2.0)
+            except CoachError as err:  # it expires by itself
+                log.info("claim not given back", extra={"user_id": claim.user_id,
+                                                         "error": err.message})
+        task = asyncio.create_task(abandon())
+        self._abandoning.add(task)
+        task.add_done_callback(self._abandoning.discard)
 
     async def _user_state(self, user_id: str, request_id: str, deadline: float) -> UserState:
         cached = self.cache.get(user_id, request_id)

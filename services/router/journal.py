@@ -27,6 +27,13 @@ is set aside in ``rejected.jsonl`` and logged, not retried.
 Files: ``journal-<n>.jsonl`` segments, one JSON answer per line; a segment is
 deleted once every answer in it is stored. ``LOCK`` keeps a second router
 out of the directory.
+
+Replicas sharing one volume (docker-compose ``--scale router=N``): each router journals
+in a folder of its own under one parent (COACH_ROUTER_JOURNAL_DIR with ``{hostname}``),
+and at start adopts the folders no live router holds (their LOCK is free: the router
+that wrote them is gone, e.g. a container that was recreated under another name): it
+moves their segments into its own folder and sends them, so no answer waits for a
+router that will never come back.
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ class JournalSettings:
     segment_records: int = 4096
     send_timeout_s: float = 10.0
     retry_max_s: float = 2.0
+    # Adopt the journals other routers left in sibling folders (see the module doc).
+    adopt_siblings: bool = False
 
 
 @dataclass
@@ -113,6 +122,8 @@ class AnswerJournal:
         self._progress = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        # Segments up to this one held answers an earlier process left (0: none).
+        self._leftovers_through = 0
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -135,7 +146,10 @@ class AnswerJournal:
                 f"the answer journal {directory} is in use by another router: give each router "
                 "its own COACH_ROUTER_JOURNAL_DIR"
             ) from exc
+        if self.settings.adopt_siblings:
+            self._adopt_orphans(directory)
         left = self._load_leftovers(directory)
+        self._leftovers_through = self._segment if left else 0
         if left:
             log.warning("journal: sending answers an earlier process left unsent",
                         extra={"answers": left})
@@ -201,6 +215,15 @@ class AnswerJournal:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    async def leftovers_stored(self) -> None:
+        """Returns once the answers an earlier process left in the journal are stored."""
+        while self._pending and self._pending[0].segment <= self._leftovers_through:
+            await self._progress.wait()  # a fresh event after each batch stored
+
+    def pending_for(self, user_id: str) -> int:
+        """This user's answers journaled and not stored yet."""
+        return self._per_user.get(user_id, 0)
 
     async def flush_user(self, user_id: str, timeout: float) -> None:
         """Waits until every journaled answer of the user is stored in threads."""
@@ -315,6 +338,37 @@ class AnswerJournal:
     def _remove_segment(self, segment: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(segment).unlink()
+
+    def _adopt_orphans(self, directory: Path) -> None:
+        """Moves the segments of sibling journals no live router holds into ``directory``."""
+        numbers = [int(p.stem.removeprefix("journal-")) for p in directory.glob(SEGMENT_GLOB)]
+        following = max(numbers, default=0)
+        for sibling in sorted(directory.parent.iterdir()):
+            if sibling == directory or not (sibling / "LOCK").is_file():
+                continue
+            try:
+                fd = os.open(sibling / "LOCK", os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a live router's
+            try:
+                moved = 0
+                for path in sorted(sibling.glob(SEGMENT_GLOB)):
+                    following += 1
+                    path.rename(directory / f"journal-{following:010d}.jsonl")
+                    moved += 1
+                (sibling / "LOCK").unlink()
+                with contextlib.suppress(OSError):
+                    sibling.rmdir()
+                if moved:
+                    log.warning("journal: adopting the answers a router that is gone left unsent",
+                                extra={"folder": str(sibling), "segments": moved})
+            finally:
+                os.close(fd)
 
     def _load_leftovers(self, directory: Path) -> int:
         loaded = 0

@@ -29,6 +29,8 @@ from services.common.rich_status import error_from_rpc
 from services.common.usage import Charge, Usage
 from services.common.vocabulary import COACH, USER, MessageType, Route, Turn
 from services.router.answering import (
+    AnswerClaim,
+    BegunAnswer,
     Completion,
     CompletionInput,
     StatefulTurnInput,
@@ -39,6 +41,9 @@ from services.router.journal import BatchOutcome
 from services.router.user_cache import Change
 
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # threads: the request_id belongs to another user
+REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"  # threads: another replica is answering it
+# threads: the user's earlier answers given by another replica are not stored yet
+USER_ANSWERS_PENDING = "USER_ANSWERS_PENDING"
 
 # Status codes of an upstream call that mean "answer with a fallback".
 _UPSTREAM_TROUBLE = {
@@ -61,6 +66,8 @@ def storage_error(exc: grpc.aio.AioRpcError, what: str) -> CoachError:
             reason=REQUEST_ID_REUSED,
             violations=[FieldViolation("request_id", "already used for another user's message")],
         )
+    if reason in (REQUEST_IN_PROGRESS, USER_ANSWERS_PENDING):  # another replica: retry
+        return Unavailable(exc.details() or what, reason=reason, retry_after_s=0.5)
     if code == "INVALID_ARGUMENT":
         return InvalidArgument(exc.details() or what, reason=reason or "INVALID_ARGUMENT",
                                violations=violations)
@@ -149,10 +156,12 @@ def answer_from_proto(exchange: threads_service_pb2.Exchange) -> Exchange:
 # -- clients ------------------------------------------------------------------------
 
 class GrpcThreads:
-    def __init__(self, channel: grpc.aio.Channel, *, origin: str) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, origin: str, holder: str = "") -> None:
         self.stub = threads_service_pb2_grpc.ThreadsServiceStub(channel)
         # Written on every write, so this router can tell its own changes from others'.
         self.origin = origin
+        # This router in its claims, the same across its restarts (see abandon_stale_claims).
+        self.holder = holder or origin
 
     async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState:
         try:
@@ -171,6 +180,51 @@ class GrpcThreads:
             messages_today=reply.messages_today,
             last_canned_reply=reply.last_canned_reply,
         )
+
+    async def begin_answer(self, claim: AnswerClaim, recent: int, timeout: float) -> BegunAnswer:
+        try:
+            reply = await self.stub.BeginAnswer(
+                threads_service_pb2.BeginAnswerRequest(
+                    user_id=claim.user_id, request_id=claim.request_id, holder=self.holder,
+                    claim_token=claim.token, lease_ms=max(int(claim.lease_s * 1000), 1),
+                    wait_ms=int(claim.wait_s * 1000), recent_turns=recent,
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
+        if reply.HasField("existing"):
+            return BegunAnswer(answer_from_proto(reply.existing), 0)
+        state = None
+        if recent > 0:
+            state = UserState(
+                message_count=reply.message_count,
+                recent_turns=tuple(turn_from_proto(t) for t in reply.recent_turns),
+                existing=None,
+                messages_today=reply.messages_today,
+                last_canned_reply=reply.last_canned_reply,
+            )
+        return BegunAnswer(None, reply.message_count, state)
+
+    async def abandon_answer(self, claim: AnswerClaim, timeout: float) -> None:
+        try:
+            await self.stub.AbandonAnswer(
+                threads_service_pb2.AbandonAnswerRequest(request_id=claim.request_id,
+                                                         claim_token=claim.token),
+                timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
+
+    async def abandon_stale_claims(self, current_token_prefix: str, timeout: float) -> int:
+        """Gives back the unanswered claims this router's earlier process left (it died)."""
+        try:
+            reply = await self.stub.AbandonStaleClaims(
+                threads_service_pb2.AbandonStaleClaimsRequest(
+                    holder=self.holder, current_token_prefix=current_token_prefix),
+                timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise storage_error(exc, "the conversation store") from exc
+        return int(reply.abandoned)
 
     async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
         """The journal's sink: stores answers in order, one transaction for the batch."""

@@ -160,7 +160,7 @@ async def _up(log_dir: Path | None, programs: Sequence[str]) -> int:
 
 async def _start_and_announce(suite: Suite) -> None:
     await suite.start()
-    addrs = ", ".join(f"{name} {suite.addresses[name]}" for name in reversed(suite.names))
+    addrs = ", ".join(f"{name} {suite.targets[name]}" for name in reversed(suite.names))
     db = (f"embedded PostgreSQL in {suite.postgres.pgdata}" if suite.postgres
           else "DATABASE_URL")
     upstream = suite.offline_base_url or "OPENAI_API_KEY/OPENAI_BASE_URL"

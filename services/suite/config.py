@@ -34,6 +34,8 @@ class SuiteSettings:
     upstream_given: bool  # OPENAI_API_KEY or OPENAI_BASE_URL set: no offline server
     offline_openai_addr: str
     programs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Processes per service (COACH_REPLICAS="router=2,threads=2,llm=2"); 1 when not named.
+    replicas: Mapping[str, int] = field(default_factory=dict)
     start_timeout_s: float = 90.0  # per service, until SERVING
     stop_timeout_s: float = 20.0  # per process, SIGTERM -> SIGKILL
     backoff_initial_s: float = 0.5
@@ -62,6 +64,7 @@ class SuiteSettings:
                 raise ConfigError(f"unknown service {name!r}: one of {', '.join(SERVICES)}")
             if not argv:
                 raise ConfigError(f"empty command for {name}")
+        replicas = parse_replicas(env.str("COACH_REPLICAS", ""))
         stop_timeout = env.float("COACH_SUITE_STOP_TIMEOUT_S", 0.0)
         grace = env.float("COACH_SHUTDOWN_GRACE_SECONDS", 10.0)
         return cls(
@@ -72,6 +75,7 @@ class SuiteSettings:
             upstream_given=bool(env.optional("OPENAI_API_KEY") or env.optional("OPENAI_BASE_URL")),
             offline_openai_addr=offline,
             programs=progs,
+            replicas=replicas,
             start_timeout_s=env.float("COACH_SUITE_START_TIMEOUT_S", 90.0, minimum=1.0),
             # Services drain for COACH_SHUTDOWN_GRACE_SECONDS; give them that and a margin.
             stop_timeout_s=stop_timeout or grace + 10.0,
@@ -80,6 +84,9 @@ class SuiteSettings:
     def program(self, service: str) -> tuple[str, ...]:
         """The command that runs ``service``: ``python -m services.<name>`` unless overridden."""
         return self.programs.get(service) or (sys.executable, "-m", f"services.{service}")
+
+    def replica_count(self, service: str) -> int:
+        return self.replicas.get(service, 1)
 
     @property
     def offline_base_url(self) -> str:
@@ -96,6 +103,25 @@ def free_port_env(host: str = "127.0.0.1") -> dict[str, str]:
     env.update({f"COACH_{name.upper()}_METRICS_PORT": "0" for name in SERVICES})
     env["COACH_OFFLINE_OPENAI_ADDR"] = f"{host}:{offline}"
     return env
+
+
+MAX_REPLICAS = 8
+
+
+def parse_replicas(spec: str) -> dict[str, int]:
+    """``router=2,threads=2,llm=2`` -> {"router": 2, ...}; services not named run once."""
+    replicas: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, count = part.partition("=")
+        name = name.strip()
+        if not sep or name not in SERVICES or not count.strip().isdigit():
+            raise ConfigError(f"COACH_REPLICAS={spec!r}: expected SERVICE=N[,SERVICE=N...] with "
+                              f"SERVICE one of {', '.join(SERVICES)}")
+        n = int(count)
+        if not 1 <= n <= MAX_REPLICAS:
+            raise ConfigError(f"COACH_REPLICAS={spec!r}: {name} needs 1 to {MAX_REPLICAS} replicas")
+        replicas[name] = n
+    return replicas
 
 
 def parse_program(spec: str) -> tuple[str, tuple[str, ...]]:

@@ -15,6 +15,14 @@ server, then PostgreSQL, and leaves no process behind.
 
 A status file, ``<data dir>/suite/status.json``, says what runs with which
 pid; the lock file next to it keeps two supervisors off one data directory.
+
+Replicas (COACH_REPLICAS="router=2,threads=2,llm=2"): a service named there runs as that
+many processes, each supervised on its own. The first listens on the service's address;
+replica k (k = 2, 3, ...) on its port + 10*(k-1) when that is the contract's default
+(router 50061, 50071; metrics 9161, ...), else on a free port; a router replica journals in
+a folder of its own. Peers (and clients) reach them as production clients do: one target
+listing every replica (gRPC's ``ipv4:host:port,host:port``), round_robin over it
+(``Suite.targets``, also in status.json and the ready line).
 """
 
 from __future__ import annotations
@@ -33,9 +41,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from services.common.settings import REPO_ROOT, Env, tls_settings
+from services.common.settings import (
+    DEFAULT_ADDRESSES,
+    DEFAULT_METRICS_PORTS,
+    REPO_ROOT,
+    Env,
+    tls_settings,
+)
 from services.suite.config import OFFLINE_API_KEY, SERVICES, SuiteSettings, split_address
 from services.suite.health import SERVING, wait_serving, wait_tcp
+from services.suite.ports import free_ports
 from services.suite.postgres import EmbeddedPostgres, PostgresError
 from services.suite.processes import ChildProcess, describe_exit
 
@@ -61,13 +76,23 @@ class Suite:
         self.log_dir = log_dir
         self.state_dir = settings.data_dir / "suite"
         self.addresses: dict[str, str] = dict(settings.addresses)
+        # Every replica's address, the first one being ``addresses[name]``.
+        self.replicas: dict[str, list[str]] = {
+            name: self._replica_addresses(name) for name in SERVICES}
+        # What a peer or a client dials: the address, or every replica's (round_robin).
+        self.targets: dict[str, str] = {
+            name: _target(addrs) for name, addrs in self.replicas.items()}
+        # Process keys in start order: "router", then "router-2", ...
+        self.keys: list[tuple[str, str, int]] = [
+            (_key(name, k), name, k) for name in self.names
+            for k in range(len(self.replicas[name]))]
         self.child_env: dict[str, str] = {}
         self.database_url = ""
         self.offline_base_url: str | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.offline: ChildProcess | None = None
         self.services: dict[str, ChildProcess] = {}
-        self.restarts: dict[str, int] = {name: 0 for name in SERVICES}
+        self.restarts: dict[str, int] = {key: 0 for key, _, _ in self.keys}
         self.state = "stopped"
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -99,14 +124,14 @@ class Suite:
             await self._start_database()
             await self._start_upstream()
             self.child_env = self._child_env()
-            for name in self.names:
-                await self._start_service(name)
+            for key, _, _ in self.keys:
+                await self._start_service(key)
         except BaseException:
             await self.stop()
             raise
         self._watchers = [
-            asyncio.create_task(self._supervise(name), name=f"supervise-{name}")
-            for name in self.names
+            asyncio.create_task(self._supervise(key), name=f"supervise-{key}")
+            for key, _, _ in self.keys
         ]
         self.state = "ready"
         self._write_status()
@@ -125,11 +150,11 @@ class Suite:
                 await task
         self._watchers = []
         timeout = self.settings.stop_timeout_s
-        for name in reversed(self.names):
-            child = self.services.get(name)
+        for key, _, _ in reversed(self.keys):
+            child = self.services.get(key)
             if child is not None and child.proc is not None:
                 code = await child.stop(timeout)
-                log.info(f"{name} stopped ({describe_exit(code)})", extra={"service": name})
+                log.info(f"{key} stopped ({describe_exit(code)})", extra={"service": key})
         if self.offline is not None:
             await self.offline.stop(timeout)
             log.info("offline OpenAI-compatible server stopped")
@@ -190,24 +215,53 @@ class Suite:
         if self.offline_base_url:
             env["OPENAI_BASE_URL"] = self.offline_base_url
             env["OPENAI_API_KEY"] = OFFLINE_API_KEY
-        for name, addr in self.addresses.items():
-            env[f"COACH_{name.upper()}_ADDR"] = addr
+        for name, target in self.targets.items():
+            env[f"COACH_{name.upper()}_ADDR"] = target
         return env
 
-    async def _start_service(self, name: str) -> None:
-        child = ChildProcess(name, self.settings.program(name), self.child_env,
-                             log_file=self._log_file(name), cwd=REPO_ROOT)
-        self.services[name] = child
+    def _replica_env(self, name: str, k: int) -> dict[str, str]:
+        """A replica's own listen address, metrics port and (router) journal folder."""
+        env = dict(self.child_env)
+        if len(self.replicas[name]) == 1:
+            env[f"COACH_{name.upper()}_ADDR"] = self.addresses[name]  # as before replicas
+            return env
+        upper = name.upper()
+        env[f"COACH_{upper}_LISTEN"] = self.replicas[name][k]
+        metrics = Env(self.settings.environ).int(f"COACH_{upper}_METRICS_PORT",
+                                                 DEFAULT_METRICS_PORTS[name], minimum=0) or 0
+        env[f"COACH_{upper}_METRICS_PORT"] = str(metrics + 10 * k if metrics else 0)
+        if name == "router" and k:
+            journal = env.get("COACH_ROUTER_JOURNAL_DIR") or str(
+                self.settings.data_dir / "router-journal")
+            env["COACH_ROUTER_JOURNAL_DIR"] = f"{journal}-{k + 1}"
+        return env
+
+    def _replica_addresses(self, name: str) -> list[str]:
+        first = self.addresses[name]
+        n = self.settings.replica_count(name) if name in self.names else 1
+        if n == 1:
+            return [first]
+        host, port = split_address(first.removeprefix("dns:///"))
+        if first == DEFAULT_ADDRESSES[name]:
+            return [first] + [f"{host}:{port + 10 * k}" for k in range(1, n)]
+        return [first] + [f"{host}:{p}" for p in free_ports(n - 1, host)]
+
+    async def _start_service(self, key: str) -> None:
+        name, k = _name_of(key)
+        address = self.replicas[name][k]
+        child = ChildProcess(key, self.settings.program(name), self._replica_env(name, k),
+                             log_file=self._log_file(key), cwd=REPO_ROOT)
+        self.services[key] = child
         await child.spawn()
         self._write_status()
-        status = await wait_serving(self.addresses[name], timeout=self.settings.start_timeout_s,
+        status = await wait_serving(address, timeout=self.settings.start_timeout_s,
                                     tls=self._tls, gave_up=lambda: _exited(child))
         if status != SERVING:
-            raise SuiteError(f"{name} did not become SERVING at {self.addresses[name]} "
+            raise SuiteError(f"{key} did not become SERVING at {address} "
                              f"within {self.settings.start_timeout_s:.0f}s: {status}"
-                             f"{self._see_log(name)}")
-        log.info(f"{name} SERVING at {self.addresses[name]} (pid {child.pid})",
-                 extra={"service": name, "pid": child.pid})
+                             f"{self._see_log(key)}")
+        log.info(f"{key} SERVING at {address} (pid {child.pid})",
+                 extra={"service": key, "pid": child.pid})
         self._write_status()
 
     async def _supervise(self, name: str) -> None:
@@ -249,13 +303,14 @@ class Suite:
             "data_dir": str(self.settings.data_dir),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "services": {
-                name: {
-                    "address": self.addresses[name],
+                key: {
+                    "address": self.replicas[_name_of(key)[0]][_name_of(key)[1]],
                     "pid": child.pid if child.running else None,
-                    "restarts": self.restarts[name],
+                    "restarts": self.restarts[key],
                 }
-                for name, child in self.services.items()
+                for key, child in self.services.items()
             },
+            "targets": {name: self.targets[name] for name in self.names},
             "offline_openai": None if self.offline is None else {
                 "base_url": self.offline_base_url, "pid": self.offline.pid if self.offline.running else None,
             },
@@ -292,7 +347,7 @@ class Suite:
             self._lock = None
 
     def _check_ports_free(self) -> None:
-        wanted = [(f"COACH_{n.upper()}_ADDR", self.addresses[n]) for n in self.names]
+        wanted = [(f"COACH_{n.upper()}_ADDR", addr) for n in self.names for addr in self.replicas[n]]
         if not self.settings.upstream_given:
             wanted.append(("COACH_OFFLINE_OPENAI_ADDR", self.settings.offline_openai_addr))
         for var, addr in wanted:
@@ -309,6 +364,22 @@ class Suite:
     def _see_log(self, name: str) -> str:
         path = self._log_file(name)
         return f" (see {path})" if path else " (see its output above)"
+
+
+def _key(name: str, k: int) -> str:
+    return name if k == 0 else f"{name}-{k + 1}"
+
+
+def _name_of(key: str) -> tuple[str, int]:
+    name, _, n = key.partition("-")
+    return name, int(n) - 1 if n else 0
+
+
+def _target(addresses: list[str]) -> str:
+    """One address, or gRPC's list target for several (round_robin over them)."""
+    if len(addresses) == 1:
+        return addresses[0]
+    return "ipv4:" + ",".join(addresses)
 
 
 def _exited(child: ChildProcess) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from services.common.clients import open_channel
 from services.common.db import apply_migrations, create_pool
 from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
+from services.threads.answer_claims import AnswerClaims
 from services.threads.config import Settings
 from services.threads.history import History
 from services.threads.ledger_client import LedgerClient
@@ -27,6 +29,9 @@ from services.threads.user_changes import UserChanges
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Claims on request ids are kept an hour (threads.exchanges answers retries after that).
+CLAIMS_KEPT_S = 3600.0
+CLAIMS_SWEEP_EVERY_S = 60.0
 
 
 async def create_server(settings: Settings) -> CoachServer:
@@ -60,6 +65,9 @@ async def create_server(settings: Settings) -> CoachServer:
         on_rotated=retirer.notify,
     )
     changes = UserChanges(lambda: asyncpg.connect(settings.database_url))
+    claims = AnswerClaims(repository.claims, history)
+    sweeper = asyncio.create_task(
+        claims.sweep_forever(CLAIMS_KEPT_S, every_s=CLAIMS_SWEEP_EVERY_S), name="claim-sweeper")
     changes.start()
     relay.start()
     retirer.start()
@@ -71,6 +79,7 @@ async def create_server(settings: Settings) -> CoachServer:
         "delete_rotated_conversations": settings.retire.enabled})
 
     async def end_watches() -> None:
+        sweeper.cancel()
         await changes.stop()
 
     async def finish_turns() -> None:
@@ -90,7 +99,7 @@ async def create_server(settings: Settings) -> CoachServer:
     return CoachServer(
         settings.server,
         [Registration(threads_service_pb2_grpc.add_ThreadsServiceServicer_to_server,
-                      ThreadsServicer(history, turns, changes), name)],
+                      ThreadsServicer(history, turns, changes, claims), name)],
         on_drain=[end_watches, finish_turns],
         on_stop=[flush_ledger, close],
     )

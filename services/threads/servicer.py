@@ -14,6 +14,7 @@ from services.common.errors import CoachError, InvalidArgument, Validator
 from services.common.exchange import Exchange
 from services.common.usage import Charge
 from services.common.vocabulary import COACH, MessageType, Role, Route, Turn
+from services.threads.answer_claims import AnswerClaims, BeginAnswer
 from services.threads.history import History
 from services.threads.ports import TurnSettings
 from services.threads.records import StoredExchange
@@ -140,10 +141,12 @@ MAX_BATCH = 1000
 
 
 class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
-    def __init__(self, history: History, turns: StatefulTurns, changes: UserChanges) -> None:
+    def __init__(self, history: History, turns: StatefulTurns, changes: UserChanges,
+                 claims: AnswerClaims) -> None:
         self.history = history
         self.turns = turns
         self.changes = changes
+        self.claims = claims
 
     async def GetUserState(
         self, request: pb.GetUserStateRequest, context: grpc.aio.ServicerContext
@@ -164,6 +167,56 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
         if state.existing is not None:
             response.existing.CopyFrom(exchange_pb(state.existing))
         return response
+
+    async def BeginAnswer(
+        self, request: pb.BeginAnswerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BeginAnswerResponse:
+        v = Validator()
+        _check_user_id(v, request.user_id)
+        _check_request_id(v, request.request_id)
+        v.text("holder", request.holder, max_chars=MAX_NAME_CHARS)
+        v.text("claim_token", request.claim_token, max_chars=MAX_NAME_CHARS, required=True)
+        v.check(request.lease_ms > 0, "lease_ms", "must be positive")
+        v.check(request.wait_ms >= 0, "wait_ms", "must not be negative")
+        v.check(request.recent_turns >= 0, "recent_turns", "must not be negative")
+        v.raise_if_any()
+        remaining = context.time_remaining()
+        wait_s = request.wait_ms / 1000
+        if remaining is not None:
+            wait_s = min(wait_s, max(remaining - 0.05, 0.0))
+        begun = await self.claims.begin(BeginAnswer(
+            user_id=request.user_id, request_id=request.request_id, holder=request.holder,
+            token=request.claim_token, lease_s=request.lease_ms / 1000, wait_s=wait_s,
+            recent_turns=request.recent_turns))
+        response = pb.BeginAnswerResponse(message_count=begun.message_count)
+        if begun.existing is not None:
+            response.existing.CopyFrom(exchange_pb(begun.existing))
+        if begun.state is not None:
+            response.recent_turns.extend(_turn_pb(t) for t in begun.state.recent_turns)
+            response.messages_today = begun.state.messages_today
+            response.last_canned_reply = begun.state.last_canned_reply
+        return response
+
+    async def AbandonAnswer(
+        self, request: pb.AbandonAnswerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbandonAnswerResponse:
+        v = Validator()
+        _check_request_id(v, request.request_id)
+        v.text("claim_token", request.claim_token, max_chars=MAX_NAME_CHARS, required=True)
+        v.raise_if_any()
+        await self.claims.abandon(request.request_id, request.claim_token)
+        return pb.AbandonAnswerResponse()
+
+    async def AbandonStaleClaims(
+        self, request: pb.AbandonStaleClaimsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbandonStaleClaimsResponse:
+        v = Validator()
+        v.text("holder", request.holder, max_chars=MAX_NAME_CHARS, required=True)
+        v.text("current_token_prefix", request.current_token_prefix, max_chars=MAX_NAME_CHARS,
+               required=True)
+        v.raise_if_any()
+        abandoned = await self.claims.abandon_stale(request.holder, request.current_token_prefix)
+        return pb.AbandonStaleClaimsResponse(abandoned=abandoned)
 
     async def RecordExchange(
         self, request: pb.RecordExchangeRequest, context: grpc.aio.ServicerContext

@@ -111,6 +111,25 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("router", "Classify", classify(context=ctx(timezone="Not/AZone")), "context.timezone"),
     ("router", "Classify", classify(context=ctx(current_streak=-1)), "context.current_streak"),
     # -- threads
+    ("threads", "BeginAnswer", threads_pb.BeginAnswerRequest(
+        user_id="", request_id="r", claim_token="t", lease_ms=1000), "user_id"),
+    ("threads", "BeginAnswer", threads_pb.BeginAnswerRequest(
+        user_id=USER, request_id="", claim_token="t", lease_ms=1000), "request_id"),
+    ("threads", "BeginAnswer", threads_pb.BeginAnswerRequest(
+        user_id=USER, request_id="r", claim_token="", lease_ms=1000), "claim_token"),
+    ("threads", "BeginAnswer", threads_pb.BeginAnswerRequest(
+        user_id=USER, request_id="r", claim_token="t", lease_ms=0), "lease_ms"),
+    ("threads", "BeginAnswer", threads_pb.BeginAnswerRequest(
+        user_id=USER, request_id="r", claim_token="t", lease_ms=1000, wait_ms=-1), "wait_ms"),
+    ("threads", "AbandonAnswer", threads_pb.AbandonAnswerRequest(request_id="", claim_token="t"),
+     "request_id"),
+    ("threads", "AbandonAnswer", threads_pb.AbandonAnswerRequest(request_id="r", claim_token=""),
+     "claim_token"),
+    ("threads", "AbandonStaleClaims",
+     threads_pb.AbandonStaleClaimsRequest(holder="", current_token_prefix="p."), "holder"),
+    ("threads", "AbandonStaleClaims",
+     threads_pb.AbandonStaleClaimsRequest(holder="h", current_token_prefix=""),
+     "current_token_prefix"),
     ("threads", "GetUserState", threads_pb.GetUserStateRequest(user_id=""), "user_id"),
     ("threads", "GetUserState", threads_pb.GetUserStateRequest(user_id=LONG_USER), "user_id"),
     ("threads", "GetUserState", threads_pb.GetUserStateRequest(user_id=USER, recent_turns=-1),

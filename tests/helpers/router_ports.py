@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from services.common.exchange import Exchange, UserState
 from services.common.usage import Usage
-from services.router.answering import Completion, CompletionInput, UserContextIn
+from services.router.answering import (
+    AnswerClaim,
+    BegunAnswer,
+    Completion,
+    CompletionInput,
+    UserContextIn,
+)
 
 CONTEXT = UserContextIn(display_name="Sam", current_streak=5, local_hour=9)
 
@@ -15,6 +21,13 @@ class Threads:
                          timeout: float) -> UserState:
         return UserState(message_count=10, recent_turns=(), existing=None, messages_today=0,
                          last_canned_reply="")
+
+    async def begin_answer(self, claim: AnswerClaim, recent: int, timeout: float) -> BegunAnswer:
+        state = await self.user_state(claim.user_id, "", recent, timeout)
+        return BegunAnswer(None, state.message_count, state if recent else None)
+
+    async def abandon_answer(self, claim: AnswerClaim, timeout: float) -> None:
+        pass
 
     async def stateful_turn(self, turn: object, timeout: float) -> Exchange:
         raise AssertionError("no stateful turn in these tests")
@@ -44,6 +57,9 @@ class Cache:
     def record(self, answer: Exchange) -> None:
         pass
 
+    def drop(self, user_id: str) -> None:
+        pass
+
 
 class Journal:
     def ensure_room(self) -> None:
@@ -54,3 +70,6 @@ class Journal:
 
     async def flush_user(self, user_id: str, timeout: float) -> None:
         pass
+
+    def pending_for(self, user_id: str) -> int:
+        return 0

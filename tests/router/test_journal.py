@@ -157,3 +157,50 @@ async def test_an_unusable_folder_is_a_clear_start_up_error(tmp_path: Path) -> N
     blocked.write_text("not a folder")
     with pytest.raises(ConfigError, match="COACH_ROUTER_JOURNAL_DIR"):
         journal(blocked / "journal", Sink())
+
+
+async def test_a_router_adopts_the_journals_of_routers_gone_from_sibling_folders(
+        tmp_path: Path) -> None:
+    """Replicas on one volume: the answers a router that is gone left unsent are sent by the
+    next router that starts; a live router's folder is left alone."""
+    gone_sink, live_sink = Sink(), Sink()
+    gone_sink.down = live_sink.down = True
+    gone = journal(tmp_path / "router-a", gone_sink)
+    live = journal(tmp_path / "router-b", live_sink)
+    left = [answer("ann", n) for n in range(3)]
+    for a in left:
+        gone.append(a)
+    live.append(answer("bob", 0))
+    await gone.close(timeout=0.1)  # router-a is gone, its answers on disk
+    sink = Sink()
+    adopter = journal(tmp_path / "router-c", sink, adopt_siblings=True)
+    await settled(adopter)
+    assert sink.stored == left
+    assert not (tmp_path / "router-a").exists()
+    assert list((tmp_path / "router-b").glob("journal-*.jsonl"))  # live: untouched
+    live_sink.down = False
+    await settled(live)
+    await live.close(timeout=1)
+    await adopter.close(timeout=1)
+
+
+async def test_leftovers_stored_waits_for_what_an_earlier_process_left(tmp_path: Path) -> None:
+    sink = Sink()
+    sink.down = True
+    first = journal(tmp_path, sink)
+    first.append(answer("ann", 0))
+    await first.close(timeout=0.1)
+    sink.gate = asyncio.Event()
+    second = journal(tmp_path, sink)
+    second.append(answer("ann", 1))
+    sink.down = False
+    waiting = asyncio.create_task(second.leftovers_stored())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    sink.gate.set()
+    await asyncio.wait_for(waiting, 5)
+    await settled(second)
+    await second.close(timeout=1)
+    fresh = journal(tmp_path / "empty", Sink())
+    await asyncio.wait_for(fresh.leftovers_stored(), 1)  # nothing left: at once
+    await fresh.close(timeout=1)

@@ -42,12 +42,18 @@ def test_compose_runs_four_services_from_one_image_with_health_and_order() -> No
         env = svc["environment"]
         assert env[f"COACH_{name.upper()}_LISTEN"] == f"0.0.0.0:{PORTS[name]}"
         for peer in SERVICES:
-            assert env[f"COACH_{peer.upper()}_ADDR"] == f"{peer}:{PORTS[peer]}"
+            # every replica of the peer (docker-compose --scale), round_robin
+            assert env[f"COACH_{peer.upper()}_ADDR"] == f"dns:///{peer}:{PORTS[peer]}"
+        # scalable: no fixed container name, no single host port
+        assert "container_name" not in svc
+        assert all("-" in str(p).split(":")[-2] for p in svc.get("ports", ())), svc.get("ports")
         for dep in svc.get("depends_on", {}).values():
             assert dep == {"condition": "service_healthy"}
     assert set(services["router"]["depends_on"]) == {"llm", "threads", "ledger"}
     assert services["llm"]["environment"]["OPENAI_API_KEY"] is None  # passed through from the host
     assert services["offline-openai"]["profiles"] == ["offline"]
+    # router replicas on one volume: a journal folder each
+    assert "{hostname}" in services["router"]["environment"]["COACH_ROUTER_JOURNAL_DIR"]
 
 
 def test_k8s_base_renders_and_validates_offline() -> None:

@@ -5,13 +5,15 @@ concern over one pool.
 - ``messages``: reading the stored history;
 - ``conversations``: provider conversation mappings, summaries and the turn lease;
 - ``outbox``: the ledger's outbox, relayed in batches;
-- ``retired``: provider conversations to delete upstream.
+- ``retired``: provider conversations to delete upstream;
+- ``claims``: claims on request ids, one answer per request id across router replicas.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
+from services.threads.repository.claims import ClaimAttempt, ClaimStore
 from services.threads.repository.conversations import ConversationStore
 from services.threads.repository.exchanges import (
     USER_CHANGES_CHANNEL,
@@ -27,6 +29,8 @@ from services.threads.repository.rows import ConversationConflict, TurnLease, re
 __all__ = [
     "USER_CHANGES_CHANNEL",
     "BatchResult",
+    "ClaimAttempt",
+    "ClaimStore",
     "ConversationConflict",
     "ConversationStore",
     "ExchangeStore",
@@ -50,3 +54,4 @@ class ThreadsRepository:
         self.conversations = ConversationStore(pool)
         self.outbox = OutboxStore(pool)
         self.retired = RetiredStore(pool)
+        self.claims = ClaimStore(pool)

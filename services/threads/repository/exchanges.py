@@ -24,6 +24,7 @@ from services.common.usage import Charge
 from services.common.vocabulary import Route, Turn
 from services.threads.baseline_tokens import baseline_input_tokens
 from services.threads.records import GoalSaved, StoredExchange
+from services.threads.repository.claims import CLAIMS_ANSWERED_SQL
 from services.threads.repository.rows import (
     ROLE_OF_DIRECTION,
     Executor,
@@ -35,6 +36,10 @@ from services.threads.repository.rows import (
 )
 
 log = logging.getLogger(__name__)
+
+# The purpose of the charge of a second answer to a request id already answered (a claim
+# taken over from a router that was not dead after all): paid upstream, so owed.
+DUPLICATE_ANSWER_PURPOSE = "duplicate_answer"
 
 
 @dataclass(frozen=True)
@@ -228,19 +233,29 @@ class ExchangeStore:
         self, batch: Sequence[NewExchange], conn: asyncpg.Connection
     ) -> list[BatchResult]:
         ids = [n.exchange.request_id for n in batch]
-        owners = {r["request_id"]: r["user_id"] for r in await conn.fetch(
-            "SELECT request_id, user_id FROM threads.exchanges WHERE request_id = ANY($1::text[])",
-            ids)}
+        stored = {r["request_id"]: (r["user_id"], tuple(r["coach_texts"])) for r in await conn.fetch(
+            """SELECT request_id, user_id, coach_texts FROM threads.exchanges
+                WHERE request_id = ANY($1::text[])""", ids)}
         results: list[BatchResult] = []
         fresh: list[NewExchange] = []
         for new in batch:
             ex = new.exchange
-            owner = owners.get(ex.request_id)
+            owner, texts = stored.get(ex.request_id, (None, ()))
             if owner is None:
-                owners[ex.request_id] = ex.user_id  # a repeat later in the batch is a retry
+                # a repeat later in the batch is a retry
+                stored[ex.request_id] = (ex.user_id, tuple(ex.coach_texts))
                 fresh.append(new)
                 results.append(BatchResult(ex.request_id, True))
             elif owner == ex.user_id:
+                if texts != tuple(ex.coach_texts) and ex.charges:
+                    # A second answer (its claim was taken over): the first one stands, but
+                    # this one was paid for upstream too, so the user's next exchange owes it.
+                    for charge in ex.charges:
+                        await add_pending_charge(conn, ex.user_id, ex.request_id,
+                                                 replace(charge, purpose=DUPLICATE_ANSWER_PURPOSE))
+                    log.warning("a request id was answered twice: the first answer stands, "
+                                "the second one's charge is owed",
+                                extra={"user_id": ex.user_id, "request_id": ex.request_id})
                 results.append(BatchResult(ex.request_id, False))
             else:
                 reused = request_id_reused()
@@ -350,6 +365,7 @@ class ExchangeStore:
                 answered = (rid, "out") in message_ids
                 await conn.execute(_WATERMARK_SQL, new.conversation_pk, first, 2 if answered else 1,
                                    message_ids[(rid, "out")] if answered else first)
+        await conn.execute(CLAIMS_ANSWERED_SQL, [n.exchange.request_id for n in news])
         await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
                            USER_CHANGES_CHANNEL, list(dict.fromkeys(notes)))
         return stored

@@ -146,6 +146,166 @@ class GetUserStateResponse(_message.Message):
 Global___GetUserStateResponse: _TypeAlias = GetUserStateResponse  # noqa: Y015
 
 @_typing.final
+class BeginAnswerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    CLAIM_TOKEN_FIELD_NUMBER: _builtins.int
+    LEASE_MS_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    RECENT_TURNS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    request_id: _builtins.str
+    holder: _builtins.str
+    """The router instance that answers (its origin)."""
+    claim_token: _builtins.str
+    """Random per attempt: a claim taken with the same token is renewed."""
+    lease_ms: _builtins.int
+    """How long the claim lasts unless answered (the caller's deadline plus a margin)."""
+    wait_ms: _builtins.int
+    """How long to wait for another holder's answer."""
+    recent_turns: _builtins.int
+    """When > 0, the user's state comes back with the claim (the caller's cache missed)."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        holder: _builtins.str = ...,
+        claim_token: _builtins.str = ...,
+        lease_ms: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+        recent_turns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_token", b"claim_token", "holder", b"holder", "lease_ms", b"lease_ms", "recent_turns", b"recent_turns", "request_id", b"request_id", "user_id", b"user_id", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginAnswerRequest: _TypeAlias = BeginAnswerRequest  # noqa: Y015
+
+@_typing.final
+class BeginAnswerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXISTING_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    RECENT_TURNS_FIELD_NUMBER: _builtins.int
+    MESSAGES_TODAY_FIELD_NUMBER: _builtins.int
+    LAST_CANNED_REPLY_FIELD_NUMBER: _builtins.int
+    message_count: _builtins.int
+    """Messages stored for the user (a cached state can be checked against it)."""
+    messages_today: _builtins.int
+    last_canned_reply: _builtins.str
+    @_builtins.property
+    def existing(self) -> Global___Exchange:
+        """Set when request_id was already answered: the stored answer; nothing was claimed."""
+
+    @_builtins.property
+    def recent_turns(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Turn]:
+        """With recent_turns > 0, the rest of the user's state."""
+
+    def __init__(
+        self,
+        *,
+        existing: Global___Exchange | None = ...,
+        message_count: _builtins.int = ...,
+        recent_turns: _abc.Iterable[_types_pb2.Turn] | None = ...,
+        messages_today: _builtins.int = ...,
+        last_canned_reply: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["existing", b"existing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existing", b"existing", "last_canned_reply", b"last_canned_reply", "message_count", b"message_count", "messages_today", b"messages_today", "recent_turns", b"recent_turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginAnswerResponse: _TypeAlias = BeginAnswerResponse  # noqa: Y015
+
+@_typing.final
+class AbandonAnswerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CLAIM_TOKEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    claim_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        claim_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_token", b"claim_token", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonAnswerRequest: _TypeAlias = AbandonAnswerRequest  # noqa: Y015
+
+@_typing.final
+class AbandonAnswerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonAnswerResponse: _TypeAlias = AbandonAnswerResponse  # noqa: Y015
+
+@_typing.final
+class AbandonStaleClaimsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDER_FIELD_NUMBER: _builtins.int
+    CURRENT_TOKEN_PREFIX_FIELD_NUMBER: _builtins.int
+    holder: _builtins.str
+    """The router (BeginAnswerRequest.holder), the same across its restarts."""
+    current_token_prefix: _builtins.str
+    """The claim tokens of the router's current process start with this; others are stale."""
+    def __init__(
+        self,
+        *,
+        holder: _builtins.str = ...,
+        current_token_prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_token_prefix", b"current_token_prefix", "holder", b"holder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonStaleClaimsRequest: _TypeAlias = AbandonStaleClaimsRequest  # noqa: Y015
+
+@_typing.final
+class AbandonStaleClaimsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ABANDONED_FIELD_NUMBER: _builtins.int
+    abandoned: _builtins.int
+    def __init__(
+        self,
+        *,
+        abandoned: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonStaleClaimsResponse: _TypeAlias = AbandonStaleClaimsResponse  # noqa: Y015
+
+@_typing.final
 class RecordExchangeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -41,6 +41,21 @@ class ThreadsServiceStub:
                 request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.GetUserStateRequest.SerializeToString,
                 response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.GetUserStateResponse.FromString,
                 _registered_method=True)
+        self.BeginAnswer = channel.unary_unary(
+                '/coach.threads.v1.ThreadsService/BeginAnswer',
+                request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.BeginAnswerRequest.SerializeToString,
+                response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.BeginAnswerResponse.FromString,
+                _registered_method=True)
+        self.AbandonAnswer = channel.unary_unary(
+                '/coach.threads.v1.ThreadsService/AbandonAnswer',
+                request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerRequest.SerializeToString,
+                response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerResponse.FromString,
+                _registered_method=True)
+        self.AbandonStaleClaims = channel.unary_unary(
+                '/coach.threads.v1.ThreadsService/AbandonStaleClaims',
+                request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsRequest.SerializeToString,
+                response_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsResponse.FromString,
+                _registered_method=True)
         self.RecordExchange = channel.unary_unary(
                 '/coach.threads.v1.ThreadsService/RecordExchange',
                 request_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeRequest.SerializeToString,
@@ -86,6 +101,33 @@ class ThreadsServiceServicer:
     def GetUserState(self, request, context):
         """What the router needs to decide: message count, recent turns, and the
         stored answer when this request id was already answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginAnswer(self, request, context):
+        """Begins answering a request id, before anything is decided: returns the stored
+        answer when the request id was already answered (by any router replica), else
+        claims it for the caller (a lease). While another caller holds the claim, waits
+        (up to wait_ms) for its answer, or takes the claim over once it expired; still
+        held at the end: UNAVAILABLE (REQUEST_IN_PROGRESS), retry with the same request id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbandonAnswer(self, request, context):
+        """Gives back a claim that will not be answered (the caller refused the message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbandonStaleClaims(self, request, context):
+        """Gives back the unanswered claims an earlier process of the same router left when it
+        died (same holder, another token prefix), so retries need not wait for their leases:
+        a router calls it at start, once the answers its journal held are stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +199,21 @@ def add_ThreadsServiceServicer_to_server(servicer, server):
                     request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.GetUserStateRequest.FromString,
                     response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.GetUserStateResponse.SerializeToString,
             ),
+            'BeginAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginAnswer,
+                    request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.BeginAnswerRequest.FromString,
+                    response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.BeginAnswerResponse.SerializeToString,
+            ),
+            'AbandonAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonAnswer,
+                    request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerRequest.FromString,
+                    response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerResponse.SerializeToString,
+            ),
+            'AbandonStaleClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonStaleClaims,
+                    request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsRequest.FromString,
+                    response_serializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsResponse.SerializeToString,
+            ),
             'RecordExchange': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordExchange,
                     request_deserializer=coach_dot_threads_dot_v1_dot_threads__service__pb2.RecordExchangeRequest.FromString,
@@ -222,6 +279,87 @@ class ThreadsService:
             '/coach.threads.v1.ThreadsService/GetUserState',
             coach_dot_threads_dot_v1_dot_threads__service__pb2.GetUserStateRequest.SerializeToString,
             coach_dot_threads_dot_v1_dot_threads__service__pb2.GetUserStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coach.threads.v1.ThreadsService/BeginAnswer',
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.BeginAnswerRequest.SerializeToString,
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.BeginAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coach.threads.v1.ThreadsService/AbandonAnswer',
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerRequest.SerializeToString,
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonStaleClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coach.threads.v1.ThreadsService/AbandonStaleClaims',
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsRequest.SerializeToString,
+            coach_dot_threads_dot_v1_dot_threads__service__pb2.AbandonStaleClaimsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,20 @@ class ThreadsServiceStub:
     """What the router needs to decide: message count, recent turns, and the
     stored answer when this request id was already answered.
     """
+    BeginAnswer: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.BeginAnswerRequest, _threads_service_pb2.BeginAnswerResponse]
+    """Begins answering a request id, before anything is decided: returns the stored
+    answer when the request id was already answered (by any router replica), else
+    claims it for the caller (a lease). While another caller holds the claim, waits
+    (up to wait_ms) for its answer, or takes the claim over once it expired; still
+    held at the end: UNAVAILABLE (REQUEST_IN_PROGRESS), retry with the same request id.
+    """
+    AbandonAnswer: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonAnswerRequest, _threads_service_pb2.AbandonAnswerResponse]
+    """Gives back a claim that will not be answered (the caller refused the message)."""
+    AbandonStaleClaims: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonStaleClaimsRequest, _threads_service_pb2.AbandonStaleClaimsResponse]
+    """Gives back the unanswered claims an earlier process of the same router left when it
+    died (same holder, another token prefix), so retries need not wait for their leases:
+    a router calls it at start, once the answers its journal held are stored.
+    """
     RecordExchange: _grpc.UnaryUnaryMultiCallable[_threads_service_pb2.RecordExchangeRequest, _threads_service_pb2.RecordExchangeResponse]
     """Stores an exchange answered outside the stateful tier (canned, cheap,
     fallback). Idempotent on request_id.
@@ -77,6 +91,20 @@ class ThreadsServiceAsyncStub(ThreadsServiceStub):
     GetUserState: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.GetUserStateRequest, _threads_service_pb2.GetUserStateResponse]  # type: ignore[assignment]
     """What the router needs to decide: message count, recent turns, and the
     stored answer when this request id was already answered.
+    """
+    BeginAnswer: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.BeginAnswerRequest, _threads_service_pb2.BeginAnswerResponse]  # type: ignore[assignment]
+    """Begins answering a request id, before anything is decided: returns the stored
+    answer when the request id was already answered (by any router replica), else
+    claims it for the caller (a lease). While another caller holds the claim, waits
+    (up to wait_ms) for its answer, or takes the claim over once it expired; still
+    held at the end: UNAVAILABLE (REQUEST_IN_PROGRESS), retry with the same request id.
+    """
+    AbandonAnswer: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonAnswerRequest, _threads_service_pb2.AbandonAnswerResponse]  # type: ignore[assignment]
+    """Gives back a claim that will not be answered (the caller refused the message)."""
+    AbandonStaleClaims: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.AbandonStaleClaimsRequest, _threads_service_pb2.AbandonStaleClaimsResponse]  # type: ignore[assignment]
+    """Gives back the unanswered claims an earlier process of the same router left when it
+    died (same holder, another token prefix), so retries need not wait for their leases:
+    a router calls it at start, once the answers its journal held are stored.
     """
     RecordExchange: _aio.UnaryUnaryMultiCallable[_threads_service_pb2.RecordExchangeRequest, _threads_service_pb2.RecordExchangeResponse]  # type: ignore[assignment]
     """Stores an exchange answered outside the stateful tier (canned, cheap,
@@ -119,6 +147,38 @@ class ThreadsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_threads_service_pb2.GetUserStateResponse, _abc.Awaitable[_threads_service_pb2.GetUserStateResponse]]:
         """What the router needs to decide: message count, recent turns, and the
         stored answer when this request id was already answered.
+        """
+
+    @_abc_1.abstractmethod
+    def BeginAnswer(
+        self,
+        request: _threads_service_pb2.BeginAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_threads_service_pb2.BeginAnswerResponse, _abc.Awaitable[_threads_service_pb2.BeginAnswerResponse]]:
+        """Begins answering a request id, before anything is decided: returns the stored
+        answer when the request id was already answered (by any router replica), else
+        claims it for the caller (a lease). While another caller holds the claim, waits
+        (up to wait_ms) for its answer, or takes the claim over once it expired; still
+        held at the end: UNAVAILABLE (REQUEST_IN_PROGRESS), retry with the same request id.
+        """
+
+    @_abc_1.abstractmethod
+    def AbandonAnswer(
+        self,
+        request: _threads_service_pb2.AbandonAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_threads_service_pb2.AbandonAnswerResponse, _abc.Awaitable[_threads_service_pb2.AbandonAnswerResponse]]:
+        """Gives back a claim that will not be answered (the caller refused the message)."""
+
+    @_abc_1.abstractmethod
+    def AbandonStaleClaims(
+        self,
+        request: _threads_service_pb2.AbandonStaleClaimsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_threads_service_pb2.AbandonStaleClaimsResponse, _abc.Awaitable[_threads_service_pb2.AbandonStaleClaimsResponse]]:
+        """Gives back the unanswered claims an earlier process of the same router left when it
+        died (same holder, another token prefix), so retries need not wait for their leases:
+        a router calls it at start, once the answers its journal held are stored.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,148 @@
+"""BeginAnswer: a request id is claimed by one router at a time, across threads replicas;
+the others get the stored answer, wait for it, or take over a claim its holder left to
+expire (a dead router)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from coach.threads.v1 import threads_service_pb2 as pb
+
+from tests.helpers.status import failure_of
+from tests.threads.builders import Stub, cheap, rid
+
+
+def begin(user_id: str, request_id: str, holder: str, *, lease_ms: int = 20_000,
+          wait_ms: int = 0, recent_turns: int = 0, token: str = "") -> pb.BeginAnswerRequest:
+    return pb.BeginAnswerRequest(user_id=user_id, request_id=request_id, holder=holder,
+                                 claim_token=token or uuid.uuid4().hex, lease_ms=lease_ms,
+                                 wait_ms=wait_ms, recent_turns=recent_turns)
+
+
+async def test_a_claimed_request_id_is_busy_for_others_then_answered(
+        stubs: list[Stub], user_id: str) -> None:
+    first, second = stubs
+    request_id = rid()
+    claimed = await first.BeginAnswer(begin(user_id, request_id, "router-a", recent_turns=6))
+    assert not claimed.HasField("existing") and claimed.message_count == 0
+    with pytest.raises(grpc.aio.AioRpcError) as busy:
+        await second.BeginAnswer(begin(user_id, request_id, "router-b", wait_ms=50))
+    assert failure_of(busy.value).reason == "REQUEST_IN_PROGRESS"
+    assert busy.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # the other replica waits for the answer, which router-a stores meanwhile
+    waiting = asyncio.ensure_future(
+        second.BeginAnswer(begin(user_id, request_id, "router-b", wait_ms=5000)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    stored = cheap(user_id, "did my run", "Nice. How far?")
+    stored.exchange.request_id = request_id
+    await first.RecordExchange(stored)
+    got = await asyncio.wait_for(waiting, 5)
+    assert got.existing.coach_texts == ["Nice. How far?"]
+
+
+async def test_a_dead_holders_claim_expires_and_is_taken_over(
+        stubs: list[Stub], user_id: str) -> None:
+    first, second = stubs
+    request_id = rid()
+    await first.BeginAnswer(begin(user_id, request_id, "router-dead", lease_ms=300))
+    started = time.monotonic()
+    taken = await second.BeginAnswer(begin(user_id, request_id, "router-b", wait_ms=5000))
+    assert not taken.HasField("existing")
+    assert 0.2 <= time.monotonic() - started < 3.0
+
+
+async def test_an_abandoned_claim_is_free_at_once(stubs: list[Stub], user_id: str) -> None:
+    first, second = stubs
+    request_id, token = rid(), uuid.uuid4().hex
+    await first.BeginAnswer(begin(user_id, request_id, "router-a", token=token))
+    await first.AbandonAnswer(pb.AbandonAnswerRequest(request_id=request_id, claim_token=token))
+    taken = await second.BeginAnswer(begin(user_id, request_id, "router-b"))
+    assert not taken.HasField("existing")
+
+
+async def test_a_claim_waits_for_the_users_earlier_answers_claimed_elsewhere(
+        stubs: list[Stub], user_id: str) -> None:
+    """Per-user order across routers: router-b's claim on the user's next message waits
+    until router-a's answer to the previous one is stored, and then counts it."""
+    first, second = stubs
+    earlier = rid()
+    await first.BeginAnswer(begin(user_id, earlier, "router-a"))
+    later = asyncio.ensure_future(second.BeginAnswer(begin(user_id, rid(), "router-b",
+                                                         wait_ms=5000, recent_turns=6)))
+    await asyncio.sleep(0.1)
+    assert not later.done()
+    stored = cheap(user_id, "did my run", "Nice. How far?")
+    stored.exchange.request_id = earlier
+    await first.RecordExchange(stored)
+    state = await asyncio.wait_for(later, 5)
+    assert state.message_count == 1 and [t.text for t in state.recent_turns] == [
+        "did my run", "Nice. How far?"]
+
+
+async def test_a_second_answer_to_an_answered_request_id_owes_its_charge(
+        stubs: list[Stub], user_id: str, pg_url: str) -> None:
+    """A claim taken over from a router that was only slow: both answered, both paid
+    upstream. The first stored answer stands; the second one's charge is owed by the user's
+    next exchange, so the ledger still matches the upstream bill."""
+    first, second = stubs
+    answer = cheap(user_id, "did my run", "Nice. How far?")
+    await first.RecordExchange(answer)
+    again = cheap(user_id, "did my run", "Great, what distance?")
+    again.exchange.request_id = answer.exchange.request_id
+    result = await second.RecordExchanges(pb.RecordExchangesRequest(exchanges=[again.exchange]))
+    assert not result.results[0].created
+    resent = await second.RecordExchanges(pb.RecordExchangesRequest(exchanges=[answer.exchange]))
+    assert not resent.results[0].created  # the same answer sent again owes nothing
+    conn = await asyncpg.connect(pg_url)
+    try:
+        owed = await conn.fetch(
+            "SELECT charge->>'purpose' AS purpose FROM threads.pending_charges WHERE user_id = $1",
+            user_id)
+    finally:
+        await conn.close()
+    assert [r["purpose"] for r in owed] == ["duplicate_answer"]
+
+
+async def test_a_restarted_router_gives_back_what_its_dead_process_claimed(
+        stubs: list[Stub], user_id: str) -> None:
+    """Same holder, the old process's token prefix: given back; the new process's claims and
+    other routers' stay."""
+    first, second = stubs
+    # three users, so that no claim waits for another's (per-user order)
+    stale, current, others = rid(), rid(), rid()
+    users = {stale: user_id, current: f"{user_id}-2", others: f"{user_id}-3"}
+    await first.BeginAnswer(begin(users[stale], stale, "router-h:/j", token="old1.a"))
+    await first.BeginAnswer(begin(users[current], current, "router-h:/j", token="new1.b"))
+    await first.BeginAnswer(begin(users[others], others, "router-x:/j", token="old1.c"))
+    given = await second.AbandonStaleClaims(pb.AbandonStaleClaimsRequest(
+        holder="router-h:/j", current_token_prefix="new1."))
+    assert given.abandoned == 1
+    taken = await second.BeginAnswer(begin(users[stale], stale, "router-b"))
+    assert not taken.HasField("existing")
+    for held in (current, others):
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await second.BeginAnswer(begin(users[held], held, "router-b"))
+        assert failure_of(busy.value).reason == "REQUEST_IN_PROGRESS"
+
+
+async def test_a_claim_gives_up_rather_than_store_out_of_order(
+        stubs: list[Stub], user_id: str) -> None:
+    """The other router's earlier answer is not stored by the caller's deadline (that router
+    died with it in its journal): UNAVAILABLE, and the claim goes back for the retry."""
+    first, second = stubs
+    await first.BeginAnswer(begin(user_id, rid(), "router-a"))
+    later = rid()
+    with pytest.raises(grpc.aio.AioRpcError) as pending:
+        await second.BeginAnswer(begin(user_id, later, "router-b", wait_ms=200))
+    assert failure_of(pending.value).reason == "USER_ANSWERS_PENDING"
+    # given back: another router may claim it at once (and wait in turn)
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await first.BeginAnswer(begin(user_id, later, "router-c", wait_ms=0))
+    assert failure_of(again.value).reason == "USER_ANSWERS_PENDING"
