@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         # StatefulTurn calls in flight right now, all users together, and the most seen.
         self.in_flight = 0
         self.max_in_flight = 0
+        # When set, each StatefulTurn waits (up to gate_timeout_s) until this many are in
+        # flight at once: proves that many can be, whatever the machine's speed.
+        self.turn_gate_at: int | None = None
+        self.gate_timeout_s = 10.0
+        self._gate_open = asyncio.Event()
         # method name -> how many next calls fail with UNAVAILABLE
         self.failures: Counter[str] = Counter()
         # When set, CreateConversation waits on it (to cancel a rotation midway).
@@ -99,6 +105,11 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.turn_gate_at is not None:
+                if self.in_flight >= self.turn_gate_at:
+                    self._gate_open.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._gate_open.wait(), self.gate_timeout_s)
             if self.turn_delay_s:
                 await asyncio.sleep(self.turn_delay_s)
             self._maybe_fail("StatefulTurn")

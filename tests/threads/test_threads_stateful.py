@@ -286,11 +286,14 @@ async def test_a_turn_that_lost_its_lease_stores_nothing(
 async def test_many_users_turns_are_not_limited_by_a_connection_pool(
     stub: Stub, llm: FakeLlm
 ) -> None:
-    llm.turn_delay_s = 0.3
     llm.max_in_flight = 0
+    # Each turn is held at the model until 21 are in flight at once: with turns capped by
+    # the database pool (20) the gate would never open and 20 would be the most seen.
+    llm.turn_gate_at = 21
     users = [f"many-{i}-{rid()[-8:]}" for i in range(60)]
     # All on one replica: its database pool (20) must not cap the turns in flight.
     results = await asyncio.gather(
         *(stub.RunStatefulTurn(turn_request(u, "first turn"), timeout=30) for u in users))
+    llm.turn_gate_at = None
     assert all(r.created for r in results)
     assert llm.max_in_flight > 20
