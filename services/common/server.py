@@ -118,17 +118,15 @@ class CoachServer:
         grace = self.settings.grace_seconds if grace is None else grace
         log.info("stopping", extra={"grace_s": grace})
         stopping = asyncio.ensure_future(self.server.stop(grace))
+        # Every hook is bounded: a stop that waits forever on one (a peer that never answers,
+        # a stream that never ends) would be killed by the orchestrator anyway, with nothing
+        # said; here the overrun is logged by name and the stop goes on.
+        budget = grace + HOOK_MARGIN_S
         for hook in self._on_drain:
-            try:
-                await hook()
-            except Exception:
-                log.exception("drain hook failed")
+            await _bounded(hook, budget, "drain")
         await stopping
         for hook in self._on_stop:
-            try:
-                await hook()
-            except Exception:
-                log.exception("clean-up hook failed")
+            await _bounded(hook, budget, "clean-up")
         log.info("stopped")
 
     async def serve_until_signal(self) -> None:
@@ -139,6 +137,20 @@ class CoachServer:
             loop.add_signal_handler(sig, stop_requested.set)
         await stop_requested.wait()
         await self.stop()
+
+
+# How long a stop hook may run past the grace period before the stop gives up on it.
+HOOK_MARGIN_S = 10.0
+
+
+async def _bounded(hook: Callable[[], Awaitable[None]], budget: float, kind: str) -> None:
+    try:
+        await asyncio.wait_for(hook(), budget)
+    except TimeoutError:
+        log.error(f"{kind} hook did not finish in {budget:g} s; stopping without it",
+                  extra={"hook": getattr(hook, "__qualname__", repr(hook))})
+    except Exception:
+        log.exception(f"{kind} hook failed")
 
 
 class HasServerSettings(Protocol):
