@@ -254,11 +254,11 @@ async def _fetch(url: str, sql: str) -> object:
 
 
 _FOLLOWER = """
-import pathlib, sys, time
+import pathlib, sys, threading
 from services.common.supervision import follow_supervisor
 assert follow_supervisor()
 pathlib.Path(sys.argv[1]).write_text("following")
-time.sleep(120)
+threading.Event().wait()  # until the supervisor's end ends it
 """
 
 _SUPERVISOR = """
@@ -268,7 +268,7 @@ from services.suite.processes import ChildProcess
 async def main():
     child = ChildProcess("follower", [sys.executable, "-c", sys.argv[1], sys.argv[2]], os.environ)
     print(await child.spawn(), flush=True)
-    await asyncio.sleep(120)
+    await asyncio.Event().wait()  # until the test kills it
 
 asyncio.run(main())
 """
