@@ -106,7 +106,7 @@ class Normalizer:
         question = False
         for piece in _WORD_RE.findall(text):
             if piece[0].isalnum():
-                tokens.extend(self.word(piece.translate(APOSTROPHES)))
+                tokens.extend(self.word(_fold_accents(piece).translate(APOSTROPHES)))
                 continue
             if piece == "?":
                 question = True
@@ -116,3 +116,12 @@ class Normalizer:
                 tokens.append(self._emoji.get(piece, "emoji"))
         return NormalizedText(tuple(tokens), " ".join(tokens), question)
 
+
+def _fold_accents(word: str) -> str:
+    """"días" -> "dias", "schön" -> "schon": Latin letters lose their accents (people type
+    them either way); a word in another script is kept as it is."""
+    if word.isascii():
+        return word
+    folded = "".join(ch for ch in unicodedata.normalize("NFKD", word)
+                     if not unicodedata.combining(ch))
+    return folded if folded.isascii() else word
