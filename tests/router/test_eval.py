@@ -48,13 +48,14 @@ def test_shared_sample_meets_every_target(router: Router) -> None:
 
 
 # Measured on the held-out set when the heads were trained (docs/router.md); a floor below
-# a target is where the router still falls short of it.
+# a target is where the router still falls short of it. The set is the second one written
+# for this (two writers who never saw the corpus or the rules); the first is now dev/.
 HELDOUT_FLOORS = {
     "pattern_precision": TARGETS["pattern_precision"],
-    "canned_coverage": 0.72,
-    "complex_recall": TARGETS["complex_recall"],
-    "safety_recall": 0.92,
-    "cheap_share": 0.85,
+    "canned_coverage": 0.60,
+    "complex_recall": 0.95,
+    "safety_recall": 0.94,
+    "cheap_share": 0.82,
 }
 
 
