@@ -183,6 +183,38 @@ def out_of_fold_opinions(router: Router, corpus: Sequence[Case]) -> dict[str, Op
     return scores
 
 
+def by_writer_auc() -> str:
+    """Each corpus file is one writer: heads fitted on the other writers score this one's
+    messages. Harder than the 5-fold split (which shares each writer's phrasings between
+    folds), and closer to messages from someone new."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from services.router.training.train import Featurizer, corpus_files, fit_heads, trainable
+
+    featurizer = Featurizer.load()
+    rows: list[Case] = []
+    groups: list[int] = []
+    for i, path in enumerate(corpus_files()):
+        part = trainable(load_cases(path))
+        rows += part
+        groups += [i] * len(part)
+    x = featurizer.matrix(rows)
+    group = np.array(groups)
+    stateful = np.zeros(len(rows))
+    crisis = np.zeros(len(rows))
+    for g in sorted(set(groups)):
+        test = group == g
+        fitted = fit_heads(x[~test], [r for r, t in zip(rows, test, strict=True) if not t])
+        for out, (w, b) in ((stateful, fitted.stateful), (crisis, fitted.crisis)):
+            out[test] = 1.0 / (1.0 + np.exp(-(x[test] @ w.T + b)[:, 0]))
+    y_stateful = np.array([r.expect in ("complex", "safety") for r in rows])
+    y_crisis = np.array([r.expect == "safety" for r in rows])
+    return (f"leave-one-writer-out ({len(set(groups))} writers, {len(rows)} messages): AUC "
+            f"stateful {roc_auc_score(y_stateful, stateful):.3f}, crisis "
+            f"{roc_auc_score(y_crisis, crisis):.3f}")
+
+
 def curve(router: Router, corpus: Sequence[Case], escalation: Escalation,
           heads: RecordedHeads) -> tuple[list[tuple[float, float, float]], str]:
     """(escalate_at, cheap share, complex recall) on out-of-fold scores, and the crisis
@@ -272,7 +304,7 @@ def cross_validation(router: Router, show_misses: bool, svg: Path | None) -> str
     for t, cheap, recall in points:
         mark = "  <- configured" if t == escalation.escalate_at else ""
         lines.append(f"  {t:11.2f}  {cheap:11.3f}  {recall:14.3f}{mark}")
-    lines += ["", crisis]
+    lines += ["", crisis, "", by_writer_auc()]
     if svg is not None:
         svg_curve(points, escalation.escalate_at, svg)
         lines.append(f"\ncurve drawn: {svg}")
