@@ -30,11 +30,13 @@ from services.llm.verbosity import load_verbosity
 FULL_NAME = llm_service_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
 
 
-def _upstream(settings: Settings, tier: UpstreamSettings, clock: Clock) -> Upstream:
+def _upstream(settings: Settings, tier: UpstreamSettings, clock: Clock,
+              name: str = "") -> Upstream:
     r = settings.resilience
+    name = name or tier.name
     return Upstream(
-        tier.name,
-        breaker=CircuitBreaker(tier.name, failure_threshold=r.breaker_failures,
+        name,
+        breaker=CircuitBreaker(name, failure_threshold=r.breaker_failures,
                                cooldown_s=r.breaker_cooldown_s, clock=clock),
         policy=RetryPolicy(max_attempts=r.max_attempts, base_s=r.retry_base_s, max_s=r.retry_max_s),
         classify=classify,
@@ -71,6 +73,7 @@ async def create_server(settings: Settings) -> CoachServer:
         default_model=settings.cheap.default_model,
         verbosity=verbosity,
         caching=caching,
+        background=_upstream(settings, settings.cheap, clock, name=f"{settings.cheap.name}_background"),
     )
     stateful_upstream = _upstream(settings, settings.stateful, clock)
     planner = TurnPlanner(persona, catalog)

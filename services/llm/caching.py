@@ -1,5 +1,6 @@
-"""Prompt-cache levers per tier (``data/caching.yaml``): the retention each tier asks for
-and the ``prompt_cache_key`` of a stateful turn (one per user)."""
+"""Prompt-cache levers per tier (``data/caching.yaml``): the retention each tier asks for,
+the ``prompt_cache_key`` of a stateful turn (one per user), and the service tier of calls
+nobody waits on."""
 
 from __future__ import annotations
 
@@ -14,12 +15,22 @@ from services.common.errors import ConfigError
 
 RETENTIONS = ("in_memory", "24h")
 TIERS = ("cheap", "stateful", "summary")
+SERVICE_TIERS = ("default", "flex")
+SERVICE_TIER_CALLS = ("background",)
 
 
 @dataclass(frozen=True)
 class CachePolicy:
     retention: dict[str, str] = field(default_factory=dict)  # tier -> retention
     models: tuple[str, ...] = ()
+    service_tier: dict[str, str] = field(default_factory=dict)  # kind of call -> tier
+
+    def service_tier_for(self, call: str, model: str) -> str | None:
+        """The service_tier to request for this kind of call, or None (the default)."""
+        if not model.startswith(self.models):
+            return None
+        tier = self.service_tier.get(call)
+        return tier if tier and tier != "default" else None
 
     def retention_for(self, tier: str, model: str) -> str | None:
         """The prompt_cache_retention to send, or None (model does not take it, or unset)."""
@@ -59,4 +70,17 @@ def load_caching(path: Path) -> CachePolicy:
             raise ConfigError(f"{path}: retention.{tier} must be one of "
                               f"{', '.join(RETENTIONS)}, not {value!r}")
         retention[str(tier)] = str(value)
-    return CachePolicy(retention=retention, models=tuple(models))
+    raw_tiers = data.get("service_tier") or {}
+    if not isinstance(raw_tiers, dict):
+        raise ConfigError(f"{path}: service_tier must map {', '.join(SERVICE_TIER_CALLS)} to a "
+                          "service tier")
+    service_tier: dict[str, str] = {}
+    for call, value in raw_tiers.items():
+        if call not in SERVICE_TIER_CALLS:
+            raise ConfigError(f"{path}: service_tier.{call} is not a kind of call "
+                              f"({', '.join(SERVICE_TIER_CALLS)})")
+        if value not in SERVICE_TIERS:
+            raise ConfigError(f"{path}: service_tier.{call} must be one of "
+                              f"{', '.join(SERVICE_TIERS)}, not {value!r}")
+        service_tier[str(call)] = str(value)
+    return CachePolicy(retention=retention, models=tuple(models), service_tier=service_tier)

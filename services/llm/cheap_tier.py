@@ -104,11 +104,15 @@ class CheapTier:
         default_model: str,
         verbosity: VerbosityPolicy | None = None,
         caching: CachePolicy | None = None,
+        background: Upstream | None = None,
     ) -> None:
         self.chat = chat
         self.verbosity = verbosity or VerbosityPolicy()
         self.caching = caching or CachePolicy()
         self.upstream = upstream
+        # Calls nobody waits on go through an upstream of their own: a flex tier out of
+        # capacity (429) must never open the breaker that guards the cheap tier's replies.
+        self.background = background or upstream
         self.persona = persona
         self.history_turns = history_turns
         self.summary_max_tokens = summary_max_tokens
@@ -131,11 +135,12 @@ class CheapTier:
         messages.append({"role": "user", "content": message})
         return messages
 
-    async def _create(self, api: str, deadline: Deadline, **params: Any) -> dict[str, Any]:
+    async def _create(self, api: str, deadline: Deadline, *, upstream: Upstream | None = None,
+                      **params: Any) -> dict[str, Any]:
         async def attempt(timeout: float) -> dict[str, Any]:
             return await self.chat.create(params, timeout)
 
-        return await self.upstream.call(api, attempt, deadline)
+        return await (upstream or self.upstream).call(api, attempt, deadline)
 
     async def complete(
         self,
@@ -165,9 +170,13 @@ class CheapTier:
                      usage=chat_usage(completion))
 
     async def summarize(
-        self, previous_summary: str, turns: Sequence[Turn], model: str, deadline: Deadline
+        self, previous_summary: str, turns: Sequence[Turn], model: str, deadline: Deadline,
+        *, background: bool = False,
     ) -> Reply:
-        """Instructions (stable prefix), the summary so far, the new turns, the request."""
+        """Instructions (stable prefix), the summary so far, the new turns, the request.
+
+        ``background``: nobody waits on it, so it goes at the data's background service tier
+        (flex: half price, may be refused for capacity and is then retried like any 429)."""
         model = model or self.default_model
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.persona.summary}]
         recap = previous_summary.strip() or "(empty: this is the start of the conversation)"
@@ -178,9 +187,13 @@ class CheapTier:
         retention = self.caching.retention_for("summary", model)
         if retention:
             extra["prompt_cache_retention"] = retention
+        service_tier = self.caching.service_tier_for("background", model) if background else None
+        if service_tier:
+            extra["service_tier"] = service_tier
         completion = await self._create(
             "chat.completions",
             deadline,
+            upstream=self.background if background else None,
             model=model,
             messages=messages,
             max_completion_tokens=self.summary_max_tokens,

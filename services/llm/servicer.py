@@ -278,7 +278,8 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
 
         async def summarize() -> Reply:
             reply = await self.cheap.summarize(
-                request.previous_summary, _turns(request.turns), request.model.strip(), deadline
+                request.previous_summary, _turns(request.turns), request.model.strip(), deadline,
+                background=request.background,
             )
             self._account("Summarize", request.user_id, reply, started)
             return reply

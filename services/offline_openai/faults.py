@@ -26,6 +26,9 @@ class FaultMode(str, enum.Enum):
     ERROR_429 = "error_429"
     LATENCY = "latency"
     HANG = "hang"
+    # Only requests sent with service_tier "flex" are refused (429 resource_unavailable),
+    # as OpenAI does when flex capacity runs out; every other request is served.
+    FLEX_UNAVAILABLE = "flex_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +111,24 @@ class Faults:
         self.apply(FaultPlan())
 
     def take(self, path: str) -> FaultPlan | None:
-        """The fault for this request, if any; consumes one from a counted plan."""
+        """The fault for this request, if any; consumes one from a counted plan. A
+        flex-only plan is not taken here but by the handler that reads the service tier
+        (:meth:`take_flex`)."""
         plan = self._plan
-        if plan.mode is FaultMode.NONE or not path.startswith(plan.path_prefix):
+        if plan.mode in (FaultMode.NONE, FaultMode.FLEX_UNAVAILABLE) \
+                or not path.startswith(plan.path_prefix):
             return None
+        return self._consume(plan)
+
+    def take_flex(self, path: str, service_tier: str | None) -> FaultPlan | None:
+        """The flex-capacity fault for a request sent with this service tier, if any."""
+        plan = self._plan
+        if plan.mode is not FaultMode.FLEX_UNAVAILABLE or service_tier != "flex" \
+                or not path.startswith(plan.path_prefix):
+            return None
+        return self._consume(plan)
+
+    def _consume(self, plan: FaultPlan) -> FaultPlan:
         if plan.count is not None:
             remaining = plan.count - 1
             self._plan = replace(plan, count=remaining) if remaining > 0 else FaultPlan()

@@ -15,6 +15,7 @@ from services.common.pricing import PriceBook
 from services.common.server import CoachServer, Registration
 from services.threads.answer_claims import AnswerClaims
 from services.threads.config import Settings
+from services.threads.folding import SummaryFolder
 from services.threads.history import History
 from services.threads.ledger_client import LedgerClient
 from services.threads.ledger_relay import LedgerRelay
@@ -54,6 +55,8 @@ async def create_server(settings: Settings) -> CoachServer:
     await prefix.start()
     history = History(repository, prefix_tokens=prefix.tokens, on_stored=relay.notify)
     retirer = ConversationRetirer(repository.retired, llm, settings.retire)
+    folder = SummaryFolder(repository, llm, prune=settings.prune,
+                           summary_model=settings.summary_model, settings=settings.fold)
     turns = StatefulTurns(
         repository,
         history,
@@ -63,6 +66,7 @@ async def create_server(settings: Settings) -> CoachServer:
         summary_model=settings.summary_model,
         turn_budget_s=settings.turn_budget_s,
         on_rotated=retirer.notify,
+        on_window_full=folder.soon,
     )
     changes = UserChanges(lambda: asyncpg.connect(settings.database_url))
     claims = AnswerClaims(repository.claims, history)
@@ -84,6 +88,7 @@ async def create_server(settings: Settings) -> CoachServer:
 
     async def finish_turns() -> None:
         await turns.finish(settings.server.grace_seconds)
+        await folder.finish(settings.server.grace_seconds)
 
     async def flush_ledger() -> None:
         await prefix.stop()

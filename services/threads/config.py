@@ -18,6 +18,7 @@ from services.common.settings import (
     peer_settings,
     server_settings,
 )
+from services.threads.folding import FoldSettings
 from services.threads.ledger_relay import RelaySettings
 from services.threads.pruning import PruneSettings
 from services.threads.retirer import RetireSettings
@@ -60,6 +61,9 @@ class Settings:
     # Which stateful API new provider conversations use.
     stateful_api: str
     prune: PruneSettings
+    # Folding messages that left the window into the summary after the reply, at the llm's
+    # background service tier (COACH_FOLD_AFTER_REPLY, COACH_FOLD_MIN_MESSAGES).
+    fold: FoldSettings
     summary_model: str
     relay: RelaySettings
     # Deleting rotated and orphaned provider conversations upstream
@@ -87,6 +91,8 @@ class Settings:
         env = Env(environ)
         keep = (env.int("COACH_PRUNE_KEEP_MESSAGES", DEFAULT_KEEP_MESSAGES, minimum=2)
                 or DEFAULT_KEEP_MESSAGES)
+        prune_at = (env.int("COACH_PRUNE_AT_MESSAGES", keep + PRUNE_SLACK_MESSAGES, minimum=4)
+                    or keep + PRUNE_SLACK_MESSAGES)
         server = server_settings(env, "threads")
         max_bytes = env.int("COACH_THREADS_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES,
                             minimum=64 * 1024) or DEFAULT_MAX_MESSAGE_BYTES
@@ -101,13 +107,19 @@ class Settings:
             stateful_api=env.choice("COACH_STATEFUL_API", "responses", STATEFUL_APIS),
             prune=PruneSettings(
                 keep_messages=keep,
-                prune_at_messages=(env.int("COACH_PRUNE_AT_MESSAGES", keep + PRUNE_SLACK_MESSAGES,
-                                           minimum=4) or keep + PRUNE_SLACK_MESSAGES),
+                prune_at_messages=prune_at,
                 summary_batch=env.int("COACH_SUMMARY_BATCH_MESSAGES", 100, minimum=1) or 100,
                 cache_cold_after_s=env.float("COACH_PRUNE_CACHE_COLD_SECONDS",
                                              DEFAULT_CACHE_COLD_SECONDS, minimum=0),
                 ceiling_messages=env.int("COACH_PRUNE_CEILING_MESSAGES",
                                          DEFAULT_CEILING_MESSAGES, minimum=0) or 0,
+            ),
+            # By default a fold waits for as many messages as a rotation would fold, so a
+            # conversation costs one Summarize call per rotation, as without folding.
+            fold=FoldSettings(
+                enabled=env.bool("COACH_FOLD_AFTER_REPLY", True),
+                min_messages=env.int("COACH_FOLD_MIN_MESSAGES", prune_at - keep, minimum=1)
+                or prune_at - keep,
             ),
             summary_model=env.str("COACH_SUMMARY_MODEL", DEFAULT_SUMMARY_MODEL),
             relay=RelaySettings(

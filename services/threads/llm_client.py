@@ -113,10 +113,11 @@ class LlmClient:
         previous_summary: str,
         turns: Sequence[Turn],
         model: str,
+        background: bool = False,
     ) -> SummaryReply:
         request = llm_pb.SummarizeRequest(
             request_id=request_id, user_id=user_id, previous_summary=previous_summary,
-            turns=_turns(turns), model=model,
+            turns=_turns(turns), model=model, background=background,
         )
         try:
             reply = await self._stub.Summarize(request, timeout=time_left(self._timeout))

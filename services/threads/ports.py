@@ -76,7 +76,11 @@ class ConversationProvider(Protocol):
         previous_summary: str,
         turns: Sequence[Turn],
         model: str,
-    ) -> SummaryReply: ...
+        background: bool = False,
+    ) -> SummaryReply:
+        """``background``: nobody waits on it (a fold after the reply): the llm may send it
+        at a cheaper, slower service tier."""
+        ...
 
     async def delete_conversation(self, *, conversation_id: str, api: str) -> bool:
         """Deletes it upstream; False when it was already gone."""

@@ -143,6 +143,7 @@ class StatefulTurns:
         summary_model: str,
         turn_budget_s: float = 120.0,
         on_rotated: Callable[[], None] | None = None,
+        on_window_full: Callable[[str], None] | None = None,
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self.repository = repository
@@ -154,6 +155,9 @@ class StatefulTurns:
         self.turn_budget_s = turn_budget_s
         # Called once a rotation archived a conversation (the retirer deletes it upstream).
         self.on_rotated = on_rotated
+        # Called with the user id after a stored turn whose conversation holds messages older
+        # than the window (the background fold folds them into the summary: folding.py).
+        self.on_window_full = on_window_full
         self.now = now or (lambda: datetime.now(UTC))
         self.locks = UserLocks()
         # Releases that failed (database restarting), retried in the background.
@@ -227,6 +231,9 @@ class StatefulTurns:
                 await self._owe(request, exchange.charges[0], "the request holds a fallback")
         if stored.created:
             self.history.on_stored()
+            if self.on_window_full is not None and not request.baseline \
+                    and conversation.held_messages + 2 > self.prune.keep_messages:
+                self.on_window_full(request.user_id)
         log.info(
             "stateful turn",
             extra={

@@ -44,6 +44,9 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.append_calls: list[llm_pb.AppendTurnsRequest] = []
         self.turn_calls: list[llm_pb.StatefulTurnRequest] = []
         self.summarize_calls: list[llm_pb.SummarizeRequest] = []
+        # Background (flex) Summarize calls answer RESOURCE_EXHAUSTED while this is set.
+        self.refuse_background = False
+        self.refused_background = 0
         self.delete_calls: list[llm_pb.DeleteConversationRequest] = []
         self.deleted: set[str] = set()  # conversations deleted upstream (kept for inspection)
         self.refuse_delete: set[str] = set()  # DeleteConversation answers INVALID_ARGUMENT
@@ -141,13 +144,18 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self, request: llm_pb.SummarizeRequest, context: grpc.aio.ServicerContext
     ) -> llm_pb.SummarizeResponse:
         self._maybe_fail("Summarize")
+        if request.background and self.refuse_background:
+            self.refused_background += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "the flex tier has no capacity (fake)")
         self.summarize_calls.append(request)
         folded = len(request.turns)
         previous = int(request.previous_summary.split()[-2]) if request.previous_summary else 0
         return llm_pb.SummarizeResponse(
             summary=f"summary of {previous + folded} messages",
             model=request.model,
-            usage=types_pb2.Usage(input_tokens=50 + 5 * folded, output_tokens=30),
+            usage=types_pb2.Usage(input_tokens=50 + 5 * folded, output_tokens=30,
+                                  service_tier="flex" if request.background else "default"),
         )
 
     async def GetPromptPrefix(

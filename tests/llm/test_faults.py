@@ -239,3 +239,50 @@ async def test_a_completion_whose_caller_went_away_is_the_retrys_answer(
     again = await llm.stub.Complete(request, timeout=5)
     assert first.text and first.text == again.text and first.usage == again.usage
     assert offline_openai.stats.model_calls - calls_before == 1
+
+
+# ---- background upkeep at the flex tier ---------------------------------------------------
+
+def background_summary(user_id: str) -> pb.SummarizeRequest:
+    return pb.SummarizeRequest(
+        user_id=user_id, previous_summary="Wants to run a 10k by June.", model="gpt-5.4-mini",
+        turns=[pb.ChatTurn(role=pb.TURN_ROLE_USER, text="ran 5k this morning"),
+               pb.ChatTurn(role=pb.TURN_ROLE_COACH, text="Good. Same time tomorrow?")],
+        background=True)
+
+
+async def test_a_background_summary_goes_at_the_flex_tier_and_is_billed_as_flex(
+    llm: Any, offline_openai: Any
+) -> None:
+    reply = await llm.stub.Summarize(background_summary("u-flex-1"), timeout=5)
+    assert reply.summary and reply.usage.service_tier == "flex"
+    waited_on = await llm.stub.Summarize(
+        pb.SummarizeRequest(user_id="u-flex-1", previous_summary="x", model="gpt-5.4-mini",
+                            turns=[pb.ChatTurn(role=pb.TURN_ROLE_USER, text="slept 8 hours")]),
+        timeout=5)
+    assert waited_on.usage.service_tier == "default"  # a rotation's summary is not flex
+
+
+async def test_flex_out_of_capacity_is_retried_and_never_pauses_the_cheap_tier(
+    offline_openai: Any
+) -> None:
+    async with running_llm(offline_openai, FAST_RETRIES) as llm:
+        offline_openai.faults.set("flex_unavailable", count=1, retry_after_s=0)
+        injected = offline_openai.stats.faults_injected
+        reply = await llm.stub.Summarize(background_summary("u-flex-2"), timeout=5)
+        assert reply.usage.service_tier == "flex"
+        assert offline_openai.stats.faults_injected - injected == 1  # refused once, retried
+
+        # No flex capacity at all: the caller hears RESOURCE_EXHAUSTED after the retries
+        # (the threads service leaves those messages to the next rotation) ...
+        offline_openai.faults.set("flex_unavailable", retry_after_s=0)
+        error, _ = await failing(llm.stub.Summarize(background_summary("u-flex-3"), timeout=5))
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(error) == "UPSTREAM_RATE_LIMITED"
+        # Past the breaker's threshold (5 failed attempts) the background upstream pauses;
+        error, _ = await failing(llm.stub.Summarize(background_summary("u-flex-4"), timeout=5))
+        error, _ = await failing(llm.stub.Summarize(background_summary("u-flex-5"), timeout=5))
+        assert reason(error) == "UPSTREAM_CIRCUIT_OPEN"
+        # ... and the cheap tier, on its own breaker, answers as ever.
+        assert (await llm.stub.Complete(HELLO, timeout=5)).text
+        offline_openai.faults.clear()

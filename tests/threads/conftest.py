@@ -58,7 +58,25 @@ def _threads_env(pg_url: str, llm_port: int, ledger_port: int) -> dict[str, str]
         "COACH_PRUNE_AT_MESSAGES": "40",
         # ... and rotate as soon as it is full (the cache-aware rule: test_threads_domain).
         "COACH_PRUNE_CACHE_COLD_SECONDS": "0",
+        # Rotations summarize on their own here, so the tests of rotation see every summary
+        # call; the background fold has a replica of its own (test_threads_folding).
+        "COACH_FOLD_AFTER_REPLY": "false",
     }
+
+
+@pytest.fixture(scope="session")
+async def folding_threads(
+    pg_url: str,
+    fake_llm: tuple[FakeLlm, CoachServer],
+    fake_ledger: tuple[FakeLedger, CoachServer],
+) -> AsyncIterator[RunningService]:
+    """A threads replica that folds old messages into the summary after each reply."""
+    env = _threads_env(pg_url, fake_llm[1].port, fake_ledger[1].port)
+    env["COACH_FOLD_AFTER_REPLY"] = "true"
+    env["COACH_FOLD_MIN_MESSAGES"] = "2"  # a fold after every turn (the default: a rotation's worth)
+    service = await start_service("threads", env)
+    yield service
+    await stop_service(service)
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +128,12 @@ def llm(fake_llm: tuple[FakeLlm, CoachServer]) -> AsyncIterator[FakeLlm]:
     fake.failures.clear()
     fake.turn_delay_s = 0.0
     fake.create_gate = None
+    fake.refuse_background = False
     yield fake  # type: ignore[misc]
     fake.failures.clear()
     fake.turn_delay_s = 0.0
     fake.create_gate = None
+    fake.refuse_background = False
 
 
 @pytest.fixture

@@ -84,6 +84,7 @@ class ChatRoutes(Routes):
                                  RETENTIONS)
         verbosity = choice_param(body.get("verbosity"), "verbosity", VERBOSITIES)
         tier = choice_param(body.get("service_tier"), "service_tier", SERVICE_TIERS)
+        self._flex_capacity(request, tier)
         await self._model_latency()
         result = self.model.generate(
             ModelCall(

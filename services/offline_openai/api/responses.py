@@ -109,6 +109,7 @@ class ResponsesRoutes(Routes):
         verbosity = choice_param((text_param or {}).get("verbosity"), "text.verbosity",
                                  VERBOSITIES)
         tier = choice_param(body.get("service_tier"), "service_tier", SERVICE_TIERS)
+        self._flex_capacity(request, tier)
         await self._model_latency()
         result = self.model.generate(
             ModelCall(

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..clock import SimClock
 from ..config import OfflineConfig
+from ..errors import ApiError
 from ..faults import Faults
 from ..generation import OfflineModel
 from ..stats import Stats
@@ -48,3 +49,18 @@ class Routes:
         """The configured upstream latency of one model call (--latency-ms)."""
         if self.config.latency_ms > 0:
             await asyncio.sleep(self.config.latency_ms / 1000)
+
+    def _flex_capacity(self, request: web.Request, service_tier: str | None) -> None:
+        """Refuses a flex request while the flex-capacity fault is set, as OpenAI answers
+        when flex processing has no capacity: 429 ``resource_unavailable``."""
+        plan = self.faults.take_flex(request.path, service_tier)
+        if plan is not None:
+            self.stats.faults_injected += 1
+            raise ApiError(
+                429,
+                "Resource unavailable: flex processing has no capacity right now; retry "
+                "later or send the request with the default service tier. (injected fault)",
+                type_="resource_unavailable",
+                code="resource_unavailable",
+                headers={"Retry-After": str(plan.retry_after_s)},
+            )

@@ -100,6 +100,52 @@ class ConversationStore:
                     lease.user_id, summary, summarized_through,
                 )
 
+    # --- background folds (services/threads/folding.py): no lease, a marker per conversation --
+
+    async def mark_folding(self, conversation_pk: int, marker_s: float) -> tuple[str, int] | None:
+        """Takes the conversation's fold marker if it is free or expired, in one statement;
+        its summary and ``summarized_through`` then, or None (taken, or not active)."""
+        row = await self.pool.fetchrow(
+            """UPDATE threads.conversations
+                  SET folding_until = now() + $2::interval
+                WHERE id = $1 AND status = 'active'
+                  AND (folding_until IS NULL OR folding_until < now())
+            RETURNING summary, summarized_through""",
+            conversation_pk, timedelta(seconds=marker_s),
+        )
+        return (row["summary"], row["summarized_through"]) if row else None
+
+    async def unmark_folding(self, conversation_pk: int) -> None:
+        await self.pool.execute(
+            "UPDATE threads.conversations SET folding_until = NULL WHERE id = $1",
+            conversation_pk,
+        )
+
+    async def save_fold(
+        self,
+        *,
+        user_id: str,
+        conversation_pk: int,
+        request_id: str,
+        summary: str,
+        from_through: int,
+        through: int,
+        charge: Charge,
+    ) -> bool:
+        """Records a fold's charge (paid, so always: owed by the user's next stored exchange)
+        and its summary, only if the conversation is still active and still summarized
+        through ``from_through`` (a rotation did not fold these meanwhile). Frees the marker."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await add_pending_charge(conn, user_id, request_id, charge)
+            status = await conn.execute(
+                """UPDATE threads.conversations
+                      SET summary = $2, summarized_through = $3, folding_until = NULL,
+                          updated_at = now()
+                    WHERE id = $1 AND status = 'active' AND summarized_through = $4""",
+                conversation_pk, summary, through, from_through,
+            )
+        return status.endswith(" 1")
+
     async def first_summary(self, user_id: str) -> tuple[str, int]:
         """The running summary of a user with no conversation yet ('', 0 when none)."""
         row = await self.pool.fetchrow(

@@ -466,10 +466,16 @@ class SummarizeRequest(_message.Message):
     PREVIOUS_SUMMARY_FIELD_NUMBER: _builtins.int
     TURNS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     user_id: _builtins.str
     previous_summary: _builtins.str
     model: _builtins.str
+    background: _builtins.bool
+    """Nobody waits on this summary (upkeep after a reply): the llm service may send it at a
+    cheaper, slower service tier (its data: caching.yaml `service_tier.background`), which
+    the upstream may refuse for lack of capacity (RESOURCE_EXHAUSTED after its retries).
+    """
     @_builtins.property
     def turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatTurn]:
         """Turns to fold in, oldest first."""
@@ -482,10 +488,11 @@ class SummarizeRequest(_message.Message):
         previous_summary: _builtins.str = ...,
         turns: _abc.Iterable[Global___ChatTurn] | None = ...,
         model: _builtins.str = ...,
+        background: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "previous_summary", b"previous_summary", "request_id", b"request_id", "turns", b"turns", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "model", b"model", "previous_summary", b"previous_summary", "request_id", b"request_id", "turns", b"turns", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
