@@ -114,10 +114,13 @@ class Settings:
                 ceiling_messages=env.int("COACH_PRUNE_CEILING_MESSAGES",
                                          DEFAULT_CEILING_MESSAGES, minimum=0) or 0,
             ),
-            # By default a fold waits for as many messages as a rotation would fold, so a
-            # conversation costs one Summarize call per rotation, as without folding.
+            # Opt-in: a fold's charge is owed by the user's next stored answer, and when that
+            # answer is canned or cheap (journaled after its reply) the ledger bills the fold
+            # but that answer's ChatResponse cost does not include it (docs/cost.md).
+            # A fold waits for as many messages as a rotation would fold, so a conversation
+            # costs one Summarize call per rotation, as without folding.
             fold=FoldSettings(
-                enabled=env.bool("COACH_FOLD_AFTER_REPLY", True),
+                enabled=env.bool("COACH_FOLD_AFTER_REPLY", False),
                 min_messages=env.int("COACH_FOLD_MIN_MESSAGES", prune_at - keep, minimum=1)
                 or prune_at - keep,
             ),

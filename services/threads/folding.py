@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FoldSettings:
-    enabled: bool = True
+    enabled: bool = False
     # Fold only once at least this many messages have left the window (one Summarize call
     # each time; 2 = one exchange).
     min_messages: int = 2
