@@ -25,7 +25,7 @@ from services.common import tracing
 from services.common.deadlines import deadline_var, set_deadline
 from services.common.errors import CoachError, InvalidArgument, Unauthenticated, Unavailable
 from services.common.logs import request_id_var
-from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
+from services.common.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 from services.common.rich_status import status_for
 
 log = logging.getLogger("coach.rpc")
@@ -167,6 +167,7 @@ def _wrap_unary(
     short = method.rsplit("/", 1)[-1]
     latency = RPC_LATENCY.labels(short)
     ok_count = RPC_REQUESTS.labels(short, "OK")
+    in_flight = RPC_IN_FLIGHT.labels(short)
 
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         metadata = context.invocation_metadata() or ()
@@ -188,6 +189,7 @@ def _wrap_unary(
         deadline_token = set_deadline(context.time_remaining())
         started = time.perf_counter()
         code = "OK"
+        in_flight.inc()
         try:
             return await inner(request, context)
         except CoachError as known:
@@ -224,6 +226,7 @@ def _wrap_unary(
             rich = status_for(mapped)
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
         finally:
+            in_flight.dec()
             elapsed = time.perf_counter() - started
             if code == "OK":
                 ok_count.inc()

@@ -22,6 +22,9 @@ RPC_LATENCY = Histogram(
     "coach_rpc_latency_seconds", "RPC latency as the server saw it", ["method"],
     buckets=LATENCY_BUCKETS,
 )
+# What each method is serving now: a queue building up (or a call waiting on purpose, such as
+# a claim waiting for another router's answer) shows here before it shows in the latency.
+RPC_IN_FLIGHT = Gauge("coach_rpc_in_flight", "RPCs being served now, by method", ["method"])
 # The caller's side of the same calls: minus the callee's coach_rpc_latency_seconds, what the
 # hop itself costs (serialization, gRPC, the network, waiting for the callee's event loop).
 PEER_CALL_LATENCY = Histogram(

@@ -3,7 +3,6 @@ gets a clear UNAVAILABLE; every OK answer is stored and reaches the ledger — n
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -50,7 +49,9 @@ async def test_postgres_restart_under_load(own_postgres: EmbeddedPostgres) -> No
             await eventually(lambda: len(load.ok_ids()) >= 40, what="the load under way")
             await own_postgres.stop()
             stopped = time.monotonic()
-            await asyncio.sleep(2.0)  # how long the database is down: the scenario, not a wait
+            # Down until 20 messages were sent into the outage.
+            await eventually(lambda: sum(1 for o in load.outcomes if o.started > stopped) >= 20,
+                             timeout=60, what="messages sent while the database is down")
             await own_postgres.start()
             gap = time.monotonic() - stopped
             restarted = len(load.outcomes)

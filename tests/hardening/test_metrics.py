@@ -86,6 +86,7 @@ async def test_each_service_serves_its_metrics(pg_url: str, tmp_path: Path) -> N
     assert value(router_m, "coach_rpc_requests_total", method="Chat", code="OK") == 4
     assert value(router_m, "coach_rpc_requests_total", method="Chat", code="INVALID_ARGUMENT") == 1
     assert value(router_m, "coach_rpc_latency_seconds_count", method="Chat") == 5
+    assert value(router_m, "coach_rpc_in_flight", method="Chat") == 0  # all answered
     assert value(router_m, "coach_rpc_latency_seconds_bucket", method="Chat", le="+Inf") == 5
     assert 0 < value(router_m, "coach_rpc_latency_seconds_sum", method="Chat") < 60
     assert value(threads_m, "coach_rpc_requests_total", method="RunStatefulTurn", code="OK") == 1

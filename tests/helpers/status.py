@@ -90,3 +90,11 @@ async def recorded_in_ledger(pg_url: str, user_prefix: str, count: int,
 
     return await eventually(ids, timeout=timeout,
                             what=f"{count} ledger records for users {user_prefix}*")
+
+
+def serving(method: str) -> int:
+    """How many ``method`` calls the services running in this process are serving now
+    (``coach_rpc_in_flight``): a call that should be waiting can be seen to be."""
+    from prometheus_client import REGISTRY
+
+    return int(REGISTRY.get_sample_value("coach_rpc_in_flight", {"method": method}) or 0)

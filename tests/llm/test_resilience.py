@@ -43,7 +43,6 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.t += seconds
-        await asyncio.sleep(0)
 
 
 class Scripted:

@@ -185,7 +185,10 @@ async def test_direct_sends_what_the_sdk_sends_and_reads_the_same_answer() -> No
 
 
 async def _fail_both_ways(answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                          timeout: float = 5.0) -> tuple[BaseException, BaseException]:
+                          timeout: float = 5.0, release: asyncio.Event | None = None,
+                          ) -> tuple[BaseException, BaseException]:
+    """Both ways of sending fail against ``answer``; ``release`` is set once they have (an
+    answer that never comes waits on it, so the server can close)."""
     caught: list[BaseException] = []
     async with recording_upstream(answer) as (base_url, _):
         client = _tier_client(base_url)
@@ -199,6 +202,8 @@ async def _fail_both_ways(answer: Callable[[web.Request], Awaitable[web.StreamRe
             finally:
                 await way.close()
         await client.close()
+        if release is not None:
+            release.set()
     by_sdk, by_direct = caught
     return by_sdk, by_direct
 
@@ -241,11 +246,13 @@ async def test_direct_answer_that_is_not_a_json_object_is_a_server_error(body: b
 
 
 async def test_direct_timeout_and_connection_failures() -> None:
+    released = asyncio.Event()
+
     async def hang(request: web.Request) -> web.Response:
-        await asyncio.sleep(1.0)
+        await released.wait()  # no answer before both clients have given up
         return web.json_response(COMPLETION)
 
-    by_sdk, by_direct = await _fail_both_ways(hang, timeout=0.2)
+    by_sdk, by_direct = await _fail_both_ways(hang, timeout=0.2, release=released)
     assert isinstance(by_direct, openai.APITimeoutError)
     failure = classify(by_direct)
     assert failure is not None and failure.kind is FailureKind.TIMEOUT == classify(by_sdk).kind  # type: ignore[union-attr]

@@ -248,8 +248,11 @@ async def test_a_router_killed_under_load_loses_nothing(replicas: Replicas) -> N
     stop = asyncio.Event()
     retried: list[str] = []
 
+    names = [f"{prefix}{i}" for i in range(20)]
+    spread = replicas.channels[-1]
+
     async def user(i: int) -> None:
-        name, n = f"{prefix}{i}", 0
+        name, n = names[i], 0
         while not stop.is_set() and n < PER_USER:  # within the daily limit
             rid, message = uuid.uuid4().hex, MESSAGES[(i + n) % 3]
             give_up = time.monotonic() + 90
@@ -262,12 +265,17 @@ async def test_a_router_killed_under_load_loses_nothing(replicas: Replicas) -> N
                                           grpc.StatusCode.DEADLINE_EXCEEDED), exc
                     assert time.monotonic() < give_up, f"{name} never answered: {exc}"
                     retried.append(rid)
-                    await asyncio.sleep(0.2)
+                    # again once the channel has a router to send it to
+                    await asyncio.wait_for(spread.channel_ready(), 30)
             sent.setdefault(name, []).append((rid, reply))
             n += 1
-            await asyncio.sleep(0.05)
+            # Rounds: a user's next message waits for every user's previous one, so the load
+            # lasts through the kill and the restart whatever the machine's speed.
+            await eventually(lambda n=n: stop.is_set()
+                             or min(len(sent.get(u, ())) for u in names) >= n,
+                             timeout=90, what=f"round {n} of the load")
 
-    users = [asyncio.create_task(user(i)) for i in range(20)]
+    users = [asyncio.create_task(user(i)) for i in range(len(names))]
     await eventually(lambda: sum(len(v) for v in sent.values()) >= 40, timeout=60,
                      what="load under way")
     victim = replicas.suite.services["router-2"]

@@ -4,7 +4,6 @@ is on its way (the loop's next turn), not on the reply's path."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from services.common.pricing import PriceBook
 from services.router.answering import ChatInput, ChatPolicy, ChatService
 from services.router.decision import Router
+from tests.helpers.polling import eventually
 from tests.helpers.router_ports import CONTEXT, Cache, Journal, Ledger, Llm, Threads
 
 
@@ -28,8 +28,10 @@ async def answered(service: ChatService, caplog: pytest.LogCaptureFixture,
         await service.chat(ChatInput("u1", text, context=CONTEXT), 5.0)
         assert not [r for r in caplog.records if r.getMessage() == "answered"], \
             "the line is written after the reply, not before"
-        await asyncio.sleep(0)  # the loop's next turn: after the reply
-    return [r for r in caplog.records if r.getMessage() == "answered"]
+        # written on the loop's next turn, once the reply is on its way
+        return await eventually(lambda: [r for r in caplog.records
+                                         if r.getMessage() == "answered"],
+                                what="the answer's log line")
 
 
 async def test_an_upstream_answer_is_logged_at_info_with_its_tokens_and_cost(
@@ -58,5 +60,5 @@ async def test_the_coach_turn_of_an_answer_is_read_ahead_after_the_reply() -> No
                           Cache(), Journal())
     await service.chat(ChatInput("u1", "did my run this morning, felt decent", context=CONTEXT), 5.0)
     assert "Nice. What's next?" not in router._classifier._coach_turns
-    await asyncio.sleep(0)
-    assert "Nice. What's next?" in router._classifier._coach_turns
+    await eventually(lambda: "Nice. What's next?" in router._classifier._coach_turns,
+                     what="the coach turn read ahead")

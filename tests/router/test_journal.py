@@ -36,11 +36,16 @@ class Sink:
         self.gate: asyncio.Event | None = None
         self.reject: dict[str, str] = {}
         self.attempts = 0
+        self.at_gate = 0  # calls held at the gate right now
 
     async def record_batch(self, answers: Sequence[Exchange], timeout: float) -> list[BatchOutcome]:
         self.attempts += 1
         if self.gate is not None:
-            await self.gate.wait()
+            self.at_gate += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.at_gate -= 1
         if self.down:
             raise Unavailable("threads is down")
         self.batches.append(len(answers))
@@ -195,7 +200,7 @@ async def test_leftovers_stored_waits_for_what_an_earlier_process_left(tmp_path:
     second.append(answer("ann", 1))
     sink.down = False
     waiting = asyncio.create_task(second.leftovers_stored())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: sink.at_gate > 0, what="the leftovers' flush held at the gate")
     assert not waiting.done()
     sink.gate.set()
     await asyncio.wait_for(waiting, 5)

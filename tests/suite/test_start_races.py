@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,9 +40,14 @@ def test_the_system_user_is_created_once_when_servers_start_together(
     exists = threading.Event()
     calls: list[list[str]] = []
     running = threading.Lock()
+    missed_by: set[int] = set()  # starters that found the user missing
+    all_missed = threading.Event()
 
     def getpwnam(name: str) -> Any:
         if not exists.is_set():
+            missed_by.add(threading.get_ident())
+            if len(missed_by) == 4:
+                all_missed.set()
             raise KeyError(name)
         return SimpleNamespace(pw_name=name)
 
@@ -51,7 +55,8 @@ def test_the_system_user_is_created_once_when_servers_start_together(
         assert running.acquire(blocking=False), "two useradd at once"
         try:
             calls.append(argv)
-            time.sleep(0.05)
+            # Every starter is past its first look and racing for useradd meanwhile.
+            assert all_missed.wait(10), "the starters did not all look"
             exists.set()
             return SimpleNamespace(returncode=0, stderr="")
         finally:

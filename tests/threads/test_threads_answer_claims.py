@@ -13,7 +13,8 @@ import grpc
 import pytest
 from coach.threads.v1 import threads_service_pb2 as pb
 
-from tests.helpers.status import failure_of
+from tests.helpers.polling import eventually
+from tests.helpers.status import failure_of, serving
 from tests.threads.builders import Stub, cheap, rid
 
 
@@ -38,7 +39,7 @@ async def test_a_claimed_request_id_is_busy_for_others_then_answered(
     # the other replica waits for the answer, which router-a stores meanwhile
     waiting = asyncio.ensure_future(
         second.BeginAnswer(begin(user_id, request_id, "router-b", wait_ms=5000)))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: serving("BeginAnswer") == 1, what="the waiting claim being served")
     assert not waiting.done()
     stored = cheap(user_id, "did my run", "Nice. How far?")
     stored.exchange.request_id = request_id
@@ -76,7 +77,7 @@ async def test_a_claim_waits_for_the_users_earlier_answers_claimed_elsewhere(
     await first.BeginAnswer(begin(user_id, earlier, "router-a"))
     later = asyncio.ensure_future(second.BeginAnswer(begin(user_id, rid(), "router-b",
                                                          wait_ms=5000, recent_turns=6)))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: serving("BeginAnswer") == 1, what="the later claim being served")
     assert not later.done()
     stored = cheap(user_id, "did my run", "Nice. How far?")
     stored.exchange.request_id = earlier

@@ -111,12 +111,15 @@ async def test_user_locks_serialize_one_user_and_forget_idle_ones() -> None:
     locks = UserLocks()
     running: dict[str, int] = {"a": 0, "b": 0}
     peak: dict[str, int] = {"a": 0, "b": 0}
+    # Each holder waits for a second one: with the locks right, that is always the other
+    # user's (different users run at once); a second turn of the same user would show in peak.
+    pair = asyncio.Barrier(2)
 
     async def turn(user: str) -> None:
         async with locks.hold(user):
             running[user] += 1
             peak[user] = max(peak[user], running[user])
-            await asyncio.sleep(0.001)
+            await asyncio.wait_for(pair.wait(), 10)
             running[user] -= 1
 
     await asyncio.gather(*(turn("ab"[i % 2]) for i in range(20)))

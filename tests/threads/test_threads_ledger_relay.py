@@ -69,9 +69,13 @@ async def test_ledger_flapping_under_load_loses_nothing(
             await stubs[i % 2].RecordExchange(request)
 
     async def flapper() -> None:
+        # Each state lasts until the relays have called the ledger twice in it.
         for _ in range(8):
             ledger.down = not ledger.down
-            await asyncio.sleep(0.07)  # the flapping's rhythm, not a wait
+            calls = ledger.calls
+            await eventually(lambda calls=calls: ledger.calls >= calls + 2
+                             or all(r in ledger.records for r in ids),
+                             what="the relays calling the flapping ledger")
         ledger.down = False
 
     await asyncio.gather(*(writer(k) for k in range(6)), flapper())
