@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -18,6 +19,7 @@ from coach.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument, Unavailable
 from services.common.server import CoachServer, Registration
 from services.common.settings import Env, server_settings
+from tests.helpers.polling import eventually
 
 ROLE = {llm_pb.TURN_ROLE_USER: "user", llm_pb.TURN_ROLE_COACH: "coach"}
 # What the fake llm service says the baseline policy's prompt prefix costs.
@@ -36,7 +38,9 @@ class FakeConversation:
 
 
 class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
-    """Records every call; a turn sleeps ``turn_delay_s`` so overlapping turns would show."""
+    """Records every call. A turn can be held in the upstream: until ``turn_gate`` is set, or
+    (the next turn only) until ``hold_next_turn_until()`` is true, so that what happens
+    meanwhile (overlapping calls, a lost lease, a caller going away) is certain to happen."""
 
     def __init__(self) -> None:
         self.conversations: dict[str, FakeConversation] = {}
@@ -50,7 +54,8 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.delete_calls: list[llm_pb.DeleteConversationRequest] = []
         self.deleted: set[str] = set()  # conversations deleted upstream (kept for inspection)
         self.refuse_delete: set[str] = set()  # DeleteConversation answers INVALID_ARGUMENT
-        self.turn_delay_s = 0.0
+        self.turn_gate: asyncio.Event | None = None
+        self.hold_next_turn_until: Callable[[], bool] | None = None
         self.active_turns: Counter[str] = Counter()
         self.max_concurrency: Counter[str] = Counter()
         self.active_per_user: Counter[str] = Counter()
@@ -113,8 +118,11 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
                     self._gate_open.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._gate_open.wait(), self.gate_timeout_s)
-            if self.turn_delay_s:
-                await asyncio.sleep(self.turn_delay_s)
+            if self.hold_next_turn_until is not None:
+                until, self.hold_next_turn_until = self.hold_next_turn_until, None
+                await eventually(until, what="the held turn's condition")
+            if self.turn_gate is not None:
+                await self.turn_gate.wait()
             self._maybe_fail("StatefulTurn")
             self.turn_calls.append(request)
             conv = self.conversations[conv_id]

@@ -90,6 +90,9 @@ class Load:
     prefix: str
     users: int = 50
     timeout: float = 15.0
+    # Each user's think time between messages: the load's rate, a shape of the scenario and not
+    # a wait for anything. (Paced in lockstep rounds instead, every user's message landing at
+    # once, the database-restart test saw calls pass their 10 s deadline: docs/decisions.md.)
     pause: float = 0.05
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)

@@ -126,12 +126,14 @@ async def db(pg_url: str, threads_pair: object) -> AsyncIterator[asyncpg.Connect
 def llm(fake_llm: tuple[FakeLlm, CoachServer]) -> AsyncIterator[FakeLlm]:
     fake = fake_llm[0]
     fake.failures.clear()
-    fake.turn_delay_s = 0.0
+    fake.turn_gate = None
+    fake.hold_next_turn_until = None
     fake.create_gate = None
     fake.refuse_background = False
     yield fake  # type: ignore[misc]
     fake.failures.clear()
-    fake.turn_delay_s = 0.0
+    fake.turn_gate = None
+    fake.hold_next_turn_until = None
     fake.create_gate = None
     fake.refuse_background = False
 

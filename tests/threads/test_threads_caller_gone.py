@@ -86,9 +86,10 @@ async def test_a_caller_going_away_mid_rotation_leaves_the_turn_to_finish(
 
 async def abandoned_turn(stub: Stub, llm: FakeLlm, user_id: str,
                          message: str) -> pb.RunStatefulTurnRequest:
-    """A turn (after a first one) whose caller goes away while the upstream answers (0.3 s)."""
+    """A turn (after a first one) whose caller goes away while the upstream answers: held
+    there until the test sets ``llm.turn_gate``."""
     await stub.RunStatefulTurn(turn_request(user_id, "hello"))
-    llm.turn_delay_s = 0.3
+    llm.turn_gate = asyncio.Event()
     request = turn_request(user_id, message, rid())
     call = stub.RunStatefulTurn(request)
     await eventually(lambda: llm.active_per_user[user_id] == 1)
@@ -104,6 +105,8 @@ async def test_a_turn_whose_caller_went_away_is_stored_and_charged_once(
     """The router gave up (its deadline, a restart) while the upstream answered: the answer
     it paid for is stored and charged all the same, and the retry gets it back."""
     request = await abandoned_turn(stub, llm, user_id, "i keep skipping my runs")
+    assert llm.turn_gate is not None
+    llm.turn_gate.set()  # the upstream answers, with nobody waiting
     await eventually(lambda: request.request_id in ledger.records)
     assert ledger.records[request.request_id].route == types_pb2.ROUTE_ASSISTANT
     again = await stub.RunStatefulTurn(request)
@@ -122,6 +125,8 @@ async def test_a_turn_finished_after_the_callers_fallback_owes_its_charge(
         user_id, "slow one", "Give me a second and try again?", request.request_id,
         route=types_pb2.ROUTE_FALLBACK, message_type=types_pb2.MESSAGE_TYPE_DEEP_COACHING))
     assert fallback.created
+    assert llm.turn_gate is not None
+    llm.turn_gate.set()  # the upstream answers only now, after the fallback was stored
 
     async def owed() -> bool:  # the turn found the fallback stored, and owes its charge
         return bool(await db.fetchval(
@@ -129,7 +134,7 @@ async def test_a_turn_finished_after_the_callers_fallback_owes_its_charge(
             "AND charge->>'purpose' = 'unstored_turn'", user_id))
 
     await eventually(owed, what="the finished turn's charge owed")
-    llm.turn_delay_s = 0.0
+    llm.turn_gate = None
     kept = await stub.RunStatefulTurn(request)
     assert not kept.created and kept.exchange.route == types_pb2.ROUTE_FALLBACK
     following = await stub.RecordExchange(exchange(user_id, "hey", "Morning!"))

@@ -14,6 +14,7 @@ from coach.type.v1 import types_pb2
 from services.common.rich_status import error_from_rpc
 from tests.helpers.peer_fakes import FakeLedger, FakeLlm, conversations_of, per_user
 from tests.helpers.polling import eventually
+from tests.helpers.status import serving
 from tests.threads.builders import (
     KEEP,
     PRUNE_AT,
@@ -31,7 +32,8 @@ from tests.threads.builders import (
 async def test_concurrent_first_messages_make_one_conversation(
     stubs: list[Stub], llm: FakeLlm, user_id: str, db: asyncpg.Connection
 ) -> None:
-    llm.turn_delay_s = 0.02
+    # The first turn stays in the upstream until all 20 are being served: they contend.
+    llm.hold_next_turn_until = lambda: serving("RunStatefulTurn") >= 20
     requests = [turn_request(user_id, f"first message {i}") for i in range(20)]
     # Spread over two replicas of the service: the advisory lock serializes across them.
     results = await asyncio.gather(*(stubs[i % 2].RunStatefulTurn(r) for i, r in enumerate(requests)))
@@ -51,7 +53,7 @@ async def test_concurrent_first_messages_make_one_conversation(
 async def test_retried_turn_returns_the_stored_answer(
     stubs: list[Stub], llm: FakeLlm, ledger: FakeLedger, user_id: str, db: asyncpg.Connection
 ) -> None:
-    llm.turn_delay_s = 0.05
+    llm.hold_next_turn_until = lambda: serving("RunStatefulTurn") >= 4  # all four copies
     request = turn_request(user_id, "I keep skipping the gym", rid())
     results = await asyncio.gather(*(stubs[i % 2].RunStatefulTurn(request) for i in range(4)))
     again = await stubs[0].RunStatefulTurn(request)
@@ -259,13 +261,14 @@ async def test_a_turn_that_lost_its_lease_stores_nothing(
 ) -> None:
     """...but the upstream answer it paid for is owed by the user's next stored exchange."""
     await stub.RunStatefulTurn(turn_request(user_id, "hello"))
-    llm.turn_delay_s = 0.3
+    llm.turn_gate = asyncio.Event()
     call = asyncio.ensure_future(stub.RunStatefulTurn(turn_request(user_id, "slow one")))
     await eventually(lambda: llm.active_per_user[user_id] == 1)
     # Another replica took over (as if ours had expired) while the upstream answered.
     assert await db.execute(
         "UPDATE threads.turn_leases SET holder = 'usurper' WHERE user_id = $1", user_id
     ) == "UPDATE 1"
+    llm.turn_gate.set()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     code, reason, _ = error_from_rpc(err.value)
