@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -138,23 +139,35 @@ class RecordedHeads:
         return self.scores[norm.text]
 
 
-def out_of_fold_opinions(router: Router, corpus: Sequence[Case]) -> dict[str, Opinion]:
+@dataclass(frozen=True)
+class CorpusFeatures:
+    """The corpus's trainable rows and their feature matrix, computed once for every
+    measurement made of them."""
+
+    featurizer: Any
+    rows: list[Case]
+    x: Any
+
+    @classmethod
+    def of(cls, corpus: Sequence[Case]) -> CorpusFeatures:
+        from services.router.training.train import Featurizer, trainable
+
+        featurizer = Featurizer.load()
+        rows = trainable(corpus)
+        return cls(featurizer, rows, featurizer.matrix(rows))
+
+
+def out_of_fold_opinions(router: Router, corpus: Sequence[Case],
+                         features: CorpusFeatures | None = None) -> dict[str, Opinion]:
     """Every corpus message scored by heads that never saw it: five fits on four folds each;
     rows with a coach turn (never trained on) by the heads fitted on all trainable rows."""
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
-    from services.router.training.train import (
-        SEED,
-        STATEFUL_TYPES,
-        Featurizer,
-        fit_heads,
-        trainable,
-    )
+    from services.router.training.train import SEED, STATEFUL_TYPES, fit_heads
 
-    featurizer = Featurizer.load()
-    rows = trainable(corpus)
-    x = featurizer.matrix(rows)
+    features = features or CorpusFeatures.of(corpus)
+    featurizer, rows, x = features.featurizer, features.rows, features.x
     labels = [c.expect for c in rows]
     scores: dict[str, Opinion] = {}
 
@@ -183,24 +196,19 @@ def out_of_fold_opinions(router: Router, corpus: Sequence[Case]) -> dict[str, Op
     return scores
 
 
-def by_writer_auc() -> str:
+def by_writer_auc(features: CorpusFeatures) -> str:
     """Each corpus file is one writer: heads fitted on the other writers score this one's
     messages. Harder than the 5-fold split (which shares each writer's phrasings between
     folds), and closer to messages from someone new."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from services.router.training.train import Featurizer, corpus_files, fit_heads, trainable
+    from services.router.training.train import fit_heads
 
-    featurizer = Featurizer.load()
-    rows: list[Case] = []
-    groups: list[int] = []
-    for i, path in enumerate(corpus_files()):
-        part = trainable(load_cases(path))
-        rows += part
-        groups += [i] * len(part)
-    x = featurizer.matrix(rows)
-    group = np.array(groups)
+    rows, x = features.rows, features.x
+    writers = sorted({r.source.rsplit(":", 1)[0] for r in rows})
+    group = np.array([writers.index(r.source.rsplit(":", 1)[0]) for r in rows])
+    groups = group.tolist()
     stateful = np.zeros(len(rows))
     crisis = np.zeros(len(rows))
     for g in sorted(set(groups)):
@@ -294,7 +302,8 @@ def cross_validation(router: Router, show_misses: bool, svg: Path | None) -> str
     escalation = router.escalation
     assert escalation is not None
     corpus = load_cases(*corpus_files())
-    heads = RecordedHeads(out_of_fold_opinions(router, corpus))
+    features = CorpusFeatures.of(corpus)
+    heads = RecordedHeads(out_of_fold_opinions(router, corpus, features))
     oof_router = router.with_escalation(replace(escalation, heads=heads))
     text, _ = report(f"corpus, {FOLDS}-fold cross-validation (out-of-fold heads)",
                      evaluate(oof_router, corpus), show_misses)
@@ -304,7 +313,7 @@ def cross_validation(router: Router, show_misses: bool, svg: Path | None) -> str
     for t, cheap, recall in points:
         mark = "  <- configured" if t == escalation.escalate_at else ""
         lines.append(f"  {t:11.2f}  {cheap:11.3f}  {recall:14.3f}{mark}")
-    lines += ["", crisis, "", by_writer_auc()]
+    lines += ["", crisis, "", by_writer_auc(features)]
     if svg is not None:
         svg_curve(points, escalation.escalate_at, svg)
         lines.append(f"\ncurve drawn: {svg}")

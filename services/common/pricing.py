@@ -418,8 +418,23 @@ def _service_tiers(raw: Any, origin: str) -> dict[str, Fraction]:
 
 
 def _multiplier(value: Any, where: str) -> Decimal:
+    return _non_negative_decimal(value, where, "a multiplier is required, as a decimal string, "
+                                 "e.g. \"0.5\"")
+
+
+def _nanos_per_m(value: Any, where: str) -> int:
+    """USD per 1M tokens (decimal string) -> exact integer nano-USD per 1M tokens."""
+    usd = _non_negative_decimal(value, where, "a price in USD per 1M tokens is required, "
+                                "e.g. \"0.75\"")
+    nanos = exact_nanos(usd)
+    if nanos is None:
+        raise ConfigError(f"{where}: {value!r} has more than 9 decimals of a dollar")
+    return nanos
+
+
+def _non_negative_decimal(value: Any, where: str, required: str) -> Decimal:
     if value is None or isinstance(value, bool):
-        raise ConfigError(f"{where}: a multiplier is required, as a decimal string, e.g. \"0.5\"")
+        raise ConfigError(f"{where}: {required}")
     try:
         number = Decimal(str(value).strip())
     except InvalidOperation:
@@ -429,20 +444,10 @@ def _multiplier(value: Any, where: str) -> Decimal:
     return number
 
 
-def _nanos_per_m(value: Any, where: str) -> int:
-    """USD per 1M tokens (decimal string) -> exact integer nano-USD per 1M tokens."""
-    if value is None or isinstance(value, bool):
-        raise ConfigError(f"{where}: a price in USD per 1M tokens is required, e.g. \"0.75\"")
-    try:
-        usd = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ConfigError(f"{where}: {value!r} is not a decimal number") from None
-    if not usd.is_finite() or usd < 0:
-        raise ConfigError(f"{where}: {value!r} must be a non-negative number")
+def exact_nanos(usd: Decimal) -> int | None:
+    """Dollars as whole nano-dollars, or None when they have more than 9 decimals."""
     nanos = usd * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
-        raise ConfigError(f"{where}: {value!r} has more than 9 decimals of a dollar")
-    return int(nanos)
+    return int(nanos) if nanos == nanos.to_integral_value() else None
 
 
 def _required_date(value: Any, where: str) -> dt.date:

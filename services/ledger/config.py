@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from services.common.errors import ConfigError
-from services.common.pricing import DEFAULT_PRICES_FILE, NANOS_PER_USD
+from services.common.pricing import DEFAULT_PRICES_FILE, exact_nanos
 from services.common.settings import Env, ServerSettings, database_url, server_settings
 
 # A relay batch of ~500 records with their charges is ~100-200 KB: well above
@@ -69,7 +69,7 @@ def usd_to_nanos(raw: str | None, name: str) -> int | None:
         raise ConfigError(f"{name}={raw!r} is not an amount in dollars, e.g. 0.50") from None
     if not usd.is_finite() or usd < 0:
         raise ConfigError(f"{name}={raw!r} must be a non-negative amount in dollars")
-    nanos = usd * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
+    nanos = exact_nanos(usd)
+    if nanos is None:
         raise ConfigError(f"{name}={raw!r} has more than 9 decimals")
-    return int(nanos)
+    return nanos

@@ -7,8 +7,8 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
+from services.common.rich_status import error_from_rpc
 from tests.helpers.polling import eventually
 
 
@@ -21,20 +21,10 @@ class Failure:
 
 
 def failure_of(exc: grpc.aio.AioRpcError) -> Failure:
-    """The status code, ErrorInfo reason and BadRequest fields of a failed call."""
-    reason, fields = "", ()
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason = info.reason
-                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    fields = tuple(v.field for v in bad.field_violations)
-    return Failure(exc.code(), reason, fields, exc.details() or "")
+    """The status code, ErrorInfo reason and BadRequest fields of a failed call (decoded as
+    every client decodes them: ``services.common.rich_status.error_from_rpc``)."""
+    _, reason, violations = error_from_rpc(exc)
+    return Failure(exc.code(), reason, tuple(v.field for v in violations), exc.details() or "")
 
 
 async def call_failure(method: Any, request: Any, **kwargs: Any) -> Failure | None:

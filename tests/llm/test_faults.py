@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 import pytest
 from coach.llm.v1 import llm_service_pb2 as pb
-from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 
 from tests.helpers.polling import eventually
 from tests.helpers.services import running_llm
+from tests.helpers.status import failure_of
 
 pytestmark = pytest.mark.usefixtures("healthy_upstream")
 
@@ -28,15 +28,7 @@ HELLO = pb.CompleteRequest(
 
 
 def reason(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return str(info.reason)
-    return ""
+    return failure_of(error).reason
 
 
 async def failing(call: Any) -> tuple[grpc.aio.AioRpcError, float]:
