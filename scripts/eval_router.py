@@ -141,12 +141,12 @@ class RecordedHeads:
 
 @dataclass(frozen=True)
 class CorpusFeatures:
-    """The corpus's trainable rows and their feature matrix, computed once for every
-    measurement made of them."""
+    """The corpus's trainable rows and their features, computed once for every measurement
+    made of them (each fit chooses its vocabulary from its own rows)."""
 
     featurizer: Any
     rows: list[Case]
-    x: Any
+    features: Any
 
     @classmethod
     def of(cls, corpus: Sequence[Case]) -> CorpusFeatures:
@@ -154,7 +154,7 @@ class CorpusFeatures:
 
         featurizer = Featurizer.load()
         rows = trainable(corpus)
-        return cls(featurizer, rows, featurizer.matrix(rows))
+        return cls(featurizer, rows, featurizer.features(rows))
 
 
 def out_of_fold_opinions(router: Router, corpus: Sequence[Case],
@@ -167,32 +167,25 @@ def out_of_fold_opinions(router: Router, corpus: Sequence[Case],
     from services.router.training.train import SEED, STATEFUL_TYPES, fit_heads
 
     features = features or CorpusFeatures.of(corpus)
-    featurizer, rows, x = features.featurizer, features.rows, features.x
+    featurizer, rows, every = features.featurizer, features.rows, features.features
     labels = [c.expect for c in rows]
     scores: dict[str, Opinion] = {}
 
-    def record(heads_x: np.ndarray, fitted: object, cases: Sequence[Case]) -> None:
-        def probability(head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-            z = heads_x @ head[0].T + head[1]
-            return 1.0 / (1.0 + np.exp(-z[:, 0]))
-        st = probability(fitted.stateful)  # type: ignore[attr-defined]
-        cr = probability(fitted.crisis)  # type: ignore[attr-defined]
-        w, b = fitted.stateful_type  # type: ignore[attr-defined]
-        z = heads_x @ w.T + b
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
+    def record(fitted: Any, part: Any, cases: Sequence[Case]) -> None:
+        st, cr, kinds = fitted.scores(part)
         for i, case in enumerate(cases):
-            best = int(np.argmax(p[i]))
+            best = int(np.argmax(kinds[i]))
             scores[router.normalize(case.text).text] = Opinion(
-                float(st[i]), float(cr[i]), MessageType[STATEFUL_TYPES[best]], float(p[i, best]))
+                float(st[i]), float(cr[i]), MessageType[STATEFUL_TYPES[best]],
+                float(kinds[i, best]))
 
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=SEED)
-    for train_idx, test_idx in folds.split(x, labels):
-        fitted = fit_heads(x[train_idx], [rows[i] for i in train_idx])
-        record(x[test_idx], fitted, [rows[i] for i in test_idx])
+    for train_idx, test_idx in folds.split(np.zeros(len(rows)), labels):
+        fitted = fit_heads(every.take(train_idx), [rows[i] for i in train_idx])
+        record(fitted, every.take(test_idx), [rows[i] for i in test_idx])
     rest = [c for c in corpus if c.ctx.history]
     if rest:
-        record(featurizer.matrix(rest), fit_heads(x, rows), rest)
+        record(fit_heads(every, rows), featurizer.features(rest), rest)
     return scores
 
 
@@ -205,20 +198,19 @@ def by_writer_auc(features: CorpusFeatures) -> str:
 
     from services.router.training.train import fit_heads
 
-    rows, x = features.rows, features.x
+    rows, every = features.rows, features.features
     writers = sorted({r.source.rsplit(":", 1)[0] for r in rows})
     group = np.array([writers.index(r.source.rsplit(":", 1)[0]) for r in rows])
-    groups = group.tolist()
     stateful = np.zeros(len(rows))
     crisis = np.zeros(len(rows))
-    for g in sorted(set(groups)):
-        test = group == g
-        fitted = fit_heads(x[~test], [r for r, t in zip(rows, test, strict=True) if not t])
-        for out, (w, b) in ((stateful, fitted.stateful), (crisis, fitted.crisis)):
-            out[test] = 1.0 / (1.0 + np.exp(-(x[test] @ w.T + b)[:, 0]))
+    for g in range(len(writers)):
+        test = np.flatnonzero(group == g)
+        train = np.flatnonzero(group != g)
+        fitted = fit_heads(every.take(train), [rows[i] for i in train])
+        stateful[test], crisis[test], _ = fitted.scores(every.take(test))
     y_stateful = np.array([r.expect in ("complex", "safety") for r in rows])
     y_crisis = np.array([r.expect == "safety" for r in rows])
-    return (f"leave-one-writer-out ({len(set(groups))} writers, {len(rows)} messages): AUC "
+    return (f"leave-one-writer-out ({len(writers)} writers, {len(rows)} messages): AUC "
             f"stateful {roc_auc_score(y_stateful, stateful):.3f}, crisis "
             f"{roc_auc_score(y_crisis, crisis):.3f}")
 

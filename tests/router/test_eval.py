@@ -53,9 +53,9 @@ def test_shared_sample_meets_every_target(router: Router) -> None:
 HELDOUT_FLOORS = {
     "pattern_precision": TARGETS["pattern_precision"],
     "canned_coverage": 0.60,
-    "complex_recall": 0.95,
-    "safety_recall": 0.94,
-    "cheap_share": 0.82,
+    "complex_recall": 0.96,
+    "safety_recall": 0.97,
+    "cheap_share": 0.80,
 }
 
 
@@ -67,7 +67,8 @@ def test_held_out_figures_hold(router: Router) -> None:
     figures = EVAL.score(outcomes)
     below = {k: round(figures[k], 3) for k, floor in HELDOUT_FLOORS.items()
              if figures[k] < floor - 1e-9}
-    assert not below, (below, [(o.case.text, o.decision.reason) for o in outcomes if not o.ok])
+    # Figures only: a failing test must not list the held-out set's misses either.
+    assert not below, below
 
 
 def test_held_out_figures_leave_out_what_the_corpus_holds() -> None:

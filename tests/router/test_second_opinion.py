@@ -144,7 +144,8 @@ def test_a_missing_heads_file_stops_the_router_naming_it(tmp_path: Path) -> None
 @pytest.mark.parametrize("damage", [
     lambda text: text[: len(text) // 2],  # cut short
     lambda text: text.replace('"stateful_type"', '"kind"', 1),  # a head missing
-    lambda text: text.replace('"format": 2', '"format": 9', 1),  # another layout
+    lambda text: text.replace('"format": 3', '"format": 9', 1),  # another layout
+    lambda text: text.replace('"vocabulary": [', '"vocabulary": ["up", "up",', 1),  # repeated
     lambda text: text.replace('"bias": [', '"bias": [1e999,', 1),  # not finite / wrong shape
 ])
 def test_a_corrupt_heads_file_stops_the_router_with_one_line(tmp_path: Path, damage) -> None:
@@ -172,3 +173,24 @@ def test_make_train_router_reproduces_the_heads_byte_for_byte() -> None:
     from services.router.training.train import OUT_FILE, build
 
     assert build() == OUT_FILE.read_text(encoding="utf-8")
+
+
+def test_answering_sets_the_vocabulary_columns_training_sets(router: Router) -> None:
+    """Training reads a message's n-grams with ``ngrams``; answering with the per-word
+    remembered columns of ``VocabularyColumns``. They must agree on every message."""
+    from services.router.classifier.learned import VocabularyColumns, ngrams
+    from services.router.training.labelled import load_cases
+    from services.router.training.train import corpus_files
+
+    heads = router.escalation.heads  # type: ignore[union-attr]
+    assert isinstance(heads, SecondOpinion)
+    spec = heads.spec
+    column = {key: i for i, key in enumerate(spec.vocabulary)}
+    columns = VocabularyColumns(spec)
+    texts = [c.text for c in load_cases(*corpus_files())] + ["", "✅✅", "a " * 300, "ÉTÉ été"]
+    for _ in range(2):  # cold, then remembered
+        for text in texts:
+            tokens = router.normalize(text).tokens
+            expected = sorted({column[k] for k in ngrams(tokens, spec.bigrams, spec.char_ngrams)
+                               if k in column})
+            assert columns.of(tokens) == expected, text

@@ -21,9 +21,11 @@ import hashlib
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +35,16 @@ from services.router.classifier.learned import FORMAT, FeatureSpec, message_feat
 from services.router.decision import DATA_DIR, Router
 from services.router.training.labelled import Case, load_cases
 
-__all__ = ["CORPUS_DIR", "HELDOUT_DIR", "Featurizer", "corpus_files", "fit_heads", "main"]
+__all__ = [
+    "CORPUS_DIR",
+    "HELDOUT_DIR",
+    "Features",
+    "Featurizer",
+    "FittedHeads",
+    "corpus_files",
+    "fit_heads",
+    "main",
+]
 
 TRAINING_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = TRAINING_DIR / "corpus"
@@ -45,11 +56,17 @@ EMBEDDING = EmbeddingSource(
     package="wordllama", version="0.4.0.post1",
     weights="weights/l2_supercat_256.safetensors",
     tokenizer="tokenizers/l2_supercat_tokenizer_config.json")
-SPEC = FeatureSpec(hash_buckets=4096, bigrams=True, embedding_scale=4.0)
-# Inverse regularization strength, one for all heads: chosen by 5-fold cross-validation on
-# the corpus (0.3 against 1.0 and 3.0: at the same cheap share, higher complex and safety
-# recall out of fold); the figures are in docs/router.md.
-C = 0.3
+BIGRAMS = True
+CHAR_NGRAMS = 4
+EMBEDDING_SCALE = 4.0
+# An n-gram enters the vocabulary once it is in this many training messages: one seen once
+# says more about its writer than about messages to come.
+MIN_COUNT = 2
+# Inverse regularization strength, one for all heads, and classes weighted by their
+# rarity (a crisis message is one in ten): chosen by leave-one-writer-out and 5-fold
+# cross-validation on the corpus, never on the held-out set (docs/router.md).
+C = 1.0
+CLASS_WEIGHT = "balanced"
 STATEFUL_TYPES = ("ACCOUNTABILITY", "DEEP_COACHING", "GOAL_SETTING", "PATTERN_ANALYSIS",
                   "STRUGGLING")
 DECIMALS = 5
@@ -62,9 +79,45 @@ def corpus_files() -> list[Path]:
     return sorted(CORPUS_DIR.glob("*.jsonl"))
 
 
+def spec_for(vocabulary: Sequence[str]) -> FeatureSpec:
+    return FeatureSpec(tuple(vocabulary), BIGRAMS, CHAR_NGRAMS, EMBEDDING_SCALE)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Messages as the heads see them, before a vocabulary is chosen: the dense part of each
+    feature vector and each message's n-grams. The vocabulary is part of a fit (an n-gram
+    only a held-out fold uses must not be in it), so the design matrix is built per fit."""
+
+    dense: Matrix  # (messages, dense features)
+    ngrams: tuple[tuple[str, ...], ...]
+
+    def take(self, index: Sequence[int] | npt.NDArray[np.int64]) -> Features:
+        return Features(self.dense[index], tuple(self.ngrams[i] for i in index))
+
+    def design(self, vocabulary: Sequence[str]) -> Any:
+        """The feature vectors over ``vocabulary``, as a sparse matrix (scipy CSR)."""
+        from scipy import sparse  # training only
+
+        column = {key: i for i, key in enumerate(vocabulary)}
+        rows, cols = [], []
+        for i, keys in enumerate(self.ngrams):
+            hits = [column[k] for k in keys if k in column]
+            rows += [i] * len(hits)
+            cols += hits
+        flags = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                                  shape=(len(self.ngrams), len(vocabulary)))
+        return sparse.hstack([sparse.csr_matrix(self.dense), flags], format="csr")
+
+
+def vocabulary_of(features: Features) -> tuple[str, ...]:
+    counts = Counter(k for keys in features.ngrams for k in keys)
+    return tuple(sorted(k for k, n in counts.items() if n >= MIN_COUNT))
+
+
 @dataclass(frozen=True)
 class Featurizer:
-    """The run-time feature vector (``SecondOpinion.features``), for many messages at once."""
+    """The run-time features (``message_features``) of many messages at once."""
 
     router: Router
     embedder: StaticEmbedder
@@ -74,19 +127,18 @@ class Featurizer:
         return cls(Router.from_files(second_opinion=False),
                    StaticEmbedder.load(EMBEDDING, TRAINING_DIR / "train.py"))
 
-    def matrix(self, cases: Sequence[Case]) -> Matrix:
-        """One row per message: ``message_features`` with the hashed buckets spread out."""
-        dims = self.embedder.dimensions
-        width = SPEC.dense_size(dims)
-        out = np.zeros((len(cases), SPEC.size(dims)), dtype=np.float32)
+    def features(self, cases: Sequence[Case]) -> Features:
+        spec = spec_for(())
+        dense = np.zeros((len(cases), spec.dense_size(self.embedder.dimensions)),
+                         dtype=np.float32)
+        ngrams: list[tuple[str, ...]] = []
         for i, case in enumerate(cases):
             norm = self.router.normalize(case.text)
             verdict = self.router.classify(case.text, case.ctx.history)
-            dense, buckets = message_features(self.embedder, SPEC, norm,
+            dense[i], keys = message_features(self.embedder, spec, norm,
                                               self.router.rule_signals(norm, verdict))
-            out[i, :width] = dense
-            out[i, [width + b for b in buckets]] = 1.0
-        return out
+            ngrams.append(tuple(keys))
+        return Features(dense, tuple(ngrams))
 
 
 def trainable(cases: Sequence[Case]) -> list[Case]:
@@ -94,22 +146,39 @@ def trainable(cases: Sequence[Case]) -> list[Case]:
     return [c for c in cases if not c.ctx.history]
 
 
-def _logistic(x: Matrix, y: npt.NDArray[np.int64], seed: int) -> tuple[Matrix, Matrix]:
+def _logistic(x: Any, y: npt.NDArray[np.int64], seed: int) -> tuple[Matrix, Matrix]:
     from sklearn.linear_model import LogisticRegression  # training only
 
-    model = LogisticRegression(C=C, max_iter=5000, tol=1e-6, random_state=seed)
+    model = LogisticRegression(C=C, class_weight=CLASS_WEIGHT, max_iter=5000, tol=1e-6,
+                               random_state=seed)
     model.fit(x, y)
     return model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
 
 
 @dataclass(frozen=True)
 class FittedHeads:
+    vocabulary: tuple[str, ...]
     stateful: tuple[Matrix, Matrix]
     crisis: tuple[Matrix, Matrix]
     stateful_type: tuple[Matrix, Matrix]
 
+    def scores(self, features: Features) -> tuple[Matrix, Matrix, Matrix]:
+        """P(stateful), P(crisis) and the stateful types' probabilities, per message."""
+        x = features.design(self.vocabulary)
 
-def fit_heads(x: Matrix, cases: Sequence[Case], seed: int = SEED) -> FittedHeads:
+        def probability(head: tuple[Matrix, Matrix]) -> Matrix:
+            z = np.asarray(x @ head[0].T + head[1])
+            result: Matrix = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            return result
+        z = np.asarray(x @ self.stateful_type[0].T + self.stateful_type[1])
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return probability(self.stateful), probability(self.crisis), e / e.sum(axis=1,
+                                                                              keepdims=True)
+
+
+def fit_heads(features: Features, cases: Sequence[Case], seed: int = SEED) -> FittedHeads:
+    vocabulary = vocabulary_of(features)
+    x = features.design(vocabulary)
     expect = [c.expect for c in cases]
     stateful = np.array([e in ("complex", "safety") for e in expect], dtype=np.int64)
     crisis = np.array([e == "safety" for e in expect], dtype=np.int64)
@@ -117,7 +186,7 @@ def fit_heads(x: Matrix, cases: Sequence[Case], seed: int = SEED) -> FittedHeads
                     and c.expected_type.removeprefix("MESSAGE_TYPE_") in STATEFUL_TYPES]
     kinds = np.array([STATEFUL_TYPES.index(cases[i].expected_type.removeprefix("MESSAGE_TYPE_"))
                       for i in complex_rows], dtype=np.int64)
-    return FittedHeads(_logistic(x, stateful, seed), _logistic(x, crisis, seed),
+    return FittedHeads(vocabulary, _logistic(x, stateful, seed), _logistic(x, crisis, seed),
                        _logistic(x[complex_rows], kinds, seed))
 
 
@@ -136,10 +205,12 @@ def heads_document(heads: FittedHeads, cases: Sequence[Case], files: Sequence[Pa
         "embedding": {"package": EMBEDDING.package, "version": EMBEDDING.version,
                       "weights": EMBEDDING.weights, "tokenizer": EMBEDDING.tokenizer,
                       "dimensions": 256},
-        "features": {"hash_buckets": SPEC.hash_buckets, "bigrams": SPEC.bigrams,
-                     "embedding_scale": SPEC.embedding_scale},
+        "features": {"bigrams": BIGRAMS, "char_ngrams": CHAR_NGRAMS,
+                     "embedding_scale": EMBEDDING_SCALE, "min_count": MIN_COUNT,
+                     "vocabulary": list(heads.vocabulary)},
         "trained_on": {"corpus": [p.name for p in files], "corpus_sha256": digest.hexdigest(),
                        "rows": len(cases), "seed": SEED, "C": C,
+                       "class_weight": CLASS_WEIGHT,
                        "how": "make train-router (services/router/training/train.py)"},
         "heads": {
             "stateful": {"classes": ["stateful"], "weights": _rounded(heads.stateful[0]),
@@ -159,9 +230,7 @@ def heads_document(heads: FittedHeads, cases: Sequence[Case], files: Sequence[Pa
 def build() -> str:
     files = corpus_files()
     cases = trainable(load_cases(*files))
-    featurizer = Featurizer.load()
-    x = featurizer.matrix(cases)
-    return heads_document(fit_heads(x, cases), cases, files)
+    return heads_document(fit_heads(Featurizer.load().features(cases), cases), cases, files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
