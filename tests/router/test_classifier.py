@@ -53,6 +53,30 @@ def test_negated_completion_is_never_a_completion(router: Router, text: str) -> 
                                     MessageType.PATTERN_ANALYSIS)
 
 
+@pytest.mark.parametrize("text", ["pilates done", "upper body done", "15 min meditation ✅",
+                                  "smoke free today 🚭", "made my bed", "hecho ✅", "fertig!"])
+def test_any_activity_named_done_is_a_completion(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is MessageType.CHECK_IN and verdict.canned_eligible
+
+
+@pytest.mark.parametrize("text", ["stretching not done", "gym never done", "reps barely done",
+                                  "life done", "my life is done", "us done ✅", "everything done",
+                                  "no food today ✅", "no eating today", "skipped meals ✅",
+                                  "food free today", "eating done"])
+def test_an_open_activity_slot_never_swallows_a_negation_or_a_life(router: Router,
+                                                                    text: str) -> None:
+    # "_ done" takes any one word as the activity: these must still reach a model.
+    assert not router.classify(text).canned_eligible
+
+
+@pytest.mark.parametrize("text", ["konnichiwa", "merhaba coach", "kia ora", "xin chào",
+                                  "Good evening. I hope you are well."])
+def test_greetings_in_other_languages_and_pleasantries(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is MessageType.GREETING and verdict.canned_eligible
+
+
 def test_not_done_yet_is_progress_but_not_done_is_a_miss(router: Router) -> None:
     assert kind(router, "not done yet") is MessageType.CHECK_IN
     assert kind(router, "didn't finish") is MessageType.ACCOUNTABILITY

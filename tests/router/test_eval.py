@@ -52,7 +52,7 @@ def test_shared_sample_meets_every_target(router: Router) -> None:
 # for this (two writers who never saw the corpus or the rules); the first is now dev/.
 HELDOUT_FLOORS = {
     "pattern_precision": TARGETS["pattern_precision"],
-    "canned_coverage": 0.60,
+    "canned_coverage": 0.68,
     "complex_recall": 0.96,
     "safety_recall": 0.97,
     "cheap_share": 0.80,
