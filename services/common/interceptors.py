@@ -45,6 +45,10 @@ def _is_transient_db_error(exc: BaseException) -> bool:
         asyncpg.exceptions.InterfaceError,
         asyncpg.exceptions.AdminShutdownError,
         asyncpg.exceptions.TooManyConnectionsError,
+        # A session the server ends mid-operation (PostgreSQL stopping) now and then surfaces
+        # as "cannot switch to state 12; another operation is in progress" rather than as a
+        # closed connection (asyncpg issue 1069); the pool then terminates that connection.
+        asyncpg.exceptions.InternalClientError,
         ConnectionError,
         OSError,
         TimeoutError,

@@ -377,8 +377,10 @@ class ChatService:
                             lease_s=left + self.policy.claim_margin_s,
                             wait_s=max(left - self.policy.fallback_reserve_s, 0.0))
         if cached is None:
-            # What threads returns must include this router's own answers still in the journal.
-            await self.journal.flush_user(user_id, left)
+            # What threads returns must include this router's own answers still in the journal
+            # (given up with time left to say UNAVAILABLE before the caller's deadline).
+            await self.journal.flush_user(user_id, max(left - self.policy.fallback_reserve_s,
+                                                       0.0))
             epoch = self.cache.epoch()
             begun = await self.threads.begin_answer(claim, self.policy.recent_turns,
                                                     self._left(deadline))
@@ -413,7 +415,8 @@ class ChatService:
         if cached is not None:
             return cached
         # What threads returns must include this router's own answers still in the journal.
-        await self.journal.flush_user(user_id, self._left(deadline))
+        await self.journal.flush_user(user_id, max(self._left(deadline)
+                                                   - self.policy.fallback_reserve_s, 0.0))
         epoch = self.cache.epoch()
         state = await self.threads.user_state(
             user_id, request_id, self.policy.recent_turns, self._left(deadline)

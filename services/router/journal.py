@@ -120,6 +120,7 @@ class AnswerJournal:
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._progress = asyncio.Event()
+        self._refused = asyncio.Event()  # a fresh event after each batch threads did not take
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         # Segments up to this one held answers an earlier process left (0: none).
@@ -226,7 +227,10 @@ class AnswerJournal:
         return self._per_user.get(user_id, 0)
 
     async def flush_user(self, user_id: str, timeout: float) -> None:
-        """Waits until every journaled answer of the user is stored in threads."""
+        """Waits until every journaled answer of the user is stored in threads; UNAVAILABLE
+        as soon as threads refuses a batch sent while waiting (the store is down: the caller
+        hears so at once and retries, rather than at its deadline), or when ``timeout`` runs
+        out."""
         if not self._per_user[user_id]:
             return
         deadline = time.monotonic() + timeout
@@ -235,12 +239,24 @@ class AnswerJournal:
         while self._per_user[user_id]:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Unavailable(
-                    "this user's earlier answers are not stored yet; retry with the same request_id",
-                    reason="STORAGE_UNAVAILABLE", retry_after_s=1.0,
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), left)
+                raise self._not_stored()
+            refused = self._refused
+            waits = [asyncio.ensure_future(self._progress.wait()),
+                     asyncio.ensure_future(refused.wait())]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if refused.is_set() and self._per_user[user_id]:
+                raise self._not_stored()
+
+    @staticmethod
+    def _not_stored() -> Unavailable:
+        return Unavailable(
+            "this user's earlier answers are not stored yet; retry with the same request_id",
+            reason="STORAGE_UNAVAILABLE", retry_after_s=1.0,
+        )
 
     # -- sending --------------------------------------------------------------------------
 
@@ -265,6 +281,8 @@ class AnswerJournal:
                 log.warning("journal: threads did not take a batch; retrying",
                             extra={"answers": len(batch), "error": err.message,
                                    "retry_in_s": delay})
+                refused, self._refused = self._refused, asyncio.Event()
+                refused.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
                 continue

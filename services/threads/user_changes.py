@@ -175,7 +175,8 @@ class UserChanges:
                     await conn.fetchval("SELECT 1", timeout=self._health_check_s)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError, TimeoutError) as exc:
                 # database down or restarting: streams end, retry
                 log.warning("user changes listener lost", extra={"error": repr(exc)})
             finally:

@@ -39,13 +39,15 @@ async def stored_exchanges(url: str, prefix: str) -> set[str]:
     return {r["request_id"] for r in rows}
 
 
-async def test_postgres_restart_under_load(own_postgres: EmbeddedPostgres) -> None:
+@pytest.mark.parametrize("lockstep", [False, True], ids=["paced", "lockstep"])
+async def test_postgres_restart_under_load(own_postgres: EmbeddedPostgres, lockstep: bool) -> None:
     url = own_postgres.url
     upstream: Any = await start_offline_openai(host="127.0.0.1", port=0)
     suite = await start_suite(url, upstream)
     prefix = f"pg-{uuid.uuid4().hex[:6]}-"
     try:
-        async with Load(suite.services["router"].address, prefix, users=20, timeout=10) as load:
+        async with Load(suite.services["router"].address, prefix, users=20, timeout=10,
+                        lockstep=lockstep) as load:
             await eventually(lambda: len(load.ok_ids()) >= 40, what="the load under way")
             await own_postgres.stop()
             stopped = time.monotonic()

@@ -91,9 +91,12 @@ class Load:
     users: int = 50
     timeout: float = 15.0
     # Each user's think time between messages: the load's rate, a shape of the scenario and not
-    # a wait for anything. (Paced in lockstep rounds instead, every user's message landing at
-    # once, the database-restart test saw calls pass their 10 s deadline: docs/decisions.md.)
+    # a wait for anything.
     pause: float = 0.05
+    # Lockstep rounds instead: each user's next message waits for every user's previous one,
+    # so all of a round's messages land at once (a synchronized burst, the hardest moment for
+    # a database restart to fall on).
+    lockstep: bool = False
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -101,11 +104,13 @@ class Load:
     async def __aenter__(self) -> Self:
         self.channel = grpc.aio.insecure_channel(self.address)
         self.stub = router_service_pb2_grpc.RouterServiceStub(self.channel)
+        self._round = asyncio.Barrier(self.users)
         self._tasks = [asyncio.create_task(self._user(i)) for i in range(self.users)]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
+        await self._round.abort()
         await asyncio.gather(*self._tasks)
         await self.channel.close()
 
@@ -125,7 +130,13 @@ class Load:
                 self.outcomes.append(Outcome(user, rid, exc.code(), exc.details() or "", started,
                                              time.monotonic() - started))
             n += 1
-            await asyncio.sleep(self.pause)
+            if not self.lockstep:
+                await asyncio.sleep(self.pause)
+                continue
+            try:
+                await self._round.wait()
+            except asyncio.BrokenBarrierError:
+                return
 
     def ok_ids(self) -> set[str]:
         return {o.request_id for o in self.outcomes if o.code == grpc.StatusCode.OK}

@@ -133,6 +133,27 @@ async def test_flush_user_waits_until_that_users_answers_are_stored(tmp_path: Pa
     await j.close(timeout=1)
 
 
+async def test_flush_user_says_unavailable_when_threads_refuses_not_at_its_deadline(
+        tmp_path: Path) -> None:
+    # The caller hears UNAVAILABLE (and retries) as soon as a batch sent while it waits is
+    # refused: waiting out its whole deadline turned a database restart into
+    # DEADLINE_EXCEEDED for every user with an answer in the journal.
+    sink = Sink()
+    sink.down = True
+    sink.gate = asyncio.Event()
+    j = journal(tmp_path, sink)
+    j.append(answer("di", 1))
+    await eventually(lambda: sink.at_gate == 1, what="a batch on its way to threads")
+    waiting = asyncio.create_task(j.flush_user("di", timeout=600))
+    await eventually(lambda: j.pending_for("di") == 1 and not waiting.done(),
+                     what="the flush waiting on the batch")
+    sink.gate.set()  # threads answers: down
+    with pytest.raises(Unavailable, match="not stored yet"):
+        await asyncio.wait_for(waiting, 5)
+    sink.down = False
+    await j.close(timeout=1)
+
+
 async def test_a_full_journal_refuses_new_messages_with_unavailable(tmp_path: Path) -> None:
     sink = Sink()
     sink.down = True
