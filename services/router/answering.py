@@ -23,8 +23,8 @@
    when the caller goes away while the llm answers (it is paid for); threads
    does the same for stateful turns.
 
-The peers (threads, llm, ledger) are reached through the small protocols
-below; ``peers.py`` implements them over gRPC and tests can fake them.
+The peers (threads, llm, ledger) are reached through the small protocols of
+``ports.py``; ``peers.py`` implements them over gRPC and tests can fake them.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from services.common.after_reply import after_reply
 from services.common.errors import CoachError, ResourceExhausted
@@ -43,20 +43,23 @@ from services.common.exchange import Exchange, UserState
 from services.common.metrics import CRISIS_EVENTS, ROUTES
 from services.common.pricing import PriceBook
 from services.common.unattended import Unattended
-from services.common.usage import Charge, Usage
+from services.common.usage import Charge
 from services.common.vocabulary import Route, Turn
 from services.router.decision import Decision, MessageContext, PriorTurn, Router
+from services.router.ports import (
+    AnswerClaim,
+    AnswerStore,
+    CompletionInput,
+    LedgerPort,
+    LlmPort,
+    StateCache,
+    StatefulTurnInput,
+    ThreadsPort,
+    UserContextIn,
+)
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class UserContextIn:
-    display_name: str = ""
-    current_streak: int = 0
-    local_hour: int | None = None
-    timezone: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,33 +79,6 @@ class ChatResult:
 
 
 
-@dataclass(frozen=True)
-class StatefulTurnInput:
-    request_id: str
-    user_id: str
-    message: str
-    decision: Decision
-    context: UserContextIn
-    baseline: bool
-
-
-@dataclass(frozen=True)
-class CompletionInput:
-    request_id: str
-    user_id: str
-    message: str
-    history: tuple[Turn, ...]
-    decision: Decision
-    context: UserContextIn
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    model: str
-    usage: Usage
-
-
 def _replay(answer: Exchange) -> UserState:
     """A state that only says: this request id is answered (``answer``)."""
     return UserState(message_count=0, recent_turns=(), existing=answer, messages_today=0,
@@ -115,65 +91,6 @@ class UpstreamFailure(Exception):
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(message or reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class AnswerClaim:
-    """This router's claim on a request id (threads' BeginAnswer): held until the answer is
-    stored, abandoned if the message is refused, expired after ``lease_s`` otherwise."""
-
-    user_id: str
-    request_id: str
-    token: str
-    lease_s: float
-    # How long to wait for another replica's answer to the same request id.
-    wait_s: float
-
-
-@dataclass(frozen=True)
-class BegunAnswer:
-    """The stored answer (``existing``), or the claim held, with the store's message count
-    of the user and, when asked for, their state."""
-
-    existing: Exchange | None
-    message_count: int
-    state: UserState | None = None
-
-
-class ThreadsPort(Protocol):
-    async def user_state(self, user_id: str, request_id: str, recent: int, timeout: float) -> UserState: ...
-    async def begin_answer(self, claim: AnswerClaim, recent: int, timeout: float) -> BegunAnswer: ...
-    async def abandon_answer(self, claim: AnswerClaim, timeout: float) -> None: ...
-    async def stateful_turn(self, turn: StatefulTurnInput, timeout: float) -> Exchange: ...
-
-
-class StateCache(Protocol):
-    """The router's cache of user state (user_cache.UserStateCache)."""
-
-    def get(self, user_id: str, request_id: str) -> UserState | None: ...
-    def epoch(self) -> int: ...
-    def put(self, user_id: str, state: UserState, epoch: int) -> None: ...
-    def record(self, answer: Exchange) -> None: ...
-    def drop(self, user_id: str) -> None: ...
-
-
-class AnswerStore(Protocol):
-    """Write-behind storage of answers given outside the stateful tier (journal.AnswerJournal)."""
-
-    def ensure_room(self) -> None: ...
-    def append(self, answer: Exchange) -> None: ...
-    async def flush_user(self, user_id: str, timeout: float) -> None: ...
-    def pending_for(self, user_id: str) -> int: ...
-
-
-class LlmPort(Protocol):
-    async def complete(self, request: CompletionInput, timeout: float) -> Completion: ...
-
-
-class LedgerPort(Protocol):
-    async def budget_exceeded(self, user_id: str, timeout: float) -> str | None:
-        """A message for the user when today's budget is spent, else None."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -271,14 +188,16 @@ class ChatService:
         self.journal.ensure_room()
 
         claim: AnswerClaim | None = None
+        owed: tuple[Charge, ...] = ()
         if request.request_id and self.policy.claims:
-            state, claim = await self._begin(request.user_id, request_id, deadline)
+            state, claim, owed = await self._begin(request.user_id, request_id, deadline)
         else:  # a request id made up here: nobody else can have answered it
             state = await self._user_state(request.user_id, request_id, deadline)
         if state.existing is not None:
             return ChatResult(state.existing, self.cost_of(state.existing), replayed=True)
         try:
-            return await self._decide_and_answer(request, request_id, state, deadline, started)
+            return await self._decide_and_answer(request, request_id, state, deadline, started,
+                                                 owed)
         except CoachError:
             if claim is not None:  # refused (a daily limit, storage): the claim goes back
                 self._abandon(claim)
@@ -286,7 +205,7 @@ class ChatService:
 
     async def _decide_and_answer(
         self, request: ChatInput, request_id: str, state: UserState, deadline: float,
-        started: float,
+        started: float, owed: tuple[Charge, ...] = (),
     ) -> ChatResult:
         ctx = self.context_for(
             request.context, state.message_count, state.recent_turns, state.last_canned_reply
@@ -308,6 +227,11 @@ class ChatService:
             answer = await self._answer_and_keep(
                 request, request_id, decision, state, deadline, started)
         cost = self.cost_of(answer)
+        if answer.route is not Route.ASSISTANT:
+            # Upkeep owed by the user and reserved by this request id's claim: the exchange
+            # stored under it takes these charges, so the reply reports them. (A stateful
+            # turn's exchange, stored by threads, carries them already.)
+            cost += self.charges_cost(owed)
         after_reply(self._after_reply, request.user_id, answer, cost)
         return ChatResult(answer, cost)
 
@@ -365,13 +289,13 @@ class ChatService:
 
     async def _begin(
         self, user_id: str, request_id: str, deadline: float
-    ) -> tuple[UserState, AnswerClaim | None]:
+    ) -> tuple[UserState, AnswerClaim | None, tuple[Charge, ...]]:
         """The user's state with this request id claimed, or the stored answer (``existing``)
         when any replica answered it already: asked of threads before anything is decided,
         whether the user is cached here or not."""
         cached = self.cache.get(user_id, request_id)
         if cached is not None and cached.existing is not None:
-            return cached, None  # answered here: the answer the store has (or will have)
+            return cached, None, ()  # answered here: the answer the store has (or will have)
         left = self._left(deadline)
         claim = AnswerClaim(user_id, request_id, self.claim_token_prefix + uuid.uuid4().hex,
                             lease_s=left + self.policy.claim_margin_s,
@@ -385,19 +309,19 @@ class ChatService:
             begun = await self.threads.begin_answer(claim, self.policy.recent_turns,
                                                     self._left(deadline))
             if begun.existing is not None:
-                return _replay(begun.existing), None
+                return _replay(begun.existing), None, ()
             assert begun.state is not None
             self.cache.put(user_id, begun.state, epoch)
-            return begun.state, claim
+            return begun.state, claim, begun.owed
         begun = await self.threads.begin_answer(claim, 0, left)
         if begun.existing is not None:
-            return _replay(begun.existing), None
+            return _replay(begun.existing), None, ()
         if begun.message_count + self.journal.pending_for(user_id) == cached.message_count:
-            return cached, claim
+            return cached, claim, begun.owed
         # Another replica answered this user since it was cached (its change notice may
         # still be on its way): the cached state is stale.
         self.cache.drop(user_id)
-        return await self._user_state(user_id, "", deadline), claim
+        return await self._user_state(user_id, "", deadline), claim, begun.owed
 
     def _abandon(self, claim: AnswerClaim) -> None:
         async def abandon() -> None:
@@ -423,6 +347,9 @@ class ChatService:
         )
         self.cache.put(user_id, state, epoch)
         return state
+
+    def charges_cost(self, charges: Sequence[Charge]) -> int:
+        return sum(self.prices.cost_of(c.model, c.usage).nanos for c in charges)
 
     def cost_of(self, answer: Exchange) -> int:
         total = 0

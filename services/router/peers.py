@@ -28,16 +28,16 @@ from services.common.exchange import Exchange, UserState
 from services.common.rich_status import error_from_rpc
 from services.common.usage import Charge, Usage
 from services.common.vocabulary import COACH, USER, MessageType, Route, Turn
-from services.router.answering import (
+from services.router.answering import UpstreamFailure
+from services.router.journal import BatchOutcome
+from services.router.ports import (
     AnswerClaim,
     BegunAnswer,
     Completion,
     CompletionInput,
     StatefulTurnInput,
-    UpstreamFailure,
     UserContextIn,
 )
-from services.router.journal import BatchOutcome
 from services.router.user_cache import Change
 
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # threads: the request_id belongs to another user
@@ -204,7 +204,8 @@ class GrpcThreads:
                 messages_today=reply.messages_today,
                 last_canned_reply=reply.last_canned_reply,
             )
-        return BegunAnswer(None, reply.message_count, state)
+        return BegunAnswer(None, reply.message_count, state,
+                           tuple(Charge.of(c) for c in reply.owed))
 
     async def abandon_answer(self, claim: AnswerClaim, timeout: float) -> None:
         try:

@@ -22,7 +22,10 @@ same request id): an answer stored out of order would be seen out of order by th
 conversation for good.
 
 The store's message count comes back with every claim, so a router can tell its cached
-state of the user from a stale one (another replica answered meanwhile).
+state of the user from a stale one (another replica answered meanwhile), and so does the
+user's owed upkeep (summaries, folds), reserved for this request id: the router reports it
+in this answer's reply, and the exchange stored under the request id takes it, so the
+ledger bills what the replies said.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 from services.common.errors import Unavailable
 from services.common.exchange import Exchange, UserState
+from services.common.usage import Charge
 from services.threads.history import History
 from services.threads.repository import ClaimStore
 
@@ -64,6 +68,8 @@ class Begun:
     existing: Exchange | None
     message_count: int
     state: UserState | None = None
+    # The user's owed upkeep, reserved for this request id: the answer's reply reports it.
+    owed: tuple[Charge, ...] = ()
 
 
 class AnswerClaims:
@@ -83,9 +89,9 @@ class AnswerClaims:
             now = time.monotonic()
             if attempt.claimed and not attempt.claimed_elsewhere:
                 if request.recent_turns <= 0:
-                    return Begun(None, attempt.message_count)
+                    return Begun(None, attempt.message_count, owed=attempt.owed)
                 state = await self.history.user_state(request.user_id, request.recent_turns, "")
-                return Begun(None, state.message_count, state)
+                return Begun(None, state.message_count, state, attempt.owed)
             sleep = delay * random.uniform(0.5, 1.0)
             if now + sleep > deadline and attempt.claimed:
                 await self.claims.abandon(request.request_id, request.token)

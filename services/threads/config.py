@@ -114,13 +114,14 @@ class Settings:
                 ceiling_messages=env.int("COACH_PRUNE_CEILING_MESSAGES",
                                          DEFAULT_CEILING_MESSAGES, minimum=0) or 0,
             ),
-            # Opt-in: a fold's charge is owed by the user's next stored answer, and when that
-            # answer is canned or cheap (journaled after its reply) the ledger bills the fold
-            # but that answer's ChatResponse cost does not include it (docs/cost.md).
+            # On by default: a fold's charge is owed by the user's next answer, reserved by
+            # that answer's claim (BeginAnswer) and reported in its reply, so the ledger bills
+            # what the replies said. (A router run without claims, one replica only, has an
+            # answer journaled after its reply take what was owed: reported by no reply.)
             # A fold waits for as many messages as a rotation would fold, so a conversation
-            # costs one Summarize call per rotation, as without folding.
+            # costs one Summarize call per rotation, as without folding, at the flex price.
             fold=FoldSettings(
-                enabled=env.bool("COACH_FOLD_AFTER_REPLY", False),
+                enabled=env.bool("COACH_FOLD_AFTER_REPLY", True),
                 min_messages=env.int("COACH_FOLD_MIN_MESSAGES", prune_at - keep, minimum=1)
                 or prune_at - keep,
             ),

@@ -195,6 +195,7 @@ class ThreadsServicer(threads_service_pb2_grpc.ThreadsServiceServicer):
             response.recent_turns.extend(_turn_pb(t) for t in begun.state.recent_turns)
             response.messages_today = begun.state.messages_today
             response.last_canned_reply = begun.state.last_canned_reply
+        response.owed.extend(types_pb2.Charge(**c.fields()) for c in begun.owed)
         return response
 
     async def AbandonAnswer(

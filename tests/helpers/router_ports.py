@@ -1,11 +1,11 @@
-"""In-process fakes of the router's ports (``services.router.answering``): a ChatService with
+"""In-process fakes of the router's ports (``services.router.ports``): a ChatService with
 no network, for tests of the answering flow."""
 
 from __future__ import annotations
 
 from services.common.exchange import Exchange, UserState
 from services.common.usage import Usage
-from services.router.answering import (
+from services.router.ports import (
     AnswerClaim,
     BegunAnswer,
     Completion,

@@ -10,14 +10,9 @@ from services.common.exchange import Exchange
 from services.common.pricing import PriceBook
 from services.common.usage import Usage
 from services.common.vocabulary import Route
-from services.router.answering import (
-    ChatInput,
-    ChatPolicy,
-    ChatService,
-    Completion,
-    CompletionInput,
-)
+from services.router.answering import ChatInput, ChatPolicy, ChatService
 from services.router.decision import Router
+from services.router.ports import Completion, CompletionInput
 from tests.helpers.router_ports import CONTEXT, Cache, Journal, Ledger, Threads
 
 

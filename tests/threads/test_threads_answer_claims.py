@@ -5,6 +5,7 @@ expire (a dead router)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -15,7 +16,7 @@ from coach.threads.v1 import threads_service_pb2 as pb
 
 from tests.helpers.polling import eventually
 from tests.helpers.status import failure_of, serving
-from tests.threads.builders import Stub, cheap, rid
+from tests.threads.builders import Stub, cheap, exchange, rid
 
 
 def begin(user_id: str, request_id: str, holder: str, *, lease_ms: int = 20_000,
@@ -147,3 +148,56 @@ async def test_a_claim_gives_up_rather_than_store_out_of_order(
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await first.BeginAnswer(begin(user_id, later, "router-c", wait_ms=0))
     assert failure_of(again.value).reason == "USER_ANSWERS_PENDING"
+
+
+async def owe(db: asyncpg.Connection, user_id: str, output_tokens: int) -> None:
+    """Upkeep the user owes (as a summary or a fold leaves it)."""
+    await db.execute(
+        "INSERT INTO threads.pending_charges (user_id, request_id, charge) VALUES ($1, $2, $3)",
+        user_id, rid(), json.dumps({"model": "gpt-5.4-mini", "purpose": "summary",
+                                    "input_tokens": 500, "output_tokens": output_tokens}))
+
+
+async def summary_tokens(db: asyncpg.Connection, request_id: str) -> list[int]:
+    charges = json.loads(await db.fetchval(
+        "SELECT charges::text FROM threads.exchanges WHERE request_id = $1", request_id))
+    return [c["output_tokens"] for c in charges if c["purpose"] == "summary"]
+
+
+async def test_owed_upkeep_is_reserved_by_the_claim_and_taken_by_its_answer_only(
+        stubs: list[Stub], db: asyncpg.Connection, user_id: str) -> None:
+    # The reply of a journaled answer reports what its claim reserved; the exchange stored
+    # under that request id takes exactly that, so the ledger bills what the replies said.
+    first, second = stubs
+    await owe(db, user_id, 11)
+    r1 = rid()
+    begun = await first.BeginAnswer(begin(user_id, r1, "router-a"))
+    assert [c.usage.output_tokens for c in begun.owed] == [11]
+    await owe(db, user_id, 22)  # owed after the claim: not this answer's
+    # a concurrent claim on the same request id elsewhere reserves nothing more
+    with pytest.raises(grpc.aio.AioRpcError):
+        await second.BeginAnswer(begin(user_id, r1, "router-b", wait_ms=0))
+    stored = cheap(user_id, "did my run", "Nice.")
+    stored.exchange.request_id = r1
+    await first.RecordExchange(stored)
+    assert await summary_tokens(db, r1) == [11]
+
+    # The next claim reserves what was owed since; an abandoned claim frees its reservation.
+    r2, r3 = rid(), rid()
+    token = uuid.uuid4().hex
+    begun = await second.BeginAnswer(begin(user_id, r2, "router-b", token=token))
+    assert [c.usage.output_tokens for c in begun.owed] == [22]
+    await second.AbandonAnswer(pb.AbandonAnswerRequest(request_id=r2, claim_token=token))
+    begun = await first.BeginAnswer(begin(user_id, r3, "router-a"))
+    assert [c.usage.output_tokens for c in begun.owed] == [22]
+    stored = exchange(user_id, "thanks", "Anytime.", r3)
+    await first.RecordExchange(stored)
+    assert await summary_tokens(db, r3) == [22]
+    assert await db.fetchval(
+        "SELECT count(*) FROM threads.pending_charges WHERE user_id = $1", user_id) == 0
+
+    # An answer stored without a claim (a router running without claims) takes what is owed.
+    await owe(db, user_id, 33)
+    unclaimed = exchange(user_id, "hey", "Hey!")
+    await second.RecordExchange(unclaimed)
+    assert await summary_tokens(db, unclaimed.exchange.request_id) == [33]

@@ -10,6 +10,7 @@ from datetime import timedelta
 import asyncpg
 
 from services.common.exchange import Exchange
+from services.common.usage import Charge
 from services.threads.repository.rows import exchange_from_row, request_id_reused
 
 
@@ -25,6 +26,9 @@ class ClaimAttempt:
     claimed_elsewhere: int
     # Messages stored for the user.
     message_count: int
+    # The user's owed upkeep, reserved for this request id when it was claimed: its answer
+    # carries (and its reply reports) these charges.
+    owed: tuple[Charge, ...] = ()
 
 
 # One statement, its commit not waiting for the WAL flush (synchronous_commit off for this
@@ -46,8 +50,16 @@ WITH stored AS (
      WHERE c.user_id = EXCLUDED.user_id
        AND (c.token = EXCLUDED.token OR c.expires_at < now())
     RETURNING c.token
+), owed AS (
+    UPDATE threads.pending_charges p SET reserved_for = $2
+     WHERE p.user_id = $1 AND EXISTS (SELECT 1 FROM claim)
+       AND (p.reserved_for IS NULL OR p.reserved_for = $2
+            OR NOT EXISTS (SELECT 1 FROM threads.answer_claims r
+                            WHERE r.request_id = p.reserved_for AND r.expires_at > now()))
+    RETURNING p.id, p.charge
 )
 SELECT set_config('synchronous_commit', 'off', true) AS no_flush_wait,
+       (SELECT jsonb_agg(charge ORDER BY id)::text FROM owed) AS owed,
        (SELECT j FROM stored) AS existing,
        EXISTS (SELECT 1 FROM claim) AS claimed,
        (SELECT count(*) FROM threads.answer_claims o
@@ -76,8 +88,10 @@ class ClaimStore:
         existing = exchange_from_row(json.loads(row["existing"])) if row["existing"] else None
         if existing is not None and existing.user_id != user_id:
             raise request_id_reused()
+        owed = tuple(Charge.from_json(c) for c in json.loads(row["owed"])) if row["owed"] \
+            else ()
         return ClaimAttempt(existing, bool(row["claimed"]), int(row["elsewhere"]),
-                            int(row["message_count"] or 0))
+                            int(row["message_count"] or 0), owed)
 
     async def abandon(self, request_id: str, token: str) -> None:
         """Gives an unanswered claim back (the caller refused the message)."""

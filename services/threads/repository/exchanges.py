@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -302,11 +302,7 @@ class ExchangeStore:
             for user, mine in sorted(users.items())]
         history_after = {r["user_id"]: int(r["history_tokens"])
                          for r in await conn.fetch(_STATS_SQL, json.dumps(stats))}
-        upkeep: dict[str, list[Charge]] = {}
-        for r in sorted(await conn.fetch(
-                "DELETE FROM threads.pending_charges WHERE user_id = ANY($1::text[]) "
-                "RETURNING user_id, id, charge::text", list(users)), key=lambda r: r["id"]):
-            upkeep.setdefault(r["user_id"], []).append(Charge.from_json(json.loads(r["charge"])))
+        upkeep, reserved = await self._take_owed(news, users, conn)
 
         history = {s["user_id"]: history_after[s["user_id"]] - s["tokens"] for s in stats}
         stored: list[StoredExchange] = []
@@ -317,8 +313,10 @@ class ExchangeStore:
         notes: list[str] = []
         for new in news:
             ex = new.exchange
-            # The user's owed upkeep goes with their first exchange of the batch.
-            charges = tuple(ex.charges) + tuple(upkeep.pop(ex.user_id, ()))
+            # Owed upkeep reserved by this request id's claim (its router reported it in the
+            # reply), then what else the exchange may take (_take_owed).
+            own = reserved.pop(ex.request_id, ())
+            charges = tuple(ex.charges) + tuple(own) + tuple(upkeep.pop(ex.request_id, ()))
             baseline = baseline_input_tokens(new.prefix_tokens, history[ex.user_id],
                                              new.message_tokens)
             history[ex.user_id] += new.history_tokens_added
@@ -369,6 +367,50 @@ class ExchangeStore:
         await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
                            USER_CHANGES_CHANNEL, list(dict.fromkeys(notes)))
         return stored
+
+    @staticmethod
+    async def _take_owed(
+        news: Sequence[NewExchange], users: Mapping[str, list[NewExchange]],
+        conn: asyncpg.Connection,
+    ) -> tuple[dict[str, list[Charge]], dict[str, list[Charge]]]:
+        """Deletes the owed charges these exchanges settle: those reserved for their request
+        ids, and the users' free ones (not reserved by a live claim) when an exchange of the
+        user may take them: a stateful turn (its router reports what threads stored) or an
+        answer whose request id was never claimed (a router without claims). A journaled
+        answer under a claim takes only what its claim reserved, which its reply reported;
+        what was owed after the claim waits for the user's next claim.
+        Returns (free charges by the request id taking them, reserved charges by request id)."""
+        rids = [n.exchange.request_id for n in news]
+        claimed = {r["request_id"] for r in await conn.fetch(
+            "SELECT request_id FROM threads.answer_claims WHERE request_id = ANY($1::text[])",
+            rids)}
+        takers: dict[str, str] = {}
+        for user, mine in users.items():
+            taker = next((n.exchange.request_id for n in mine if n.conversation_pk is not None
+                          or n.exchange.request_id not in claimed), None)
+            if taker is not None:
+                takers[user] = taker
+        free: dict[str, list[Charge]] = {}
+        reserved: dict[str, list[Charge]] = {}
+        rows = await conn.fetch(
+            """DELETE FROM threads.pending_charges p
+                WHERE p.user_id = ANY($1::text[])
+                  AND (p.reserved_for = ANY($2::text[])
+                       OR (p.user_id = ANY($3::text[])
+                           AND (p.reserved_for IS NULL OR NOT EXISTS (
+                                SELECT 1 FROM threads.answer_claims r
+                                 WHERE r.request_id = p.reserved_for
+                                   AND r.expires_at > now()))))
+            RETURNING p.user_id, p.id, p.reserved_for, p.charge::text""",
+            list(users), rids, list(takers))
+        mine_ids = set(rids)
+        for r in sorted(rows, key=lambda r: r["id"]):
+            charge = Charge.from_json(json.loads(r["charge"]))
+            if r["reserved_for"] in mine_ids:
+                reserved.setdefault(r["reserved_for"], []).append(charge)
+            else:
+                free.setdefault(takers[r["user_id"]], []).append(charge)
+        return free, reserved
 
     async def add_owed_charge(self, user_id: str, request_id: str, charge: Charge) -> None:
         """A charge paid upstream for nothing stored: taken by the user's next exchange."""

@@ -196,6 +196,7 @@ class BeginAnswerResponse(_message.Message):
     RECENT_TURNS_FIELD_NUMBER: _builtins.int
     MESSAGES_TODAY_FIELD_NUMBER: _builtins.int
     LAST_CANNED_REPLY_FIELD_NUMBER: _builtins.int
+    OWED_FIELD_NUMBER: _builtins.int
     message_count: _builtins.int
     """Messages stored for the user (a cached state can be checked against it)."""
     messages_today: _builtins.int
@@ -208,6 +209,13 @@ class BeginAnswerResponse(_message.Message):
     def recent_turns(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Turn]:
         """With recent_turns > 0, the rest of the user's state."""
 
+    @_builtins.property
+    def owed(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Charge]:
+        """The user's owed upkeep (summaries, folds, a turn paid for but not stored), reserved
+        for this request id: the answer's reply reports its cost, and the exchange stored
+        under the request id takes these charges.
+        """
+
     def __init__(
         self,
         *,
@@ -216,10 +224,11 @@ class BeginAnswerResponse(_message.Message):
         recent_turns: _abc.Iterable[_types_pb2.Turn] | None = ...,
         messages_today: _builtins.int = ...,
         last_canned_reply: _builtins.str = ...,
+        owed: _abc.Iterable[_types_pb2.Charge] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["existing", b"existing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["existing", b"existing", "last_canned_reply", b"last_canned_reply", "message_count", b"message_count", "messages_today", b"messages_today", "recent_turns", b"recent_turns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existing", b"existing", "last_canned_reply", b"last_canned_reply", "message_count", b"message_count", "messages_today", b"messages_today", "owed", b"owed", "recent_turns", b"recent_turns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
