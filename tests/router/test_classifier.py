@@ -60,6 +60,12 @@ def test_any_activity_named_done_is_a_completion(router: Router, text: str) -> N
     assert verdict.message_type is MessageType.CHECK_IN and verdict.canned_eligible
 
 
+@pytest.mark.parametrize("text", ["this is goodbye", "hi from the ER", "hello from the hospital",
+                                  "its my farewell", "goodbye forever"])
+def test_a_goodbye_or_a_greeting_from_trouble_is_never_canned(router: Router, text: str) -> None:
+    assert not router.classify(text).canned_eligible
+
+
 @pytest.mark.parametrize("text", ["stretching not done", "gym never done", "reps barely done",
                                   "life done", "my life is done", "us done ✅", "everything done",
                                   "no food today ✅", "no eating today", "skipped meals ✅",
@@ -71,7 +77,9 @@ def test_an_open_activity_slot_never_swallows_a_negation_or_a_life(router: Route
 
 
 @pytest.mark.parametrize("text", ["konnichiwa", "merhaba coach", "kia ora", "xin chào",
-                                  "Good evening. I hope you are well."])
+                                  "Good evening. I hope you are well.", "привет", "早上好",
+                                  "evening coach, Marta here", "Hello. This is Margaret.",
+                                  "hello from a very rainy Glasgow"])
 def test_greetings_in_other_languages_and_pleasantries(router: Router, text: str) -> None:
     verdict = router.classify(text)
     assert verdict.message_type is MessageType.GREETING and verdict.canned_eligible

@@ -52,10 +52,10 @@ def test_shared_sample_meets_every_target(router: Router) -> None:
 # for this (two writers who never saw the corpus or the rules); the first is now dev/.
 HELDOUT_FLOORS = {
     "pattern_precision": TARGETS["pattern_precision"],
-    "canned_coverage": 0.68,
+    "canned_coverage": 0.70,
     "complex_recall": 0.96,
-    "safety_recall": 0.97,
-    "cheap_share": 0.80,
+    "safety_recall": 0.98,
+    "cheap_share": 0.82,
 }
 
 
