@@ -25,7 +25,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     base, opt = _cost(results, "baseline"), _cost(results, "optimized")
     ratio = opt / base if base else float("inf")
-    add("optimized cost / baseline cost", f"{ratio:.1%}", "<= 10%", ratio <= 0.10)
+    # The baseline sends 24h retention and a cache key per user, as a careful operator's
+    # would (issue 18), so the target is issue 18's against such a baseline.
+    add("optimized cost / baseline cost (the baseline caches 24h)", f"{ratio:.1%}", "<= 15%",
+        ratio <= 0.15)
     missed = results["quality"]["eval_missed"]
     add("router quality figures held", "all met" if not missed else "missed: " + ", ".join(missed),
         "every eval target met", not missed)

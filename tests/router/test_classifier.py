@@ -141,6 +141,25 @@ def test_short_reply_to_a_simple_check_in_stays_simple(router: Router) -> None:
     assert no.message_type is MessageType.ACCOUNTABILITY
 
 
+@pytest.mark.parametrize("reply", ["yes", "no im fine", "idk", "ok", "thanks"])
+@pytest.mark.parametrize("coach", [
+    ("When you say you don't want to be here anymore, do you mean you're thinking about "
+     "ending your life?"),
+    "Are you safe right now?",
+    "Have you had thoughts of hurting yourself?",
+    "Please call or text 988 now. Can you do that?",
+])
+def test_any_reply_to_the_coach_s_safety_question_stays_a_crisis_turn(
+        router: Router, reply: str, coach: str) -> None:
+    verdict = router.classify(reply, (PriorTurn("coach", coach),))
+    assert verdict.message_type is MessageType.CRISIS and not verdict.canned_eligible
+
+
+def test_a_reply_to_an_everyday_caution_is_not_a_crisis(router: Router) -> None:
+    assert kind(router, "will do", (PriorTurn("coach", "Stay safe on your run tonight!"),)) \
+        is MessageType.ACKNOWLEDGEMENT
+
+
 def test_only_the_last_turn_counts_and_only_if_the_coach_said_it(router: Router) -> None:
     history = (PriorTurn("coach", "Why do you think weekends are hard?"),
                PriorTurn("user", "no idea"))

@@ -50,6 +50,7 @@ class Classification:
 class CoachTurn:
     """What a coach's turn asks of the reply that follows it (a function of its text alone)."""
 
+    safety_question: bool = False  # "are you safe right now?": any reply stays a crisis turn
     did_you_question: bool = False  # "did u do it?": a yes is a completion, a no a miss
     simple_question: bool = False  # the reply is read on its own
     open_thread: MessageType | None = None  # the coaching question the reply answers
@@ -72,6 +73,7 @@ class Classifier:
     did_you_questions: PhraseSet
     simple_questions: PhraseSet
     threads: tuple[ThreadRule, ...]
+    safety_questions: PhraseSet
     affirmative: WholeMessageMatcher
     negative: WholeMessageMatcher
     long_message_words: int
@@ -209,6 +211,7 @@ class Classifier:
             did_you_questions=phrase_set(coach, "did_you_questions", "coach_turns"),
             simple_questions=phrase_set(coach, "simple_questions", "coach_turns"),
             threads=tuple(threads),
+            safety_questions=phrase_set(coach, "safety_questions", "coach_turns"),
             affirmative=affirmative,
             negative=negative,
             long_message_words=long_words,
@@ -241,6 +244,10 @@ class Classifier:
             return own
 
         turn = self.read_coach_turn(coach)
+        if turn.safety_question:
+            # "yes" to "do you mean you're thinking about ending your life?" says more than
+            # any message could alone: the safety conversation stays where it started.
+            return Classification(MessageType.CRISIS, "a reply to the coach's safety question")
         # A yes/no answer to "did u do it?" is a completion or a miss.
         if turn.did_you_question:
             if self.affirmative.matches(norm) or (
@@ -292,6 +299,8 @@ class Classifier:
         return turn
 
     def _read_coach_turn(self, coach: NormalizedText) -> CoachTurn:
+        if self.safety_questions.search(coach.text) is not None:
+            return CoachTurn(safety_question=True)
         if self.did_you_questions.search(coach.text) is not None:
             return CoachTurn(did_you_question=True)
         if self.simple_questions.search(coach.text) is not None:
