@@ -116,13 +116,22 @@ def test_trigger_words_inside_serious_messages(router: Router, text: str,
     "nobody would notice if I was gone", "ate and threw up", "been purging again",
     "haven't eaten in 3 days", "not eating for days to drop weight", "skipping meals all week",
     "i only eat 500 calories a day", "i feel like dying", "sewerslide", "kys",
+    # preparations and methods said plainly, with no feeling word
+    "swallowed the whole pack 20 min ago", "been saving my pills in a jar",
+    "can i lift with fresh cuts on my forearms?", "put my affairs in order this week",
+    "some mornings im disappointed i woke up at all", "i dont see myself being around next year",
+    "wrote about how i'd do it", "climbed over the railing for a minute",
 ])
 def test_crisis_language_is_caught(router: Router, text: str) -> None:
     assert kind(router, text) is MessageType.CRISIS
 
 
 @pytest.mark.parametrize("text", ["killed it today 💪", "this workout is hard", "I'm starving lol",
-                                  "went to the gym, it was dead in there"])
+                                  "went to the gym, it was dead in there",
+                                  "I'll bring it up again with my boss", "budget cuts at work",
+                                  "annoyed i woke up at 5 again", "after my attempt at a 5k PR",
+                                  "here's when i'll do it: after work", "eating an apple a day",
+                                  "climbed over the fence to get the ball"])
 def test_everyday_slang_is_not_crisis(router: Router, text: str) -> None:
     assert kind(router, text) is not MessageType.CRISIS
 
