@@ -24,6 +24,9 @@ class CachePolicy:
     retention: dict[str, str] = field(default_factory=dict)  # tier -> retention
     models: tuple[str, ...] = ()
     service_tier: dict[str, str] = field(default_factory=dict)  # kind of call -> tier
+    # Every stateful turn carries every tool and the tool guidance, and picks the type's
+    # tools with tool_choice (allowed_tools, or none): one byte-stable prefix per user.
+    stable_tools: bool = False
 
     def service_tier_for(self, call: str, model: str) -> str | None:
         """The service_tier to request for this kind of call, or None (the default)."""
@@ -83,4 +86,8 @@ def load_caching(path: Path) -> CachePolicy:
             raise ConfigError(f"{path}: service_tier.{call} must be one of "
                               f"{', '.join(SERVICE_TIERS)}, not {value!r}")
         service_tier[str(call)] = str(value)
-    return CachePolicy(retention=retention, models=tuple(models), service_tier=service_tier)
+    stable = data.get("stable_tools", False)
+    if not isinstance(stable, bool):
+        raise ConfigError(f"{path}: stable_tools must be true or false, not {stable!r}")
+    return CachePolicy(retention=retention, models=tuple(models), service_tier=service_tier,
+                       stable_tools=stable)

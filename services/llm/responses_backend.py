@@ -164,7 +164,7 @@ class ResponsesBackend:
         return await self.upstream.call("conversations.delete", delete, deadline)
 
     async def stateful_turn(self, turn: TurnInput, deadline: Deadline) -> Reply:
-        plan = self.planner.plan(turn)
+        plan = self.planner.plan(turn, stable_tools=self.caching.stable_tools)
         model = turn.generation.model or self.default_model
         params: dict[str, Any] = {
             "model": model,
@@ -176,6 +176,8 @@ class ResponsesBackend:
         }
         if plan.tools:
             params["tools"] = ToolCatalog.responses_format(plan.tools)
+            if plan.allowed is not None and len(plan.allowed) < len(plan.tools):
+                params["tool_choice"] = ToolCatalog.allowed_format(plan.allowed)
         if turn.generation.sends_temperature:
             params["temperature"] = turn.generation.temperature
         verbosity = self.verbosity.for_turn(model, turn.generation.message_type)

@@ -108,6 +108,9 @@ class TurnPlan:
     context_line: str | None  # None: the conversation already has it
     safety: str | None  # crisis guidance, crisis turns only
     cache_key: str
+    # With a stable prefix, the names of the tools this turn may call (the others are sent
+    # but not allowed); None: every tool sent may be called.
+    allowed: tuple[str, ...] | None = None
 
     @property
     def instructions(self) -> str:
@@ -131,15 +134,25 @@ class TurnPlanner:
         self.catalog = catalog
         self.memo = ContextMemo()
 
-    def plan(self, turn: TurnInput, *, reply_with_calls: bool = True) -> TurnPlan:
+    def plan(self, turn: TurnInput, *, reply_with_calls: bool = True,
+             stable_tools: bool = False) -> TurnPlan:
         """``reply_with_calls``: the API returns a reply written with a function call at once
-        (Responses); False for Assistants runs, which wait for the outputs and write on."""
+        (Responses); False for Assistants runs, which wait for the outputs and write on.
+        ``stable_tools``: send every tool and the tool guidance on every turn and allow only
+        the type's tools, so that tools and instructions, which open the prompt, are the same
+        bytes on every turn and the user's whole conversation stays one cached prefix (a
+        turn with other tools than the last one would otherwise be read uncached)."""
         tools = self.catalog.for_turn(turn.generation.message_type, all_tools=turn.all_tools)
+        allowed: tuple[str, ...] | None = None
+        if stable_tools and not turn.all_tools:
+            allowed = tuple(tool.name for tool in tools)
+            tools = self.catalog.for_turn(turn.generation.message_type, all_tools=True)
         line = turn.audience.context_line()
         guidance = self.persona.tools if reply_with_calls else self.persona.tools_assistants
         return TurnPlan(
             persona=self.persona.coach,
             tools=tools,
+            allowed=allowed,
             tool_guidance=guidance if tools else None,
             context_line=line if self.memo.needs(turn.conversation_id, line) else None,
             safety=self.persona.safety if turn.generation.is_crisis else None,

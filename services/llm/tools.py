@@ -71,6 +71,15 @@ class ToolCatalog:
         )
 
     @staticmethod
+    def allowed_format(names: Sequence[str]) -> str | dict[str, Any]:
+        """Responses ``tool_choice`` that lets the model call only ``names`` of the tools
+        sent ("none" for no tool at all)."""
+        if not names:
+            return "none"
+        return {"type": "allowed_tools", "mode": "auto",
+                "tools": [{"type": "function", "name": name} for name in sorted(names)]}
+
+    @staticmethod
     def chat_format(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
         """Chat Completions / Assistants shape: {"type": "function", "function": {...}}."""
         return [

@@ -95,6 +95,7 @@ def test_the_shipped_caching_file_keeps_the_stateful_tier_warm_for_a_day() -> No
 @pytest.mark.parametrize(("text", "problem"), [
     ("retention: {stateful: 1w}\n", "must be one of"),
     ("retention: {upkeep: 24h}\n", "not a tier"),
+    ("stable_tools: sometimes\n", "stable_tools must be true or false"),
 ])
 def test_a_bad_caching_file_stops_start_up(tmp_path: Path, text: str, problem: str) -> None:
     from services.llm.caching import load_caching

@@ -319,3 +319,31 @@ async def test_errors_use_openai_shape(client: openai.AsyncOpenAI, server: Offli
         await client.responses.create(model="m", input=42)  # type: ignore[call-overload]
     assert isinstance(bad.value.body, dict)
     assert set(bad.value.body) == {"message", "type", "param", "code"}
+
+
+async def test_tool_choice_narrows_what_the_model_may_call_without_changing_the_tools(
+    client: openai.AsyncOpenAI,
+) -> None:
+    """tool_choice "none" and allowed_tools keep the tools list (the cached prefix) as sent
+    and only narrow the calls; a name not in tools is a 400, as upstream."""
+    tools: list[Any] = [SAVE_GOAL_RESPONSES_TOOL,
+                        {"type": "function", "name": "log_commitment",
+                         "parameters": {"type": "object"}}]
+    text = "I want to meditate every morning"
+
+    async def calls(**choice: Any) -> list[str]:
+        response = await client.responses.create(model="gpt-5.4", input=text, tools=tools,
+                                                 **choice)
+        return [item.name for item in response.output if item.type == "function_call"]
+
+    assert await calls() == ["save_goal"]
+    assert await calls(tool_choice="none") == []
+    only_goal = {"type": "allowed_tools", "mode": "auto",
+                 "tools": [{"type": "function", "name": "save_goal"}]}
+    assert await calls(tool_choice=only_goal) == ["save_goal"]
+    other = {"type": "allowed_tools", "mode": "auto",
+             "tools": [{"type": "function", "name": "log_commitment"}]}
+    assert await calls(tool_choice=other) == []
+    with pytest.raises(openai.BadRequestError, match="not in 'tools'"):
+        await calls(tool_choice={"type": "allowed_tools", "mode": "auto",
+                                 "tools": [{"type": "function", "name": "delete_all"}]})

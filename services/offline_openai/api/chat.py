@@ -15,6 +15,7 @@ from ..store import new_id, now
 from ..tokens import Segment
 from .http import (
     SERVICE_TIERS,
+    callable_tools,
     choice_param,
     no_stream,
     note_call,
@@ -91,7 +92,8 @@ class ChatRoutes(Routes):
                 model=model,
                 context=segments,
                 tools=tools,
-                tool_names=function_tool_names(tools, nested=True),
+                tool_names=callable_tools(body, function_tool_names(tools, nested=True),
+                                          nested=True),
                 cache_key=optional_str(body, "prompt_cache_key") or None,
                 max_output_tokens=max_tokens,
                 saved_goal=saved_goal if segments[-1].role == "tool" else "",

@@ -85,6 +85,44 @@ def tools_param(body: dict[str, Any]) -> list[Any]:
     return tools
 
 
+def callable_tools(body: dict[str, Any], names: frozenset[str], nested: bool) -> frozenset[str]:
+    """The function tools the model may call this time: ``names`` (every function tool
+    sent) narrowed by ``tool_choice``, as the API reads it: "auto" / "required" (all),
+    "none" (no call), one named function, or ``allowed_tools`` (a subset, which leaves the
+    ``tools`` list, and so the cached prompt prefix, unchanged). A name not in ``tools``
+    is a 400, as upstream."""
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("auto", "required"):
+        return names
+    if choice == "none":
+        return frozenset()
+    if not isinstance(choice, dict):
+        raise bad_request("'tool_choice' must be auto, none, required or an object",
+                          "tool_choice")
+
+    def name_of(tool: Any) -> str:
+        spec = tool.get("function") if nested and isinstance(tool, dict) \
+            and isinstance(tool.get("function"), dict) else tool
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or name not in names:
+            raise bad_request(f"tool_choice names a tool that is not in 'tools': {name!r}",
+                              "tool_choice")
+        return name
+
+    kind = choice.get("type")
+    if kind == "function":
+        return frozenset({name_of(choice)})
+    if kind == "allowed_tools":
+        # Responses: {"type", "mode", "tools"}; Chat Completions nests them under
+        # "allowed_tools".
+        inner = choice.get("allowed_tools", choice) if nested else choice
+        listed = inner.get("tools") if isinstance(inner, dict) else None
+        if not isinstance(listed, list):
+            raise bad_request("tool_choice.tools must be a list", "tool_choice")
+        return frozenset(name_of(tool) for tool in listed)
+    raise bad_request(f"unknown tool_choice type {kind!r}", "tool_choice")
+
+
 def metadata_param(body: dict[str, Any], default: dict[str, Any] | None = None) -> dict[str, Any]:
     value = body.get("metadata", default)
     if value is None:

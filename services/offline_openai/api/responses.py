@@ -21,6 +21,7 @@ from ..replies import VERBOSITIES, GoalCall, TextReply
 from ..store import Conversation, ResponseRecord, StoredItem, new_id, now
 from .http import (
     SERVICE_TIERS,
+    callable_tools,
     choice_param,
     metadata_param,
     no_stream,
@@ -117,7 +118,8 @@ class ResponsesRoutes(Routes):
                 context=[item.segment for item in everything],
                 instructions=instructions or "",
                 tools=tools,
-                tool_names=function_tool_names(tools, nested=False),
+                tool_names=callable_tools(body, function_tool_names(tools, nested=False),
+                                          nested=False),
                 cache_key=cache_key,
                 max_output_tokens=max_output_tokens,
                 saved_goal=saved_goal_for_output(everything),
