@@ -37,6 +37,7 @@ from services.llm.stateful import (
 )
 from services.llm.tools import ToolCatalog
 from services.llm.turns import Reply, Role, ToolCallRecord, Turn
+from services.llm.upstream import create_response
 from services.llm.verbosity import VerbosityPolicy
 
 log = logging.getLogger(__name__)
@@ -237,10 +238,7 @@ class ResponsesBackend:
         self, params: dict[str, Any], inputs: list[dict[str, Any]], deadline: Deadline
     ) -> Response:
         async def create(timeout: float) -> Response:
-            response: Response = await self.client.responses.create(
-                input=inputs, timeout=timeout, **params  # type: ignore[arg-type]
-            )
-            return response
+            return await create_response(self.client, {**params, "input": inputs}, timeout)
 
         return await self.upstream.call("responses.create", create, deadline, retry_timeouts=False)
 

@@ -43,6 +43,7 @@ import httpx2
 import openai
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
+from openai.types.responses import Response
 
 from services.llm.config import UpstreamSettings
 from services.llm.resilience import FailedAttempt, FailureKind
@@ -103,6 +104,24 @@ async def create_chat_completion(
             response, response.text[:500], message="the upstream answer is not a JSON object"
         )
     return data
+
+
+async def create_response(
+    client: openai.AsyncOpenAI, body: dict[str, Any], timeout: float
+) -> Response:
+    """``POST /responses`` (non-streaming) with ``body`` as the JSON body: the request
+    ``client.responses.create(**body, timeout=timeout)`` sends (same path, bytes, headers,
+    auth, timeout and error classes) and the same ``Response``, without the SDK's recursive
+    transform of the parameters against their TypedDicts, which took a quarter of the llm
+    service's event-loop CPU under load (docs/replicas.md). ``body`` must be plain JSON
+    values, as the stateful tier builds it."""
+    response: Response = await client.post(
+        "/responses",
+        cast_to=Response,
+        body=body,
+        options={"timeout": timeout, "security": {"bearer_auth": True}},
+    )
+    return response
 
 
 class ChatCompletions(Protocol):

@@ -4,6 +4,7 @@ direct on aiohttp): what the SDK's ``create`` sends, read lightly, failing as th
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from services.llm.upstream import (
     classify,
     create_chat_completion,
     create_client,
+    create_response,
 )
 from tests.helpers.http_upstream import serving
 
@@ -298,3 +300,37 @@ def test_direct_takes_the_proxy_from_the_environment_once(monkeypatch: pytest.Mo
     assert str(remote.proxy) == "http://proxy.test:3128"
     local = DirectChatCompletions(openai.AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:9/v1"), 4)
     assert local.proxy is None
+
+
+async def test_a_response_is_created_as_the_sdk_creates_it(offline_openai: Any) -> None:
+    """The stateful tier's POST /responses skips the SDK's parameter transform: the same
+    request (path, headers, JSON) and the same typed Response."""
+    body: dict[str, Any] = {
+        "model": "gpt-5.4", "instructions": "You are a coach. Été ✓",
+        "input": [{"type": "message", "role": "user", "content": "I want to run a 10k"}],
+        "tools": [{"type": "function", "name": "save_goal", "strict": True,
+                   "parameters": {"type": "object", "properties": {"goal": {"type": "string"}},
+                                  "required": ["goal"], "additionalProperties": False}}],
+        "tool_choice": {"type": "allowed_tools", "mode": "auto",
+                        "tools": [{"type": "function", "name": "save_goal"}]},
+        "prompt_cache_key": "coach-stateful-0123", "prompt_cache_retention": "24h",
+        "max_output_tokens": 300, "store": False, "text": {"verbosity": "low"},
+    }
+    seen: list[httpx2.Request] = []
+    client = _client(offline_openai, seen)
+    try:
+        by_sdk = await client.responses.create(timeout=5.0, **body)
+        direct = await create_response(client, dict(body), 5.0)
+    finally:
+        await client.close()
+    sdk_request, direct_request = seen
+    assert (direct_request.method, direct_request.url) == (sdk_request.method, sdk_request.url)
+    assert json.loads(direct_request.content) == json.loads(sdk_request.content)
+    volatile = {"x-stainless-retry-count", "x-stainless-read-timeout", "content-length"}
+    assert {k: v for k, v in direct_request.headers.items() if k not in volatile} == {
+        k: v for k, v in sdk_request.headers.items() if k not in volatile
+    }
+    assert isinstance(direct, type(by_sdk))
+    assert direct.output_text == by_sdk.output_text
+    assert [item.type for item in direct.output] == [item.type for item in by_sdk.output]
+    assert direct.usage == by_sdk.usage
