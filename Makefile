@@ -21,7 +21,7 @@ K8S_VERSION := 1.31.0
 ARGS ?=
 
 .PHONY: help venv up env test lint ruff typecheck proto proto-lint proto-check proto-breaking \
-        pytest test-fast eval bench train-router \
+        pytest test-fast eval bench bench-levers train-router \
         docker-config k8s-validate clean
 
 help:
@@ -34,6 +34,7 @@ help:
 	@echo "make test-fast      the unit tests only (no service, no database): seconds"
 	@echo "make proto          regenerate gen/ from protos/"
 	@echo "make eval / bench   router evaluation (held-out, cross-validation, curve) / benchmark"
+	@echo "make bench-levers   cost per cache regime, conversation length and lever (issue 18)"
 	@echo "make train-router   refit the router's learned heads from its corpus (byte for byte)"
 	@echo "make docker-config  validate docker-compose.yml     make k8s-validate   the k8s manifests"
 	@echo "make clean          remove .venv, .tools and caches (keeps .coach/, the database)"
@@ -115,6 +116,10 @@ eval: venv
 # The router's learned heads from services/router/training/corpus/ (byte for byte; seeded).
 train-router: venv
 	$(PY) -m services.router.training.train $(ARGS)
+
+# Issue 18's cost table: per cache regime, conversation length and lever (about 20 minutes).
+bench-levers: venv
+	$(PY) -m bench.cost_levers $(ARGS)
 
 bench: venv
 	@if [ -f scripts/bench.py ]; then set -x; $(PY) scripts/bench.py $(ARGS); \

@@ -47,7 +47,7 @@ from bench.replay import (
     summarize,
     tokens_at_turns,
 )
-from bench.workload import build_workload, long_conversation, mix
+from bench.workload import User, build_workload, long_conversation, mix
 from services.common.settings import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -115,9 +115,11 @@ def quality(size: Size) -> dict[str, Any]:
 
 
 async def cost_phases(suites: list[BenchSuite], size: Size, seed: int,
-                      log: logging.Logger) -> dict[str, dict[str, Any]]:
-    """Both policies replay the same workload side by side, in lockstep simulated time."""
-    users = build_workload(size.users, size.days, seed)
+                      log: logging.Logger, users: list[User] | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """Both policies replay the same workload (``users``, else the seeded one of ``size``)
+    side by side, in lockstep simulated time."""
+    users = users if users is not None else build_workload(size.users, size.days, seed)
     long_user = long_conversation(LONG_USER, size.long_turns, seed)
     clients = [RouterClient(suite.address("router")) for suite in suites]
     day0 = utc_day()

@@ -20,7 +20,8 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,40 @@ def long_conversation(user_id: str, turns: int, seed: int, kind: str = "deep_coa
         msgs.append(Message(user_id, kind, expect, text, 20, 5, "Sam", day,
                             day * 86_400 + 20 * 3_600 + 120 * (turn % 4)))
     return User(user_id, "Sam", tuple(msgs))
+
+
+def messages_per_month(users: Sequence[User]) -> float:
+    """Messages a user sends in 30 days, on average over ``users``."""
+    span_days = max((m.at_s for u in users for m in u.messages), default=0) / 86_400 + 1
+    return sum(len(u.messages) for u in users) / max(1, len(users)) * 30 / span_days
+
+
+def paced(users: Sequence[User], per_month: float) -> list[User]:
+    """The same users and messages, in the same order, at ``per_month`` messages a month:
+    every session moves in time by one factor (the gaps between sessions grow or shrink) and
+    keeps its own minutes (an acknowledgement stays 1-3 minutes after what it answers), so
+    a conversation's length per month changes and nothing else."""
+    factor = messages_per_month(users) / per_month
+    out = _paced(users, factor)
+    for _ in range(3):  # sessions keep their minutes, so one factor lands near, not on, it
+        factor *= messages_per_month(out) / per_month
+        out = _paced(users, factor)
+    return out
+
+
+def _paced(users: Sequence[User], factor: float) -> list[User]:
+    out = []
+    for user in users:
+        msgs: list[Message] = []
+        for m in user.messages:
+            if msgs and m.at_s - user.messages[len(msgs) - 1].at_s <= 600:
+                at = msgs[-1].at_s + (m.at_s - user.messages[len(msgs) - 1].at_s)
+            else:
+                at = int(m.at_s * factor)
+            at = max(at, msgs[-1].at_s + 1) if msgs else at
+            msgs.append(replace(m, at_s=at, day=at // 86_400))
+        out.append(User(user.user_id, user.display_name, tuple(msgs)))
+    return out
 
 
 def mix(users: list[User]) -> dict[str, int]:

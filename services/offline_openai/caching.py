@@ -57,12 +57,13 @@ class PromptCache:
     """
 
     def __init__(self, max_entries: int = 500_000, ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                 clock: SimClock | None = None) -> None:
+                 clock: SimClock | None = None, enabled: bool = True) -> None:
         if ttl_seconds < 0:
             raise ValueError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
         # digest -> (last used, seconds of inactivity it survives; 0 = forever)
         self._seen: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self._max = max_entries
+        self.enabled = enabled  # False: nothing is ever cached (nor written)
         self.ttl_seconds = float(ttl_seconds)
         self.clock = clock if clock is not None else SimClock()
         self._base = self.clock.base
@@ -116,6 +117,8 @@ class PromptCache:
     ) -> CacheOutcome:
         """What this prompt read from the cache and wrote to it; its prefixes are then
         remembered as used now, under the request's retention."""
+        if not self.enabled:
+            return CacheOutcome(0, 0)
         keys = self._prefix_keys(scope, tokens)
         now = self.clock.now()
         self._expire(now)

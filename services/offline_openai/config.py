@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 LATENCY_ENV = "OFFLINE_OPENAI_LATENCY_MS"
 CACHE_TTL_ENV = "OFFLINE_OPENAI_CACHE_TTL_SECONDS"
+PROMPT_CACHE_ENV = "OFFLINE_OPENAI_PROMPT_CACHE"  # "on" (default) or "off"
 DEFAULT_CACHE_TTL_SECONDS = 600.0
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50090
@@ -22,6 +23,8 @@ class OfflineConfig:
     poll_after_ms: int = 25  # `openai-poll-after-ms` hint on run retrievals
     # Idle seconds after which a cached prompt prefix expires (0 = never).
     cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
+    # False: no prompt is ever cached (an upstream, or a baseline, without prompt caching).
+    prompt_cache: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -54,6 +57,13 @@ def _env_cache_ttl(env: Mapping[str, str]) -> float:
         raise SystemExit(f"{CACHE_TTL_ENV} must be a number of seconds, got {raw!r}")
 
 
+def _env_prompt_cache(env: Mapping[str, str]) -> bool:
+    raw = env.get(PROMPT_CACHE_ENV, "").strip().lower() or "on"
+    if raw not in ("on", "off"):
+        raise SystemExit(f"{PROMPT_CACHE_ENV} must be on or off, got {raw!r}")
+    return raw == "on"
+
+
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OfflineConfig:
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
@@ -76,11 +86,14 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         help="idle seconds after which a cached prompt prefix expires, 0 = never "
         f"(default: ${CACHE_TTL_ENV} or {DEFAULT_CACHE_TTL_SECONDS:g})",
     )
+    parser.add_argument("--no-prompt-cache", action="store_true",
+                        help=f"never cache a prompt (default: ${PROMPT_CACHE_ENV} or on)")
     args = parser.parse_args(argv)
     latency = args.latency_ms if args.latency_ms is not None else _env_latency(env)
     ttl = args.cache_ttl_seconds if args.cache_ttl_seconds is not None else _env_cache_ttl(env)
     try:
-        return OfflineConfig(args.host, args.port, latency, args.poll_after_ms, ttl)
+        return OfflineConfig(args.host, args.port, latency, args.poll_after_ms, ttl,
+                             prompt_cache=not args.no_prompt_cache and _env_prompt_cache(env))
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits

@@ -32,7 +32,8 @@ class OfflineOpenAI:
         self.store = StateStore()
         self.tokens = TokenCounter()
         self.clock = SimClock()  # real time until a benchmark sets it (POST /_control/clock)
-        self.prompt_cache = PromptCache(ttl_seconds=config.cache_ttl_seconds, clock=self.clock)
+        self.prompt_cache = PromptCache(ttl_seconds=config.cache_ttl_seconds, clock=self.clock,
+                                        enabled=config.prompt_cache)
         self.model = OfflineModel(self.tokens, self.prompt_cache, self.stats)
         self.api = OfflineApi(config, self.store, self.model, self.faults, self.stats, self.clock)
         self._runner: web.AppRunner | None = None

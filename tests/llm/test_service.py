@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,17 +15,13 @@ from coach.llm.v1 import llm_service_pb2 as pb
 
 from services.common.tokens import count_tokens
 from services.llm.config import DATA_DIR
-from services.llm.persona import load_persona
 from services.llm.tools import ToolCatalog, load_tools
 from services.offline_openai.tokens import Segment, TokenCounter
+from tests.helpers.llm_turns import CHECK_IN, GOAL, PERSONA, SAM, gen, goal_turn, uid
 from tests.helpers.services import Llm, running_llm
 
 pytestmark = pytest.mark.usefixtures("healthy_upstream")
 
-PERSONA = load_persona(DATA_DIR / "persona.yaml")
-SAM = pb.Audience(display_name="Sam", current_streak=5)
-GOAL = "MESSAGE_TYPE_GOAL_SETTING"
-CHECK_IN = "MESSAGE_TYPE_CHECK_IN"
 
 
 def user(text: str) -> pb.ChatTurn:
@@ -35,14 +30,6 @@ def user(text: str) -> pb.ChatTurn:
 
 def coach(text: str) -> pb.ChatTurn:
     return pb.ChatTurn(role=pb.TURN_ROLE_COACH, text=text)
-
-
-def gen(kind: str = CHECK_IN, model: str = "gpt-5.5", tokens: int = 120) -> pb.Generation:
-    return pb.Generation(model=model, max_output_tokens=tokens, message_type=kind)
-
-
-def uid() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 class Seen:
@@ -166,21 +153,6 @@ async def test_conversation_is_seeded_and_appended(
     assert roles[0][0] == "developer" and "User is training for a 10k." in roles[0][1]
     assert roles[1:] == [("user", "hey"), ("assistant", "What's the plan today?"),
                          ("user", "done with my run"), ("assistant", "Nice. Keep going")]
-
-
-async def goal_turn(llm: Llm, user_id: str) -> tuple[str, pb.StatefulTurnResponse]:
-    conv = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id=user_id), timeout=5)
-    reply = await llm.stub.StatefulTurn(
-        pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,
-                               message="My goal is to run a 10k by June", audience=SAM,
-                               generation=gen(GOAL)),
-        timeout=5,
-    )
-    assert [c.name for c in reply.tool_calls] == ["save_goal"]
-    assert json.loads(reply.tool_calls[0].arguments_json)["goal"] == "run a 10k by June"
-    assert json.loads(reply.tool_calls[0].output_json)["ok"] is True
-    assert len(reply.texts) == 1 and "run a 10k by June" in reply.texts[0]
-    return conv.conversation_id, reply
 
 
 async def item_kinds(client: openai.AsyncOpenAI, conversation_id: str) -> list[str]:

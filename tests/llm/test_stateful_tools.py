@@ -11,8 +11,8 @@ import pytest
 from coach.llm.v1 import llm_service_pb2 as pb
 
 from services.llm.config import DATA_DIR
+from tests.helpers.llm_turns import CHECK_IN, PERSONA, SAM, gen, goal_turn, uid
 from tests.helpers.services import running_llm
-from tests.llm.test_service import CHECK_IN, PERSONA, SAM, gen, goal_turn, uid
 
 pytestmark = pytest.mark.usefixtures("healthy_upstream")
 

