@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from services.common.datafiles import load_mapping
 from services.common.errors import ConfigError
 
 RETENTIONS = ("in_memory", "24h")
@@ -51,14 +49,7 @@ def user_cache_key(tier: str, prefix: str, user_id: str) -> str:
 
 
 def load_caching(path: Path) -> CachePolicy:
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the caching file {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a mapping with models and retention")
+    data = load_mapping(path, "caching", "models and retention")
     models = data.get("models") or []
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
         raise ConfigError(f"{path}: models must be a list of model name prefixes")

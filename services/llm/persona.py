@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from services.common.datafiles import load_mapping
 from services.common.errors import ConfigError
 
 SECTIONS = ("coach", "tools", "tools_assistants", "safety", "summary")
@@ -27,14 +25,7 @@ class Persona:
 
 
 def load_persona(path: Path) -> Persona:
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the persona file {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a mapping with keys {', '.join(SECTIONS)}")
+    data = load_mapping(path, "persona", f"keys {', '.join(SECTIONS)}")
     texts: dict[str, str] = {}
     for key in SECTIONS:
         value = data.get(key)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from coach.type.v1 import types_pb2
 
+from services.common.datafiles import load_mapping
 from services.common.errors import ConfigError
 from services.llm.turns import Audience
 
@@ -147,14 +147,10 @@ def _answer(value: Mapping[str, Any]) -> str:
 
 
 def load_tools(path: Path) -> ToolCatalog:
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the tools file {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tools"), list):
-        raise ConfigError(f"{path} must be a mapping with a `tools` list and a `needs` mapping")
+    shape = "a `tools` list and a `needs` mapping"
+    data = load_mapping(path, "tools", shape)
+    if not isinstance(data.get("tools"), list):
+        raise ConfigError(f"{path} must be a mapping with {shape}")
     specs: list[ToolSpec] = []
     for index, raw in enumerate(data["tools"]):
         where = f"{path}: tools[{index}]"

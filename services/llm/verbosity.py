@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from services.common.datafiles import load_mapping
 from services.common.errors import ConfigError
 from services.common.vocabulary import MessageType
 
@@ -35,14 +33,7 @@ class VerbosityPolicy:
 
 
 def load_verbosity(path: Path) -> VerbosityPolicy:
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the verbosity file {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a mapping with default, models and per_type")
+    data = load_mapping(path, "verbosity", "default, models and per_type")
     default = data.get("default", "medium")
     if default not in LEVELS:
         raise ConfigError(f"{path}: default must be one of {', '.join(LEVELS)}, not {default!r}")
