@@ -35,11 +35,12 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.harness import BenchSuite
+from bench.report import per_1k
 from bench.run import FULL, RESULTS, Size, cost_phases
 from bench.workload import build_workload, messages_per_month, paced
 from services.common.settings import REPO_ROOT
@@ -112,10 +113,11 @@ async def measure(row: Row, size: Size, seed: int, files: dict[str, Path],
     cut = opt["summary"]["truncated"], opt["summary"]["upstream_answers"]
     return {"regime": row.regime, "per_month": row.per_month,
             "measured_per_month": round(messages_per_month(users), 1), "lever": row.lever,
-            "ratio": ratio, "baseline_per_1k_usd": base["summary"]["cost_nanos"] / 1e9
-            / max(1, base["summary"]["answered"]) * 1000,
-            "optimized_per_1k_usd": opt["summary"]["cost_nanos"] / 1e9
-            / max(1, opt["summary"]["answered"]) * 1000,
+            "ratio": ratio,
+            "baseline_per_1k_usd": per_1k(base["summary"]["cost_nanos"],
+                                          base["summary"]["answered"]),
+            "optimized_per_1k_usd": per_1k(opt["summary"]["cost_nanos"],
+                                           opt["summary"]["answered"]),
             "cached_share_baseline": base["cache_hit_share_chat"],
             "cached_share_optimized": opt["cache_hit_share_chat"],
             "cut_replies": cut[0], "upstream_answers": cut[1],
@@ -151,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     logging.getLogger("coach.suite").setLevel(logging.WARNING)
     log = logging.getLogger("bench.levers")
-    size = Size(**{**FULL.__dict__, "users": args.users, "days": args.days, "long_turns": 20,
-                   "checkpoints": (10, 20)})
+    size = replace(FULL, users=args.users, days=args.days, long_turns=20, checkpoints=(10, 20))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="coach-levers-") as folder:
         files = data_variants(Path(folder))

@@ -18,7 +18,7 @@ import collections
 from collections.abc import Sequence
 
 from bench.workload import build_workload
-from services.router.decision import MessageContext, Router
+from services.router.decision import MessageContext, Route, Router
 
 WINDOWS_H = (1.0, 6.0, 24.0, 48.0)
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             decision = router.decide(m.text, MessageContext(
                 message_count=count, local_hour=m.local_hour, current_streak=m.streak,
                 display_name=m.display_name))
-            if decision.route.name != "ASSISTANT":
+            if decision.route is not Route.ASSISTANT:
                 continue
             models[decision.model] += 1
             same.append(None if decision.model not in last

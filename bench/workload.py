@@ -182,16 +182,21 @@ def paced(users: Sequence[User], per_month: float) -> list[User]:
     return out
 
 
+SESSION_GAP_S = 600  # a message this soon after the previous one is in the same session
+
+
 def _paced(users: Sequence[User], factor: float) -> list[User]:
     out = []
     for user in users:
         msgs: list[Message] = []
-        for m in user.messages:
-            if msgs and m.at_s - user.messages[len(msgs) - 1].at_s <= 600:
-                at = msgs[-1].at_s + (m.at_s - user.messages[len(msgs) - 1].at_s)
-            else:
+        for prev, m in zip((None, *user.messages), user.messages, strict=False):
+            gap = m.at_s - prev.at_s if prev is not None else None
+            if gap is None:
                 at = int(m.at_s * factor)
-            at = max(at, msgs[-1].at_s + 1) if msgs else at
+            elif gap <= SESSION_GAP_S:
+                at = msgs[-1].at_s + max(gap, 1)
+            else:
+                at = max(int(m.at_s * factor), msgs[-1].at_s + 1)
             msgs.append(replace(m, at_s=at, day=at // 86_400))
         out.append(User(user.user_id, user.display_name, tuple(msgs)))
     return out

@@ -177,7 +177,7 @@ class ResponsesBackend:
         }
         if plan.tools:
             params["tools"] = ToolCatalog.responses_format(plan.tools)
-            if plan.allowed is not None and len(plan.allowed) < len(plan.tools):
+            if plan.allowed is not None:
                 params["tool_choice"] = ToolCatalog.allowed_format(plan.allowed)
         if turn.generation.sends_temperature:
             params["temperature"] = turn.generation.temperature

@@ -108,8 +108,8 @@ class TurnPlan:
     context_line: str | None  # None: the conversation already has it
     safety: str | None  # crisis guidance, crisis turns only
     cache_key: str
-    # With a stable prefix, the names of the tools this turn may call (the others are sent
-    # but not allowed); None: every tool sent may be called.
+    # With a stable prefix, the names of the only tools this turn may call (the others are
+    # sent but not allowed); None: every tool sent may be called.
     allowed: tuple[str, ...] | None = None
 
     @property
@@ -145,8 +145,10 @@ class TurnPlanner:
         tools = self.catalog.for_turn(turn.generation.message_type, all_tools=turn.all_tools)
         allowed: tuple[str, ...] | None = None
         if stable_tools and not turn.all_tools:
-            allowed = tuple(tool.name for tool in tools)
-            tools = self.catalog.for_turn(turn.generation.message_type, all_tools=True)
+            every = self.catalog.for_turn(turn.generation.message_type, all_tools=True)
+            if len(tools) < len(every):
+                allowed = tuple(tool.name for tool in tools)
+            tools = every
         line = turn.audience.context_line()
         guidance = self.persona.tools if reply_with_calls else self.persona.tools_assistants
         return TurnPlan(

@@ -25,14 +25,16 @@ def uid() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
 
 
+def goal_request(user_id: str, conversation_id: str) -> pb.StatefulTurnRequest:
+    """A goal-setting turn that should call save_goal("run a 10k by June")."""
+    return pb.StatefulTurnRequest(user_id=user_id, conversation_id=conversation_id,
+                                  message="My goal is to run a 10k by June", audience=SAM,
+                                  generation=gen(GOAL))
+
+
 async def goal_turn(llm: Llm, user_id: str) -> tuple[str, pb.StatefulTurnResponse]:
     conv = await llm.stub.CreateConversation(pb.CreateConversationRequest(user_id=user_id), timeout=5)
-    reply = await llm.stub.StatefulTurn(
-        pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,
-                               message="My goal is to run a 10k by June", audience=SAM,
-                               generation=gen(GOAL)),
-        timeout=5,
-    )
+    reply = await llm.stub.StatefulTurn(goal_request(user_id, conv.conversation_id), timeout=5)
     assert [c.name for c in reply.tool_calls] == ["save_goal"]
     assert json.loads(reply.tool_calls[0].arguments_json)["goal"] == "run a 10k by June"
     assert json.loads(reply.tool_calls[0].output_json)["ok"] is True

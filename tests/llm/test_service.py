@@ -17,7 +17,16 @@ from services.common.tokens import count_tokens
 from services.llm.config import DATA_DIR
 from services.llm.tools import ToolCatalog, load_tools
 from services.offline_openai.tokens import Segment, TokenCounter
-from tests.helpers.llm_turns import CHECK_IN, GOAL, PERSONA, SAM, gen, goal_turn, uid
+from tests.helpers.llm_turns import (
+    CHECK_IN,
+    GOAL,
+    PERSONA,
+    SAM,
+    gen,
+    goal_request,
+    goal_turn,
+    uid,
+)
 from tests.helpers.services import Llm, running_llm
 
 pytestmark = pytest.mark.usefixtures("healthy_upstream")
@@ -347,12 +356,8 @@ async def test_assistants_backend_runs_the_same_flow(
     assert appended.appended == 2
 
     seen = Seen(offline_openai)
-    goal = await assistants_llm.stub.StatefulTurn(
-        pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,
-                               message="My goal is to run a 10k by June", audience=SAM,
-                               generation=gen(GOAL)),
-        timeout=5,
-    )
+    goal = await assistants_llm.stub.StatefulTurn(goal_request(user_id, conv.conversation_id),
+                                                  timeout=5)
     assert [c.name for c in goal.tool_calls] == ["save_goal"]
     assert json.loads(goal.tool_calls[0].output_json)["goal"] == "run a 10k by June"
     assert goal.texts and "run a 10k by June" in goal.texts[0]

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..errors import ApiError, bad_request
 from ..generation import ModelResult
+from ..items import function_tool_names
 
 # Request key: the model and tokens of the call a request made, for its log line.
 MODEL_CALL_KEY = web.RequestKey("offline_openai.model_call", dict)
@@ -100,27 +101,24 @@ def callable_tools(body: dict[str, Any], names: frozenset[str], nested: bool) ->
         raise bad_request("'tool_choice' must be auto, none, required or an object",
                           "tool_choice")
 
-    def name_of(tool: Any) -> str:
-        spec = tool.get("function") if nested and isinstance(tool, dict) \
-            and isinstance(tool.get("function"), dict) else tool
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if not isinstance(name, str) or name not in names:
-            raise bad_request(f"tool_choice names a tool that is not in 'tools': {name!r}",
-                              "tool_choice")
-        return name
-
     kind = choice.get("type")
     if kind == "function":
-        return frozenset({name_of(choice)})
-    if kind == "allowed_tools":
+        listed: Any = [choice]
+    elif kind == "allowed_tools":
         # Responses: {"type", "mode", "tools"}; Chat Completions nests them under
         # "allowed_tools".
         inner = choice.get("allowed_tools", choice) if nested else choice
         listed = inner.get("tools") if isinstance(inner, dict) else None
         if not isinstance(listed, list):
             raise bad_request("tool_choice.tools must be a list", "tool_choice")
-        return frozenset(name_of(tool) for tool in listed)
-    raise bad_request(f"unknown tool_choice type {kind!r}", "tool_choice")
+    else:
+        raise bad_request(f"unknown tool_choice type {kind!r}", "tool_choice")
+    for tool in listed:
+        found = function_tool_names([tool], nested)
+        if not found or not found <= names:
+            raise bad_request(f"tool_choice names a tool that is not in 'tools': {tool!r}",
+                              "tool_choice")
+    return function_tool_names(listed, nested)
 
 
 def metadata_param(body: dict[str, Any], default: dict[str, Any] | None = None) -> dict[str, Any]:
