@@ -43,6 +43,7 @@ __all__ = ["FORMAT", "FeatureSpec", "Heads", "LinearHead", "Opinion", "RuleSigna
 
 FORMAT = 3
 Matrix = npt.NDArray[np.float32]
+Columns = npt.NDArray[np.intp]  # indexes of the vocabulary rows a message sets
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def dense_features(embedder: StaticEmbedder, spec: FeatureSpec, norm: Normalized
                    rules: RuleSignals) -> Matrix:
     dims = embedder.dimensions
     dense = np.zeros(spec.dense_size(dims), dtype=np.float32)
-    dense[:dims] = embedder.embed(norm.text) * spec.embedding_scale
+    dense[:dims] = embedder.embed_words(norm.tokens) * spec.embedding_scale
     dense[dims] = 1.0 if norm.question else 0.0
     dense[dims + 1] = math.log1p(len(norm.tokens)) / 5.0
     dense[dims + 1 + rules.message_type.value] = 1.0  # values start at 1
@@ -148,7 +149,7 @@ class VocabularyColumns:
             self._words[token] = found
         return found
 
-    def of(self, tokens: Sequence[str]) -> list[int]:
+    def of(self, tokens: Sequence[str]) -> Columns:
         hits: set[int] = set()
         words = self._words
         for token in tokens:
@@ -160,7 +161,9 @@ class VocabularyColumns:
                 index = column.get(f"{a} {b}")
                 if index is not None:
                     hits.add(index)
-        return sorted(hits)
+        # An index array, not a list: numpy would convert a list element by element
+        # on every gather, which cost more than the gather itself.
+        return np.fromiter(sorted(hits), dtype=np.intp, count=len(hits))
 
 
 @dataclass(frozen=True)
@@ -189,10 +192,10 @@ class _StackedHeads:
                    np.ascontiguousarray(weights[:, width:].T),
                    np.concatenate([h.bias for h in heads]))
 
-    def logits(self, dense: Matrix, columns: Sequence[int]) -> Matrix:
+    def logits(self, dense: Matrix, columns: Columns) -> Matrix:
         z = self.dense @ dense + self.bias
-        if columns:
-            z += self.ngrams[columns].sum(axis=0)
+        if len(columns):
+            z += self.ngrams.take(columns, axis=0).sum(axis=0)
         return z
 
 

@@ -55,15 +55,19 @@ class Normalizer:
                 self._typo_deletions.setdefault(d, word)
         self._cache: dict[str, tuple[str, ...]] = {}
 
-    def word(self, raw: str) -> tuple[str, ...]:
-        """Normalize one word token (already lower-case, apostrophes removed)."""
-        hit = self._cache.get(raw)
-        if hit is not None:
-            return hit
-        result = self._word_uncached(raw)
+    def _piece(self, piece: str) -> tuple[str, ...]:
+        """The tokens of one piece of a lower-cased message (a word or a symbol other than
+        "?"), remembered: messages repeat their words, so most pieces are a lookup."""
+        if piece[0].isalnum():
+            result = self._word_uncached(_fold_accents(piece).translate(APOSTROPHES))
+        elif piece in EMOJI_MODIFIERS or piece.isascii() \
+                or unicodedata.category(piece).startswith("P"):
+            result = ()
+        else:
+            result = (self._emoji.get(piece, "emoji"),)
         if len(self._cache) >= _TOKEN_CACHE_LIMIT:
             self._cache.clear()
-        self._cache[raw] = result
+        self._cache[piece] = result
         return result
 
     def _word_uncached(self, raw: str) -> tuple[str, ...]:
@@ -104,16 +108,13 @@ class Normalizer:
         text = unicodedata.normalize("NFKC", text).lower()
         tokens: list[str] = []
         question = False
+        remembered = self._cache
         for piece in _WORD_RE.findall(text):
-            if piece[0].isalnum():
-                tokens.extend(self.word(_fold_accents(piece).translate(APOSTROPHES)))
-                continue
             if piece == "?":
                 question = True
-            elif piece in EMOJI_MODIFIERS or piece.isascii() or unicodedata.category(piece).startswith("P"):
                 continue
-            else:
-                tokens.append(self._emoji.get(piece, "emoji"))
+            found = remembered.get(piece)
+            tokens += found if found is not None else self._piece(piece)
         return NormalizedText(tuple(tokens), " ".join(tokens), question)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.router.classifier.datafile import DataFile
 from services.router.classifier.normalize import NormalizedText
-from services.router.classifier.phrases import PhraseSet
+from services.router.classifier.phrases import REMEMBERED_WORDS, PhraseSet
 from services.router.classifier.vocabulary import MessageType
 
 
@@ -55,6 +55,11 @@ class RuleIndex:
     rules: tuple[Rule, ...]
     by_first: Mapping[str, tuple[tuple[int, re.Pattern[str]], ...]]
     by_prefix: Mapping[str, tuple[tuple[int, re.Pattern[str]], ...]]
+    with_rest: tuple[int, ...]  # rules with any-word phrases (``PhraseSet.rest``)
+    # Each word's non-empty candidate lists (by word, then by prefix), remembered as in
+    # ``PhraseSet``.
+    _by_word: dict[str, tuple[tuple[tuple[int, re.Pattern[str]], ...], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, rules: Sequence[Rule]) -> RuleIndex:
@@ -66,22 +71,26 @@ class RuleIndex:
             for key, patterns in rule.phrases.by_prefix.items():
                 by_prefix.setdefault(key, []).extend((i, rx) for rx in patterns)
         return cls(tuple(rules), {k: tuple(v) for k, v in by_first.items()},
-                   {k: tuple(v) for k, v in by_prefix.items()})
+                   {k: tuple(v) for k, v in by_prefix.items()},
+                   tuple(i for i, rule in enumerate(rules) if rule.phrases.rest is not None))
 
     def first_rule(self, text: str) -> tuple[Rule, str] | None:
         """The first rule whose phrases occur in ``text`` and whose ``unless`` phrases do
         not, with the phrase that matched: what taking the rules in order with
         ``PhraseSet.search`` gives, in one scan of the message that stops trying a rule once
         an earlier one is known to apply."""
-        rules = self.rules
+        rules, remembered = self.rules, self._by_word
         best, best_hit = len(rules), ""
         judged: set[int] = set()  # rules whose first indexed match was found (kept or vetoed)
         pos = 0
         for token in text.split(" "):
             # As in PhraseSet.search: at each word a rule's by-word phrases, then its
             # by-prefix ones; the candidates are in rule order.
-            for table, key in ((self.by_first, token), (self.by_prefix, token[:3])):
-                for i, rx in table.get(key, ()):
+            lists = remembered.get(token)
+            if lists is None:
+                lists = self._candidates(token)
+            for candidates in lists:
+                for i, rx in candidates:
                     if i >= best:
                         break
                     if i in judged:
@@ -94,11 +103,18 @@ class RuleIndex:
                             break
             pos += len(token) + 1
         # An earlier rule with no indexed match may still match by its any-word phrases.
-        for i in range(best):
+        for i in self.with_rest:
+            if i >= best:
+                break
             if i not in judged:
                 hit = rules[i].phrases.search_rest(text)
                 if hit is not None and rules[i].unless.search(text) is None:
                     return rules[i], hit
         return (rules[best], best_hit) if best < len(rules) else None
 
-
+    def _candidates(self, token: str) -> tuple[tuple[tuple[int, re.Pattern[str]], ...], ...]:
+        found = tuple(c for c in (self.by_first.get(token), self.by_prefix.get(token[:3])) if c)
+        if len(self._by_word) >= REMEMBERED_WORDS:
+            self._by_word.clear()
+        self._by_word[token] = found
+        return found
