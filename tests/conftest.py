@@ -29,6 +29,7 @@ setup_logging("tests", os.environ.get("COACH_TEST_LOG_LEVEL", "WARNING"))
 MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench/test_bench_smoke.py", ("integration", "slow")),
     ("bench/", ("integration",)),
+    ("common/test_db_pool.py", ("integration",)),
     ("common/", ("unit",)),
     ("seams/", ("unit",)),
     ("router/", ("unit",)),

@@ -23,6 +23,16 @@ _MIGRATION = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x636F616368  # "coach"
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, beyond what asyncpg always does (roll
+    back a transaction left open, drop listeners): nothing. asyncpg's default also sends
+    ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every release, a round
+    trip to PostgreSQL per borrowed connection, to undo session state that pooled
+    connections here never create: locks are transaction-scoped
+    (``pg_advisory_xact_lock``), settings are ``set_config(..., true)`` (this transaction
+    only), no cursor outlives its transaction, and LISTEN has a connection of its own."""
+
+
 async def create_pool(
     url: str,
     *,
@@ -41,6 +51,7 @@ async def create_pool(
                 max_size=max_size,
                 command_timeout=10,
                 max_inactive_connection_lifetime=60,
+                reset=_keep_session,
             )
             assert pool is not None
             return pool
