@@ -13,6 +13,12 @@ highest step whose Chat p99 stays within the upstream latency + 250 ms, with no 
     .venv/bin/python -m bench.open_loop --replicas router=2,threads=2,llm=2 \
         --rates 20,40,60,80 --step-s 15
 
+The users are established ones, as the issue's own measurement had (400 users): an unmeasured
+warm-up first sends every user their onboarding messages (COACH_ONBOARDING_MESSAGES, 3, all
+on the stateful tier, a first one creating the provider conversation), so the measured steps
+see the route mix of users past their first days, not a crowd of newcomers. ``--warm-up 0``
+measures newcomers instead.
+
 Also splits the stateful turns of each step (threads' "stateful turn" log lines): waiting
 for the user's turn (lock and lease), preparing the conversation, the upstream turn, storing.
 """
@@ -130,7 +136,7 @@ def turn_split(lines: list[dict[str, Any]]) -> dict[str, float]:
 
 
 async def run_step(stubs: list[Any], users: Users, rate: float, step_s: float, tag: str,
-                   timeout_s: float) -> Step:
+                   timeout_s: float, limit: int | None = None) -> Step:
     step = Step(rate)
     rng = random.Random(f"{tag}/{rate}")
     tasks: set[asyncio.Task[None]] = set()
@@ -153,7 +159,7 @@ async def run_step(stubs: list[Any], users: Users, rate: float, step_s: float, t
 
     started = time.perf_counter()
     next_at = started
-    while next_at - started < step_s:
+    while next_at - started < step_s and (limit is None or step.sent < limit):
         next_at += rng.expovariate(rate)
         delay = next_at - time.perf_counter()
         if delay > 0:
@@ -173,7 +179,7 @@ async def run_step(stubs: list[Any], users: Users, rate: float, step_s: float, t
 
 
 async def measure(replicas: str, rates: list[float], step_s: float, latency_ms: int,
-                  users: int, seed: int) -> dict[str, Any]:
+                  users: int, days: int, warm_up: int, seed: int) -> dict[str, Any]:
     name = "open-loop-" + (replicas.replace(",", "-").replace("=", "") or "one")
     extra = {"COACH_REPLICAS": replicas} if replicas else {}
     suite = BenchSuite(name, latency_ms=latency_ms, extra_env=extra)
@@ -183,9 +189,21 @@ async def measure(replicas: str, rates: list[float], step_s: float, latency_ms: 
                                           options=[("grpc.service_config", ROUND_ROBIN)])
                 for _ in range(4)]
     stubs = [router_service_pb2_grpc.RouterServiceStub(c) for c in channels]
-    pool = Users(build_workload(users, 3, seed, prefix=f"ol{seed % 1000}"))
+    pool = Users(build_workload(users, days, seed, prefix=f"ol{seed % 1000}"))
     steps: list[dict[str, Any]] = []
+    warmed: dict[str, Any] = {}
     try:
+        if warm_up:
+            # The queue is round-robin, so users × warm_up messages are each user's first
+            # warm_up ones. Sent at most at 40/s: all of them are stateful, a first one two
+            # upstream calls, and a saturated warm-up would leave users with none idle.
+            warm_rate = min([*rates, 40.0])
+            done = await run_step(stubs, pool, warm_rate, 10 * users * warm_up / warm_rate,
+                                  f"{name}-warm", timeout_s=30, limit=users * warm_up)
+            warmed = {"messages": done.sent, "rate": warm_rate, "routes": done.routes,
+                      "errors": done.errors}
+            log.info(f"[{name}] warm-up: {done.sent} messages at {warm_rate:g}/s, "
+                     f"routes {done.routes}, errors {done.errors}")
         for rate in rates:
             cpu_before = await cpu_seconds(suite)
             turns_before = len(turn_lines(suite.log_dir))
@@ -207,25 +225,34 @@ async def measure(replicas: str, rates: list[float], step_s: float, latency_ms: 
         await suite.stop()
     held = [s["rate"] for s in steps if s["held"]]
     return {"replicas": replicas or "one of each", "upstream_ms": latency_ms, "step_s": step_s,
+            "users": users, "warm_up": warmed,
             "highest_rate_held": max(held) if held else 0, "steps": steps}
 
 
 def markdown(runs: list[dict[str, Any]]) -> str:
-    out = [("| replicas | rate (msg/s) | answered/s | p50 (ms) | p99 (ms) | held | errors | "
-            "CPU ms/msg router / threads / llm / ledger | stateful turn: wait / prepare / "
-            "upstream / store (ms) |"), "|---|---:|---:|---:|---:|---|---|---|---|"]
+    out = [("| replicas | rate (msg/s) | answered/s | stateful | p50 (ms) | p99 (ms) | held | "
+            "errors | CPU ms/msg router / threads / llm / ledger | stateful turn: wait / "
+            "prepare / upstream / store (ms) |"), "|---|---:|---:|---:|---:|---:|---|---|---|---|"]
     for run in runs:
         for s in run["steps"]:
             cpu = s["cpu_ms_per_message"]
             t = s["stateful_turn_ms"]
+            stateful = s["routes"].get("ASSISTANT", 0) / max(1, s["answered"])
             out.append(
-                f"| {run['replicas']} | {s['rate']:g} | {s['achieved_per_s']} | {s['p50_ms']} | "
-                f"{s['p99_ms']} | {'yes' if s['held'] else 'no'} | {s['errors'] or 0} | "
+                f"| {run['replicas']} | {s['rate']:g} | {s['achieved_per_s']} | {stateful:.0%} | "
+                f"{s['p50_ms']} | {s['p99_ms']} | {'yes' if s['held'] else 'no'} | "
+                f"{s['errors'] or 0} | "
                 + " / ".join(f"{cpu.get(k, 0):.1f}" for k in ("router", "threads", "llm", "ledger"))
                 + " | " + (" / ".join(f"{t.get(k, 0):.0f}" for k in
                                       ("wait_ms", "prepare_ms", "upstream_ms", "store_ms"))
                            if t else "-") + " |")
     out.append("")
+    for run in runs:
+        warm = run.get("warm_up") or {}
+        users = (f"{run['users']} users past their onboarding (a warm-up of "
+                 f"{warm['messages']} messages first, not measured)"
+                 if warm else f"{run.get('users', '?')} new users, no warm-up")
+        out.append(f"{run['replicas']}: {users}.")
     for run in runs:
         out.append(f"Highest rate held ({run['replicas']}, Chat p99 <= {run['upstream_ms']} + "
                    f"{SLACK_MS:.0f} ms): {run['highest_rate_held']:g} messages/s.")
@@ -241,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="messages per second, one step each")
     parser.add_argument("--step-s", type=float, default=15.0)
     parser.add_argument("--latency-ms", type=int, default=300)
-    parser.add_argument("--users", type=int, default=3000)
+    parser.add_argument("--users", type=int, default=400)
+    parser.add_argument("--days", type=int, default=7, help="of workload per user")
+    parser.add_argument("--warm-up", type=int, default=3,
+                        help="unmeasured messages per user first (the onboarding ones)")
     parser.add_argument("--seed", type=int, default=20261207)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -251,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
 
     async def all_runs() -> list[dict[str, Any]]:
-        return [await measure(r, rates, args.step_s, args.latency_ms, args.users, args.seed)
+        return [await measure(r, rates, args.step_s, args.latency_ms, args.users, args.days,
+                              args.warm_up, args.seed)
                 for r in (args.replicas or [""])]
 
     runs = asyncio.run(all_runs())
