@@ -176,9 +176,9 @@ class StatefulTurns:
 
     async def _run(self, request: StatefulTurnRequest) -> StoredExchange:
         started = time.monotonic()
-        stored = await self._already_answered(request)
-        if stored is not None:
-            return stored
+        # Whether the request is already answered is read once, under the user's lease: a
+        # read before it as well would cost every turn a round trip to spare a rare retry
+        # the wait for the lease (docs/replicas.md, the open loop).
         budget = request.time_remaining_s
         if budget is None or budget > self.turn_budget_s:
             budget = self.turn_budget_s
