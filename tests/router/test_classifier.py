@@ -90,6 +90,22 @@ def test_not_done_yet_is_progress_but_not_done_is_a_miss(router: Router) -> None
     assert kind(router, "didn't finish") is MessageType.ACCOUNTABILITY
 
 
+@pytest.mark.parametrize("text,tokens", [
+    ("did 1000 pushups", "did 1000 pushups"),
+    ("day 111 of my streak", "day 111 of my streak"),
+    ("hit 10,000 steps", "hit 10 000 steps"),
+    ("sooo goood", "so good"),
+])
+def test_letters_stretched_are_squeezed_but_numbers_keep_their_digits(
+        router: Router, text: str, tokens: str) -> None:
+    assert router.normalize(text).text == tokens
+
+
+def test_ten_thousand_steps_is_not_zero_steps(router: Router) -> None:
+    assert kind(router, "hit 10,000 steps every day this week 🥳") is not \
+        MessageType.ACCOUNTABILITY
+
+
 def test_sad_emoji_turns_ok_into_something_else(router: Router) -> None:
     assert not router.classify("ok 😢").canned_eligible
 

@@ -12,8 +12,10 @@ APOSTROPHES = str.maketrans({"’": "", "‘": "", "'": "", "`": ""})
 EMOJI_MODIFIERS = frozenset({"\ufe0f", "\ufe0e", "\u200d", "\u20e3"}) | frozenset(
     chr(c) for c in range(0x1F3FB, 0x1F400)
 )
-_RUN3 = re.compile(r"(.)\1{2,}")
-_RUN2 = re.compile(r"(.)\1+")
+# Runs of a repeated *letter* are squeezed ("sooo" -> "soo", "so"); digits are not: "1000
+# pushups" and "day 111" are numbers, not elongated words.
+_RUN3 = re.compile(r"([^\W\d_])\1{2,}")
+_RUN2 = re.compile(r"([^\W\d_])\1+")
 _TOKEN_CACHE_LIMIT = 50_000
 
 
