@@ -30,8 +30,8 @@ from services.threads.repository.rows import (
     Executor,
     TurnLease,
     add_pending_charge,
-    check_lease,
     exchange_from_row,
+    lease_lost,
     request_id_reused,
 )
 
@@ -98,6 +98,16 @@ def _coach_text(exchange: Exchange) -> str:
 
 
 # Statements of _insert_new: each takes all the batch's rows as one JSON array.
+# Before storing one exchange: its lease still held (locked until commit; true without
+# one), whether the request id is stored already, and the transaction's now().
+_BEFORE_STORE_SQL = """
+SELECT now() AS now,
+       EXISTS (SELECT 1 FROM threads.exchanges WHERE request_id = $1) AS stored,
+       ($2::text IS NULL OR EXISTS (
+           SELECT 1 FROM threads.turn_leases
+            WHERE user_id = $2 AND holder = $3 AND expires_at > now() FOR UPDATE)) AS lease_held
+"""
+
 _STATS_SQL = """
 INSERT INTO threads.user_stats AS s (user_id, message_count, history_tokens, today,
                                      messages_today, last_canned_reply)
@@ -270,10 +280,19 @@ class ExchangeStore:
         ex = new.exchange
         try:
             async with conn.transaction():
-                await check_lease(conn, lease)
-                if await conn.fetchval("SELECT 1 FROM threads.exchanges WHERE request_id = $1",
-                                       ex.request_id) is None:
-                    return (await self._insert_new([new], conn))[0]
+                # One round trip for the fencing (the lease row locked until commit), the
+                # "stored already?" check and the rows' created_at: a stateful turn stores
+                # one exchange, so each statement here is a round trip of its own.
+                # The check reads the statement's snapshot, which may predate a writer that
+                # was waiting on the lease row: the unique request id catches that one
+                # (UniqueViolationError below).
+                row = await conn.fetchrow(_BEFORE_STORE_SQL, ex.request_id,
+                                          lease.user_id if lease else None,
+                                          lease.holder if lease else None)
+                if not row["lease_held"]:
+                    raise lease_lost()
+                if not row["stored"]:
+                    return (await self._insert_new([new], conn, row["now"]))[0]
         except asyncpg.UniqueViolationError:
             pass  # another writer stored it meanwhile; rolled back: stats and upkeep as they were
         existing = await self.get_exchange(ex.request_id, conn)
@@ -283,13 +302,16 @@ class ExchangeStore:
         return StoredExchange(existing, created=False)
 
     async def _insert_new(
-        self, news: Sequence[NewExchange], conn: asyncpg.Connection
+        self, news: Sequence[NewExchange], conn: asyncpg.Connection,
+        created_at: datetime | None = None,
     ) -> list[StoredExchange]:
         """Stores exchanges none of which is stored yet, in order: stats, owed upkeep, the
         exchanges, their messages, outbox rows, goals, conversation watermarks and change
         notifications, one statement each for all of them. Raises UniqueViolationError when
         another writer stored one of them first (the caller's transaction rolls back)."""
-        created_at: datetime = await conn.fetchval("SELECT now()")  # every row's created_at
+        if created_at is None:  # every row's created_at: the transaction's now()
+            created_at = await conn.fetchval("SELECT now()")
+        assert created_at is not None
         users: dict[str, list[NewExchange]] = {}
         for new in news:
             users.setdefault(new.exchange.user_id, []).append(new)

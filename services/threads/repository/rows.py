@@ -44,10 +44,12 @@ async def check_lease(conn: asyncpg.Connection, lease: TurnLease | None) -> None
     if lease is None:
         return
     if await conn.fetchval(LEASE_HELD_SQL, lease.user_id, lease.holder) is None:
-        raise Unavailable(
-            "the user's turn lease expired or was taken over; nothing was stored",
-            reason="TURN_LEASE_LOST",
-        )
+        raise lease_lost()
+
+
+def lease_lost() -> Unavailable:
+    return Unavailable("the user's turn lease expired or was taken over; nothing was stored",
+                       reason="TURN_LEASE_LOST")
 
 
 
