@@ -37,7 +37,7 @@ from services.llm.stateful import (
 )
 from services.llm.tools import ToolCatalog
 from services.llm.turns import Reply, Role, ToolCallRecord, Turn
-from services.llm.upstream import create_response
+from services.llm.upstream import add_conversation_items, create_conversation, create_response
 from services.llm.verbosity import VerbosityPolicy
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,9 @@ class ResponsesBackend:
         first, rest = items[:ITEMS_PER_REQUEST], items[ITEMS_PER_REQUEST:]
 
         async def create(timeout: float) -> str:
-            conversation = await self.client.conversations.create(
-                items=first,  # type: ignore[arg-type]
-                metadata={"coach_user": user_id[:512]},
-                timeout=timeout,
-            )
-            return conversation.id
+            return await create_conversation(
+                self.client, {"items": first, "metadata": {"coach_user": user_id[:512]}},
+                timeout)
 
         conversation_id = await self.upstream.call("conversations.create", create, deadline)
         await self._add_items(conversation_id, rest, deadline)
@@ -141,9 +138,7 @@ class ResponsesBackend:
             chunk = list(items[start:start + ITEMS_PER_REQUEST])
 
             async def add(timeout: float, chunk: list[dict[str, Any]] = chunk) -> None:
-                await self.client.conversations.items.create(
-                    conversation_id, items=chunk, timeout=timeout  # type: ignore[arg-type]
-                )
+                await add_conversation_items(self.client, conversation_id, chunk, timeout)
 
             await self.upstream.call("conversations.items.create", add, deadline,
                                      retry_timeouts=False)

@@ -26,8 +26,10 @@ plain JSON, and reads four fields of the answer. It goes out one of two ways
 
 Both skip building a ``ChatCompletion`` model from the answer (the SDK's recursive
 model construction is costly for the four fields read); ``services.llm.cheap_tier``
-reads the few fields it needs. The stateful tier's APIs (Responses, Conversations,
-Assistants: tools, polling, many request kinds) go through the SDK.
+reads the few fields it needs. The stateful tier's three busiest requests (create a
+response, create a conversation, add items to one) go through the tier's SDK client with
+``client.post`` and a body of plain JSON, skipping the SDK's parameter transform; the rest
+(Assistants, deletes, compaction) through the SDK's methods.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import email.utils
 import json
 import time
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import httpx2
@@ -122,6 +125,45 @@ async def create_response(
         options={"timeout": timeout, "security": {"bearer_auth": True}},
     )
     return response
+
+
+async def add_conversation_items(
+    client: openai.AsyncOpenAI, conversation_id: str, items: list[dict[str, Any]],
+    timeout: float,
+) -> None:
+    """``POST /conversations/{id}/items``: the request ``client.conversations.items.create``
+    sends, without the parameter transform, and without building the typed item list
+    from the answer (nothing reads it). A stateful turn after canned or cheap answers adds
+    them first: this was as much of the llm service's CPU as the turn itself
+    (docs/replicas.md)."""
+    await client.post(
+        f"/conversations/{quote(conversation_id, safe='')}/items",
+        cast_to=httpx2.Response,
+        body={"items": items},
+        options={"timeout": timeout, "security": {"bearer_auth": True}},
+    )
+
+
+async def create_conversation(
+    client: openai.AsyncOpenAI, body: dict[str, Any], timeout: float
+) -> str:
+    """``POST /conversations`` as ``client.conversations.create(**body)`` sends it, without
+    the parameter transform; the new conversation's id."""
+    response = await client.post(
+        "/conversations",
+        cast_to=httpx2.Response,
+        body=body,
+        options={"timeout": timeout, "security": {"bearer_auth": True}},
+    )
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+        raise openai.APIResponseValidationError(
+            response, response.text[:500], message="the upstream answer has no conversation id"
+        )
+    return data["id"]
 
 
 class ChatCompletions(Protocol):

@@ -21,9 +21,11 @@ from services.llm.resilience import FailureKind
 from services.llm.upstream import (
     DirectChatCompletions,
     SdkChatCompletions,
+    add_conversation_items,
     classify,
     create_chat_completion,
     create_client,
+    create_conversation,
     create_response,
 )
 from tests.helpers.http_upstream import serving
@@ -334,3 +336,36 @@ async def test_a_response_is_created_as_the_sdk_creates_it(offline_openai: Any) 
     assert direct.output_text == by_sdk.output_text
     assert [item.type for item in direct.output] == [item.type for item in by_sdk.output]
     assert direct.usage == by_sdk.usage
+
+
+async def test_conversations_are_created_and_added_to_as_the_sdk_does_it(
+        offline_openai: Any) -> None:
+    """The stateful tier creates a conversation and adds items to it without the SDK's
+    parameter transform or typed answers: the same requests, byte for byte in JSON."""
+    items: list[dict[str, Any]] = [
+        {"type": "message", "role": "developer", "content": "Recap: wants a 10k. Été ✓"},
+        {"type": "message", "role": "user", "content": "done ✅"},
+        {"type": "message", "role": "assistant", "content": "Nice work!"},
+    ]
+    metadata = {"coach_user": "user-1"}
+    seen: list[httpx2.Request] = []
+    client = _client(offline_openai, seen)
+    try:
+        by_sdk = await client.conversations.create(items=items, metadata=metadata,  # type: ignore[arg-type]
+                                                   timeout=5.0)
+        direct_id = await create_conversation(client, {"items": items, "metadata": metadata},
+                                              5.0)
+        await client.conversations.items.create(by_sdk.id, items=items,  # type: ignore[arg-type]
+                                                timeout=5.0)
+        await add_conversation_items(client, by_sdk.id, items, 5.0)
+    finally:
+        await client.close()
+    assert direct_id.startswith("conv_") and direct_id != by_sdk.id
+    volatile = {"x-stainless-retry-count", "x-stainless-read-timeout", "content-length"}
+    for sdk_request, direct_request in (seen[0:2], seen[2:4]):
+        assert (direct_request.method, direct_request.url) == \
+            (sdk_request.method, sdk_request.url)
+        assert json.loads(direct_request.content) == json.loads(sdk_request.content)
+        assert {k: v for k, v in direct_request.headers.items() if k not in volatile} == {
+            k: v for k, v in sdk_request.headers.items() if k not in volatile}
+
