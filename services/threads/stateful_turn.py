@@ -344,6 +344,7 @@ class StatefulTurns:
             return await self._rotate(lease, conversation, request, plan.reason)
         assert conversation is not None
         appended = 0
+        marked: Conversation | None = None
         for start in range(0, len(plan.append), APPEND_BATCH):
             batch = plan.append[start : start + APPEND_BATCH]
             await self.provider.append_turns(
@@ -352,15 +353,17 @@ class StatefulTurns:
                 api=conversation.api,
                 turns=[m.turn() for m in batch],
             )
-            await self.repository.conversations.mark_appended(conversation.id, batch[-1].id, len(batch))
+            marked = await self.repository.conversations.mark_appended(
+                conversation.id, batch[-1].id, len(batch))
             appended += len(batch)
         if appended:
             log.info("continuity back-filled", extra={
                 "user_id": request.user_id, "appended": appended,
                 "conversation_id": conversation.provider_conversation_id})
-            refreshed = await self.repository.conversations.active_conversation(request.user_id)
-            assert refreshed is not None
-            return refreshed
+            # The row as the last watermark move left it (held under our lease, so still
+            # the active one): no second read.
+            assert marked is not None and marked.status == "active"
+            return marked
         return conversation
 
     async def _orphaned(self, user_id: str, provider_id: str, why: str) -> None:

@@ -157,14 +157,18 @@ class ConversationStore:
 
     async def mark_appended(
         self, conversation_pk: int, seen_through: int, appended: int
-    ) -> None:
-        await self.pool.execute(
+    ) -> Conversation | None:
+        """Moves the watermark past turns added upstream; the conversation as it now is
+        (None if it no longer exists)."""
+        row = await self.pool.fetchrow(
             """UPDATE threads.conversations
                   SET seen_through = greatest(seen_through, $2),
                       turns_in_window = turns_in_window + $3, updated_at = now()
-                WHERE id = $1""",
+                WHERE id = $1
+            RETURNING *""",
             conversation_pk, seen_through, appended,
         )
+        return conversation_from_row(row) if row else None
 
     async def replace_conversation(
         self,
