@@ -230,6 +230,8 @@ class AssistantsBackend:
         assistant_id = await self.ensure_assistant(deadline)
         plan = self.planner.plan(turn, reply_with_calls=False)
         thread_id = turn.conversation_id
+        if turn.prior:  # a thread takes messages one call each, before the run
+            await self.append_turns(thread_id, turn.prior, deadline)
         text = turn.message if not plan.context_line else f"{plan.context_line}\n\n{turn.message}"
         await self._add_message(thread_id, "user", text, deadline)
         self.planner.sent(turn)

@@ -182,7 +182,9 @@ class ResponsesBackend:
         retention = self.caching.retention_for("stateful", model)
         if retention:
             params["prompt_cache_retention"] = retention
-        inputs: list[dict[str, Any]] = []
+        # Unseen turns first, as a separate items call would have added them: one upstream
+        # call instead of two.
+        inputs: list[dict[str, Any]] = [turn_item(t) for t in turn.prior]
         if plan.context_line:
             inputs.append(message_item("developer", plan.context_line))
         if plan.safety:

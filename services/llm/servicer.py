@@ -222,6 +222,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         _check_message(v, "message", request.message)
         _check_generation(v, "generation", request.generation)
         _check_audience(v, "audience", request.audience)
+        _check_turns(v, "prior_turns", request.prior_turns)
         v.raise_if_any()
         backend = self.stateful.backend(_api(request.api, request.conversation_id))
         deadline, started = self._deadline(context), time.monotonic()
@@ -232,6 +233,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             audience=_audience(request.audience),
             generation=self._generation(request.generation, self.stateful_max_output_tokens),
             all_tools=request.all_tools,
+            prior=tuple(_turns(request.prior_turns)),
         )
 
         async def answer() -> Reply:

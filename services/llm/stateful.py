@@ -56,6 +56,10 @@ class TurnInput:
     audience: Audience
     generation: Generation
     all_tools: bool = False
+    # Turns the conversation has not seen (the user's canned and cheap-tier exchanges since
+    # its last turn), oldest first: added ahead of the message, in the same upstream call
+    # where the API allows it.
+    prior: tuple[Turn, ...] = ()
 
 
 class StatefulBackend(Protocol):

@@ -73,6 +73,7 @@ class LlmClient:
         api: str,
         message: str,
         settings: TurnSettings,
+        prior_turns: Sequence[Turn] = (),
     ) -> TurnReply:
         request = llm_pb.StatefulTurnRequest(
             request_id=request_id,
@@ -90,6 +91,7 @@ class LlmClient:
                 message_type=settings.message_type.proto_name,
             ),
             all_tools=settings.all_tools,
+            prior_turns=_turns(prior_turns),
         )
         try:
             reply = await self._stub.StatefulTurn(request, timeout=time_left(self._timeout))

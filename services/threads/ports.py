@@ -66,6 +66,7 @@ class ConversationProvider(Protocol):
         api: str,
         message: str,
         settings: TurnSettings,
+        prior_turns: Sequence[Turn] = (),
     ) -> TurnReply: ...
 
     async def summarize(

@@ -191,7 +191,7 @@ class StatefulTurns:
             stored = await self._already_answered(request)
             if stored is not None:
                 return stored
-            conversation = await self._prepare_conversation(lease, request)
+            conversation, carried = await self._prepare_conversation(lease, request)
             prepared = time.monotonic()
             reply = await self.provider.stateful_turn(
                 request_id=request.request_id,
@@ -200,7 +200,18 @@ class StatefulTurns:
                 api=conversation.api,
                 message=request.message,
                 settings=request.settings,
+                prior_turns=[m.turn() for m in carried],
             )
+            if carried:
+                # The conversation took them with the turn: its watermark moves past them
+                # before the exchange is stored (which moves it past the exchange).
+                marked = await self.repository.conversations.mark_appended(
+                    conversation.id, carried[-1].id, len(carried))
+                assert marked is not None and marked.status == "active"  # held under our lease
+                conversation = marked
+                log.info("continuity back-filled", extra={
+                    "user_id": request.user_id, "appended": len(carried),
+                    "conversation_id": conversation.provider_conversation_id})
             exchange = Exchange(
                 request_id=request.request_id,
                 user_id=request.user_id,
@@ -326,8 +337,10 @@ class StatefulTurns:
 
     async def _prepare_conversation(
         self, lease: TurnLease, request: StatefulTurnRequest
-    ) -> Conversation:
-        """The active conversation, with every unseen message in it, rotated when due."""
+    ) -> tuple[Conversation, list[HistoryMessage]]:
+        """The active conversation, rotated when due, and the unseen messages the turn itself
+        carries (the last APPEND_BATCH of them: the API adds them ahead of the message in
+        the turn's own upstream call); any older unseen ones are added here first."""
         conversation = await self.repository.conversations.active_conversation(request.user_id)
         unseen: list[HistoryMessage] = []
         if conversation is not None:
@@ -341,11 +354,12 @@ class StatefulTurns:
             idle_s=idle_s,
         )
         if plan.rotate:
-            return await self._rotate(lease, conversation, request, plan.reason)
+            return await self._rotate(lease, conversation, request, plan.reason), []
         assert conversation is not None
-        appended = 0
+        unseen_count = len(plan.append)
+        earlier = unseen_count - (unseen_count % APPEND_BATCH or min(unseen_count, APPEND_BATCH))
         marked: Conversation | None = None
-        for start in range(0, len(plan.append), APPEND_BATCH):
+        for start in range(0, earlier, APPEND_BATCH):
             batch = plan.append[start : start + APPEND_BATCH]
             await self.provider.append_turns(
                 request_id=f"{request.request_id}:append:{batch[-1].id}",
@@ -355,16 +369,12 @@ class StatefulTurns:
             )
             marked = await self.repository.conversations.mark_appended(
                 conversation.id, batch[-1].id, len(batch))
-            appended += len(batch)
-        if appended:
-            log.info("continuity back-filled", extra={
-                "user_id": request.user_id, "appended": appended,
-                "conversation_id": conversation.provider_conversation_id})
+        if earlier:
             # The row as the last watermark move left it (held under our lease, so still
             # the active one): no second read.
             assert marked is not None and marked.status == "active"
-            return marked
-        return conversation
+            conversation = marked
+        return conversation, list(plan.append[earlier:])
 
     async def _orphaned(self, user_id: str, provider_id: str, why: str) -> None:
         """A provider conversation this rotation created and could not map: remembered for

@@ -126,6 +126,7 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
             self._maybe_fail("StatefulTurn")
             self.turn_calls.append(request)
             conv = self.conversations[conv_id]
+            conv.items.extend((ROLE[t.role], t.text) for t in request.prior_turns)
             reply = f"coach: {request.message}"
             held = len(conv.items)
             conv.items.extend([("user", request.message), ("coach", reply)])

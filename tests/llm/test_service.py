@@ -164,6 +164,26 @@ async def test_conversation_is_seeded_and_appended(
                          ("user", "done with my run"), ("assistant", "Nice. Keep going")]
 
 
+async def test_unseen_turns_ride_with_the_turn_in_one_upstream_call(
+    llm: Llm, upstream_client: openai.AsyncOpenAI, offline_openai: Any
+) -> None:
+    created = await llm.stub.CreateConversation(
+        pb.CreateConversationRequest(user_id=uid(), seed_turns=[user("hey"), coach("Plan?")]),
+        timeout=5)
+    seen = Seen(offline_openai)
+    reply = await llm.stub.StatefulTurn(pb.StatefulTurnRequest(
+        user_id=uid(), conversation_id=created.conversation_id, message="what next?",
+        audience=SAM, generation=gen(CHECK_IN),
+        prior_turns=[user("done with my run"), coach("Nice. Keep going")]), timeout=5)
+    assert seen.requests("POST /v1/responses") == 1
+    assert seen.requests("POST /v1/conversations/{conversation_id}/items") == 0
+    items = await upstream_client.conversations.items.list(created.conversation_id, order="asc")
+    said = [(i.role, i.content[0].text) for i in items.data if i.role != "developer"]  # type: ignore[union-attr]
+    assert said == [("user", "hey"), ("assistant", "Plan?"), ("user", "done with my run"),
+                    ("assistant", "Nice. Keep going"), ("user", "what next?"),
+                    ("assistant", reply.texts[0])]
+
+
 async def item_kinds(client: openai.AsyncOpenAI, conversation_id: str) -> list[str]:
     items = await client.conversations.items.list(conversation_id, order="asc")
     return [item.type if item.type != "message" else item.role for item in items.data]  # type: ignore[union-attr]
@@ -373,10 +393,17 @@ async def test_assistants_backend_runs_the_same_flow(
 
     plain = await assistants_llm.stub.StatefulTurn(
         pb.StatefulTurnRequest(user_id=user_id, conversation_id=conv.conversation_id,
-                               message="feeling good today", audience=SAM, generation=gen(CHECK_IN)),
+                               message="feeling good today", audience=SAM, generation=gen(CHECK_IN),
+                               prior_turns=[user("walked 5k"), coach("Lovely")]),
         timeout=5,
     )
     assert plain.texts and not plain.tool_calls
+    with warnings.catch_warnings():  # the SDK marks the Assistants API deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        listed = await upstream_client.beta.threads.messages.list(conv.conversation_id,
+                                                                  order="asc")
+    assert [m.content[0].text.value for m in listed.data][-4:-1] == [  # type: ignore[union-attr]
+        "walked 5k", "Lovely", "feeling good today"]  # a thread takes them one call each
     run = await _run(upstream_client, conv.conversation_id, plain.response_id)
     assert run.tools == [] and run.instructions == PERSONA.coach
 

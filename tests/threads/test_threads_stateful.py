@@ -80,10 +80,11 @@ async def test_exchanges_answered_elsewhere_are_back_filled_once(
     await stub.RunStatefulTurn(turn_request(user_id, "what should I do next week?"))
     await stub.RunStatefulTurn(turn_request(user_id, "ok and the week after?"))
 
-    appends = [a for a in llm.append_calls if a.conversation_id == created_conversation(llm, user_id)]
-    assert len(appends) == 1
-    assert [t.text for t in appends[0].turns] == [
-        "thanks", "Anytime.", "ran 3k today", "Nice! How did it feel?"]
+    # They ride with the next turn (one upstream call), and only with that one.
+    assert [a for a in llm.append_calls if a.conversation_id == created_conversation(llm, user_id)] == []
+    turns = per_user(llm.turn_calls, user_id)
+    assert [[t.text for t in call.prior_turns] for call in turns] == [
+        [], ["thanks", "Anytime.", "ran 3k today", "Nice! How did it feel?"], []]
     conversation = conversations_of(llm, user_id)[0]
     assert [text for _, text in conversation.items] == [
         "hey", "Morning! What's the plan?",
@@ -95,6 +96,25 @@ async def test_exchanges_answered_elsewhere_are_back_filled_once(
     view = await stub.GetConversation(pb.GetConversationRequest(user_id=user_id))
     assert view.generation == 1 and view.api == "responses"
     assert view.turns_in_window == len(conversation.items) - conversation.seed_size
+
+
+async def test_more_unseen_than_one_call_takes_are_added_first_the_rest_ride_with_the_turn(
+    stub: Stub, llm: FakeLlm, user_id: str
+) -> None:
+    # The baseline policy back-fills everything unseen (no summary, no pruning).
+    await stub.RunStatefulTurn(turn_request(user_id, "first", baseline=True))
+    batch = 60  # exchanges, two messages each: 120 unseen, more than one call's 100
+    await stub.RecordExchanges(pb.RecordExchangesRequest(exchanges=[
+        exchange(user_id, f"hi {i}", f"hello {i}").exchange for i in range(batch)]))
+    await stub.RunStatefulTurn(turn_request(user_id, "second", baseline=True))
+    conv = created_conversation(llm, user_id)
+    appends = [a for a in llm.append_calls if a.conversation_id == conv]
+    carried = per_user(llm.turn_calls, user_id)[-1].prior_turns
+    assert [len(a.turns) for a in appends] == [100] and len(carried) == 20
+    texts = [t.text for a in appends for t in a.turns] + [t.text for t in carried]
+    assert texts == [text for i in range(batch) for text in (f"hi {i}", f"hello {i}")]
+    view = await stub.GetConversation(pb.GetConversationRequest(user_id=user_id))
+    assert view.turns_in_window == 2 + 2 * batch + 2  # every message, each once
 
 
 def created_conversation(llm: FakeLlm, user_id: str) -> str:

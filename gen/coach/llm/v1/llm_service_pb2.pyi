@@ -365,6 +365,7 @@ class StatefulTurnRequest(_message.Message):
     AUDIENCE_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     ALL_TOOLS_FIELD_NUMBER: _builtins.int
+    PRIOR_TURNS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     user_id: _builtins.str
     conversation_id: _builtins.str
@@ -376,6 +377,13 @@ class StatefulTurnRequest(_message.Message):
     def audience(self) -> Global___Audience: ...
     @_builtins.property
     def generation(self) -> Global___Generation: ...
+    @_builtins.property
+    def prior_turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatTurn]:
+        """Turns the conversation has not seen yet (the user's canned and cheap-tier exchanges
+        since its last turn), oldest first: added to it ahead of the message, in the same
+        upstream call where the API allows it.
+        """
+
     def __init__(
         self,
         *,
@@ -387,10 +395,11 @@ class StatefulTurnRequest(_message.Message):
         audience: Global___Audience | None = ...,
         generation: Global___Generation | None = ...,
         all_tools: _builtins.bool = ...,
+        prior_turns: _abc.Iterable[Global___ChatTurn] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_tools", b"all_tools", "api", b"api", "audience", b"audience", "conversation_id", b"conversation_id", "generation", b"generation", "message", b"message", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_tools", b"all_tools", "api", b"api", "audience", b"audience", "conversation_id", b"conversation_id", "generation", b"generation", "message", b"message", "prior_turns", b"prior_turns", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
