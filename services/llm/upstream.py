@@ -81,32 +81,43 @@ def prepare(client: openai.AsyncOpenAI) -> None:
          client.beta.threads)
 
 
-async def create_chat_completion(
-    client: openai.AsyncOpenAI, params: dict[str, Any], timeout: float
-) -> dict[str, Any]:
-    """``POST /chat/completions`` (non-streaming) with ``params`` as the JSON body, as
-    ``client.chat.completions.create(**params, timeout=timeout)`` would send it (same path,
-    headers, auth, timeout and error classes); the answer's JSON object.
+async def _post_json(client: openai.AsyncOpenAI, path: str, body: dict[str, Any],
+                     timeout: float) -> httpx2.Response:
+    """``POST path`` with ``body`` as the JSON body through the tier's client, as the SDK's
+    own methods send it (same headers, auth, timeout and error classes), skipping their
+    recursive transform of the parameters against TypedDicts (plain JSON in, the same plain
+    JSON out) and leaving the answer unparsed."""
+    response: httpx2.Response = await client.post(
+        path, cast_to=httpx2.Response, body=body,
+        options={"timeout": timeout, "security": {"bearer_auth": True}})
+    return response
 
-    ``params`` must be plain JSON values (no ``Omit``, dates, files or SDK models). The
-    answer is not turned into a ``ChatCompletion`` (the SDK's recursive model construction
-    costs about half a millisecond per answer); a body that is not a JSON object raises
-    ``openai.APIResponseValidationError`` (classified as a server error)."""
-    response = await client.post(
-        "/chat/completions",
-        cast_to=httpx2.Response,
-        body=params,
-        options={"timeout": timeout, "security": {"bearer_auth": True}},
-    )
+
+def _json_object(response: httpx2.Response, what: str) -> dict[str, Any]:
+    """The answer's JSON object; ``openai.APIResponseValidationError`` (classified as a
+    server error) when it is not one."""
     try:
         data = json.loads(response.content)
     except ValueError:
         data = None
     if not isinstance(data, dict):
         raise openai.APIResponseValidationError(
-            response, response.text[:500], message="the upstream answer is not a JSON object"
-        )
+            response, response.text[:500], message=f"the upstream {what} is not a JSON object")
     return data
+
+
+async def create_chat_completion(
+    client: openai.AsyncOpenAI, params: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """``POST /chat/completions`` (non-streaming) with ``params`` as the JSON body, as
+    ``client.chat.completions.create(**params, timeout=timeout)`` would send it; the
+    answer's JSON object.
+
+    ``params`` must be plain JSON values (no ``Omit``, dates, files or SDK models). The
+    answer is not turned into a ``ChatCompletion`` (the SDK's recursive model construction
+    costs about half a millisecond per answer)."""
+    return _json_object(await _post_json(client, "/chat/completions", params, timeout),
+                        "answer")
 
 
 async def create_response(
@@ -132,38 +143,24 @@ async def add_conversation_items(
     timeout: float,
 ) -> None:
     """``POST /conversations/{id}/items``: the request ``client.conversations.items.create``
-    sends, without the parameter transform, and without building the typed item list
-    from the answer (nothing reads it). A stateful turn after canned or cheap answers adds
-    them first: this was as much of the llm service's CPU as the turn itself
-    (docs/replicas.md)."""
-    await client.post(
-        f"/conversations/{quote(conversation_id, safe='')}/items",
-        cast_to=httpx2.Response,
-        body={"items": items},
-        options={"timeout": timeout, "security": {"bearer_auth": True}},
-    )
+    sends, without building the typed item list from the answer (nothing reads it). Adding
+    a user's canned and cheap answers this way through the SDK's methods was as much of the
+    llm service's CPU as the turn itself (docs/replicas.md)."""
+    await _post_json(client, f"/conversations/{quote(conversation_id, safe='')}/items",
+                     {"items": items}, timeout)
 
 
 async def create_conversation(
     client: openai.AsyncOpenAI, body: dict[str, Any], timeout: float
 ) -> str:
-    """``POST /conversations`` as ``client.conversations.create(**body)`` sends it, without
-    the parameter transform; the new conversation's id."""
-    response = await client.post(
-        "/conversations",
-        cast_to=httpx2.Response,
-        body=body,
-        options={"timeout": timeout, "security": {"bearer_auth": True}},
-    )
-    try:
-        data = json.loads(response.content)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+    """``POST /conversations`` as ``client.conversations.create(**body)`` sends it; the new
+    conversation's id."""
+    response = await _post_json(client, "/conversations", body, timeout)
+    conversation_id = _json_object(response, "conversation").get("id")
+    if not isinstance(conversation_id, str) or not conversation_id:
         raise openai.APIResponseValidationError(
-            response, response.text[:500], message="the upstream answer has no conversation id"
-        )
-    return data["id"]
+            response, response.text[:500], message="the upstream conversation has no id")
+    return conversation_id
 
 
 class ChatCompletions(Protocol):
