@@ -21,7 +21,7 @@ K8S_VERSION := 1.31.0
 ARGS ?=
 
 .PHONY: help venv up env test lint ruff typecheck proto proto-lint proto-check proto-breaking \
-        pytest test-fast eval bench bench-levers train-router \
+        pytest test-fast eval bench bench-levers bench-open-loop train-router \
         docker-config k8s-validate clean
 
 help:
@@ -35,6 +35,7 @@ help:
 	@echo "make proto          regenerate gen/ from protos/"
 	@echo "make eval / bench   router evaluation (held-out, cross-validation, curve) / benchmark"
 	@echo "make bench-levers   cost per cache regime, conversation length and lever (issue 18)"
+	@echo "make bench-open-loop  the highest arrival rate held, one replica of each and two (issue 19)"
 	@echo "make train-router   refit the router's learned heads from its corpus (byte for byte)"
 	@echo "make docker-config  validate docker-compose.yml     make k8s-validate   the k8s manifests"
 	@echo "make clean          remove .venv, .tools and caches (keeps .coach/, the database)"
@@ -120,6 +121,12 @@ train-router: venv
 # Issue 18's cost table: per cache regime, conversation length and lever (about 20 minutes).
 bench-levers: venv
 	$(PY) -m bench.cost_levers $(ARGS)
+
+# Issue 19's open loop: messages at set rates from established users, one replica of each and
+# two; the highest rate whose Chat p99 stays within the upstream latency + 250 ms (about 6 minutes).
+bench-open-loop: venv
+	$(PY) -m bench.open_loop --replicas "" --replicas "router=2,threads=2,llm=2" \
+	    --rates 60,80,90,100,110 $(ARGS)
 
 bench: venv
 	@if [ -f scripts/bench.py ]; then set -x; $(PY) scripts/bench.py $(ARGS); \
