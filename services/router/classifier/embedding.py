@@ -28,10 +28,12 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from services.router.classifier.datafile import ConfigError
+from services.router.classifier.memo import WordMemo
 
 __all__ = ["EmbeddingSource", "StaticEmbedder"]
 
 Vector = npt.NDArray[np.float32]
+REMEMBERED_WORDS = 100_000  # words whose token ids are kept (WordMemo)
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,11 @@ class EmbeddingSource:
 class StaticEmbedder:
     """Text -> unit vector (mean of the tokens' static vectors); immutable after loading."""
 
-    _REMEMBERED_WORDS = 100_000  # then forgotten all at once (a rare, cheap refill)
-
     def __init__(self, vectors: npt.NDArray[np.float32], tokenizer: Tokenizer) -> None:
         self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._tokenizer = tokenizer
         self.dimensions = int(self._vectors.shape[1])
-        self._word_ids: dict[str, tuple[int, ...]] = {}
+        self._word_ids: WordMemo[tuple[int, ...]] = WordMemo(REMEMBERED_WORDS)
 
     @classmethod
     def load(cls, source: EmbeddingSource, data_file: Path) -> StaticEmbedder:
@@ -119,10 +119,8 @@ class StaticEmbedder:
         for word in words:
             found = remembered.get(word)
             if found is None:
-                found = tuple(self._tokenizer.encode(word, add_special_tokens=False).ids)
-                if len(remembered) >= self._REMEMBERED_WORDS:
-                    remembered.clear()
-                remembered[word] = found
+                found = remembered.remember(
+                    word, tuple(self._tokenizer.encode(word, add_special_tokens=False).ids))
             ids.extend(found)
         return self._mean(ids)
 

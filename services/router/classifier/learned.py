@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from services.router.classifier.datafile import ConfigError
 from services.router.classifier.embedding import EmbeddingSource, StaticEmbedder
+from services.router.classifier.memo import WordMemo
 from services.router.classifier.normalize import NormalizedText
 from services.router.classifier.vocabulary import MessageType
 
@@ -44,6 +45,7 @@ __all__ = ["FORMAT", "FeatureSpec", "Heads", "LinearHead", "Opinion", "RuleSigna
 FORMAT = 3
 Matrix = npt.NDArray[np.float32]
 Columns = npt.NDArray[np.intp]  # indexes of the vocabulary rows a message sets
+REMEMBERED_WORDS = 100_000  # words whose columns are kept (WordMemo)
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,10 @@ class VocabularyColumns:
     so after a few hundred messages a decision looks up a handful of words instead of cutting
     dozens of letter n-grams (``make bench``: decide's median with and without, docs/router.md)."""
 
-    _REMEMBERED_WORDS = 100_000  # then forgotten all at once (a rare, cheap refill)
-
     def __init__(self, spec: FeatureSpec) -> None:
         self._spec = spec
         self._column = {key: i for i, key in enumerate(spec.vocabulary)}
-        self._words: dict[str, tuple[int, ...]] = {}
+        self._words: WordMemo[tuple[int, ...]] = WordMemo(REMEMBERED_WORDS)
 
     def __len__(self) -> int:
         return len(self._column)
@@ -142,11 +142,9 @@ class VocabularyColumns:
         found = self._words.get(token)
         if found is None:
             column = self._column
-            found = tuple(column[k] for k in ngrams((token,), False, self._spec.char_ngrams)
-                          if k in column)
-            if len(self._words) >= self._REMEMBERED_WORDS:
-                self._words.clear()
-            self._words[token] = found
+            found = self._words.remember(token, tuple(
+                column[k] for k in ngrams((token,), False, self._spec.char_ngrams)
+                if k in column))
         return found
 
     def of(self, tokens: Sequence[str]) -> Columns:

@@ -7,6 +7,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from services.router.classifier.memo import WordMemo
+
 _WORD_RE = re.compile(r"[^\W_]+(?:['’‘][^\W_]+)*|[^\w\s]")
 APOSTROPHES = str.maketrans({"’": "", "‘": "", "'": "", "`": ""})
 EMOJI_MODIFIERS = frozenset({"\ufe0f", "\ufe0e", "\u200d", "\u20e3"}) | frozenset(
@@ -55,7 +57,7 @@ class Normalizer:
             self._typo_exact[word] = word
             for d in _deletions(word):
                 self._typo_deletions.setdefault(d, word)
-        self._cache: dict[str, tuple[str, ...]] = {}
+        self._cache: WordMemo[tuple[str, ...]] = WordMemo(_TOKEN_CACHE_LIMIT)
 
     def _piece(self, piece: str) -> tuple[str, ...]:
         """The tokens of one piece of a lower-cased message (a word or a symbol other than
@@ -67,10 +69,7 @@ class Normalizer:
             result = ()
         else:
             result = (self._emoji.get(piece, "emoji"),)
-        if len(self._cache) >= _TOKEN_CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[piece] = result
-        return result
+        return self._cache.remember(piece, result)
 
     def _word_uncached(self, raw: str) -> tuple[str, ...]:
         candidates = [raw]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.router.classifier.datafile import DataFile
+from services.router.classifier.memo import WordMemo
 from services.router.classifier.normalize import APOSTROPHES, NormalizedText
 
 _PHRASE_WORD = re.compile(r"^[a-z0-9*]+$")
@@ -208,8 +209,9 @@ class PhraseSet:
     rest: re.Pattern[str] | None
     # Each word's candidates (by word, then by prefix), remembered: messages repeat their
     # words, so a word costs one lookup instead of two and a slice.
-    _by_word: dict[str, tuple[re.Pattern[str], ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+    _by_word: WordMemo[tuple[re.Pattern[str], ...]] = field(
+        default_factory=lambda: WordMemo(REMEMBERED_WORDS), init=False, repr=False,
+        compare=False)
 
     @classmethod
     def build(cls, phrases: Sequence[str], regexes: Sequence[str], word: WordMapper,
@@ -261,11 +263,8 @@ class PhraseSet:
         return self.search_rest(text)
 
     def _candidates(self, token: str) -> tuple[re.Pattern[str], ...]:
-        found = self.by_first.get(token, ()) + self.by_prefix.get(token[:3], ())
-        if len(self._by_word) >= REMEMBERED_WORDS:
-            self._by_word.clear()
-        self._by_word[token] = found
-        return found
+        return self._by_word.remember(
+            token, self.by_first.get(token, ()) + self.by_prefix.get(token[:3], ()))
 
     def search_rest(self, text: str) -> str | None:
         """The phrases that may start with any word (one regex), anywhere in the message."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.router.classifier.datafile import DataFile
+from services.router.classifier.memo import WordMemo
 from services.router.classifier.normalize import NormalizedText
 from services.router.classifier.phrases import REMEMBERED_WORDS, PhraseSet
 from services.router.classifier.vocabulary import MessageType
@@ -58,8 +59,9 @@ class RuleIndex:
     with_rest: tuple[int, ...]  # rules with any-word phrases (``PhraseSet.rest``)
     # Each word's non-empty candidate lists (by word, then by prefix), remembered as in
     # ``PhraseSet``.
-    _by_word: dict[str, tuple[tuple[tuple[int, re.Pattern[str]], ...], ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+    _by_word: WordMemo[tuple[tuple[tuple[int, re.Pattern[str]], ...], ...]] = field(
+        default_factory=lambda: WordMemo(REMEMBERED_WORDS), init=False, repr=False,
+        compare=False)
 
     @classmethod
     def of(cls, rules: Sequence[Rule]) -> RuleIndex:
@@ -113,8 +115,5 @@ class RuleIndex:
         return (rules[best], best_hit) if best < len(rules) else None
 
     def _candidates(self, token: str) -> tuple[tuple[tuple[int, re.Pattern[str]], ...], ...]:
-        found = tuple(c for c in (self.by_first.get(token), self.by_prefix.get(token[:3])) if c)
-        if len(self._by_word) >= REMEMBERED_WORDS:
-            self._by_word.clear()
-        self._by_word[token] = found
-        return found
+        return self._by_word.remember(token, tuple(
+            c for c in (self.by_first.get(token), self.by_prefix.get(token[:3])) if c))
