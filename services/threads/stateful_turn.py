@@ -356,8 +356,8 @@ class StatefulTurns:
         if plan.rotate:
             return await self._rotate(lease, conversation, request, plan.reason), []
         assert conversation is not None
-        unseen_count = len(plan.append)
-        earlier = unseen_count - (unseen_count % APPEND_BATCH or min(unseen_count, APPEND_BATCH))
+        # Whole batches are added first; the last batch (1 to APPEND_BATCH) rides with the turn.
+        earlier = max(0, (len(plan.append) - 1) // APPEND_BATCH * APPEND_BATCH)
         marked: Conversation | None = None
         for start in range(0, earlier, APPEND_BATCH):
             batch = plan.append[start : start + APPEND_BATCH]
