@@ -9,7 +9,7 @@ from aiohttp import web
 from ..caching import RETENTIONS
 from ..errors import ApiError, bad_request
 from ..generation import ModelCall, ModelResult, reported_tier
-from ..items import content_text, function_tool_names, goal_from_arguments
+from ..items import content_text, goal_from_arguments
 from ..replies import VERBOSITIES, GoalCall
 from ..store import new_id, now
 from ..tokens import Segment
@@ -92,8 +92,7 @@ class ChatRoutes(Routes):
                 model=model,
                 context=segments,
                 tools=tools,
-                tool_names=callable_tools(body, function_tool_names(tools, nested=True),
-                                          nested=True),
+                tool_names=callable_tools(body, tools, nested=True),
                 cache_key=optional_str(body, "prompt_cache_key") or None,
                 max_output_tokens=max_tokens,
                 saved_goal=saved_goal if segments[-1].role == "tool" else "",

@@ -86,12 +86,13 @@ def tools_param(body: dict[str, Any]) -> list[Any]:
     return tools
 
 
-def callable_tools(body: dict[str, Any], names: frozenset[str], nested: bool) -> frozenset[str]:
-    """The function tools the model may call this time: ``names`` (every function tool
-    sent) narrowed by ``tool_choice``, as the API reads it: "auto" / "required" (all),
+def callable_tools(body: dict[str, Any], tools: list[Any], nested: bool) -> frozenset[str]:
+    """The function tools the model may call this time: every function tool in ``tools``
+    narrowed by ``tool_choice``, as the API reads it: "auto" / "required" (all),
     "none" (no call), one named function, or ``allowed_tools`` (a subset, which leaves the
     ``tools`` list, and so the cached prompt prefix, unchanged). A name not in ``tools``
     is a 400, as upstream."""
+    names = function_tool_names(tools, nested)
     choice = body.get("tool_choice")
     if choice is None or choice in ("auto", "required"):
         return names

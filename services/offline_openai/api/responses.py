@@ -11,7 +11,6 @@ from ..caching import RETENTIONS
 from ..errors import ApiError, bad_request, not_found
 from ..generation import ModelCall, ModelResult, reported_tier
 from ..items import (
-    function_tool_names,
     input_item,
     input_items,
     reply_items,
@@ -118,8 +117,7 @@ class ResponsesRoutes(Routes):
                 context=[item.segment for item in everything],
                 instructions=instructions or "",
                 tools=tools,
-                tool_names=callable_tools(body, function_tool_names(tools, nested=False),
-                                          nested=False),
+                tool_names=callable_tools(body, tools, nested=False),
                 cache_key=cache_key,
                 max_output_tokens=max_output_tokens,
                 saved_goal=saved_goal_for_output(everything),
