@@ -38,7 +38,7 @@ import contextlib
 import email.utils
 import json
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -52,6 +52,7 @@ from services.llm.config import UpstreamSettings
 from services.llm.resilience import FailedAttempt, FailureKind
 
 CONNECT_TIMEOUT_S = 5.0
+_T = TypeVar("_T")
 
 
 def create_client(settings: UpstreamSettings, call_timeout_s: float) -> openai.AsyncOpenAI:
@@ -82,13 +83,13 @@ def prepare(client: openai.AsyncOpenAI) -> None:
 
 
 async def _post_json(client: openai.AsyncOpenAI, path: str, body: dict[str, Any],
-                     timeout: float) -> httpx2.Response:
+                     timeout: float, cast_to: type[_T]) -> _T:
     """``POST path`` with ``body`` as the JSON body through the tier's client, as the SDK's
     own methods send it (same headers, auth, timeout and error classes), skipping their
     recursive transform of the parameters against TypedDicts (plain JSON in, the same plain
-    JSON out) and leaving the answer unparsed."""
-    response: httpx2.Response = await client.post(
-        path, cast_to=httpx2.Response, body=body,
+    JSON out); the answer as ``cast_to`` (``httpx2.Response``: unparsed)."""
+    response: _T = await client.post(
+        path, cast_to=cast_to, body=body,
         options={"timeout": timeout, "security": {"bearer_auth": True}})
     return response
 
@@ -116,8 +117,9 @@ async def create_chat_completion(
     ``params`` must be plain JSON values (no ``Omit``, dates, files or SDK models). The
     answer is not turned into a ``ChatCompletion`` (the SDK's recursive model construction
     costs about half a millisecond per answer)."""
-    return _json_object(await _post_json(client, "/chat/completions", params, timeout),
-                        "answer")
+    return _json_object(
+        await _post_json(client, "/chat/completions", params, timeout, httpx2.Response),
+        "answer")
 
 
 async def create_response(
@@ -129,13 +131,7 @@ async def create_response(
     transform of the parameters against their TypedDicts, which took a quarter of the llm
     service's event-loop CPU under load (docs/replicas.md). ``body`` must be plain JSON
     values, as the stateful tier builds it."""
-    response: Response = await client.post(
-        "/responses",
-        cast_to=Response,
-        body=body,
-        options={"timeout": timeout, "security": {"bearer_auth": True}},
-    )
-    return response
+    return await _post_json(client, "/responses", body, timeout, Response)
 
 
 async def add_conversation_items(
@@ -147,7 +143,7 @@ async def add_conversation_items(
     a user's canned and cheap answers this way through the SDK's methods was as much of the
     llm service's CPU as the turn itself (docs/replicas.md)."""
     await _post_json(client, f"/conversations/{quote(conversation_id, safe='')}/items",
-                     {"items": items}, timeout)
+                     {"items": items}, timeout, httpx2.Response)
 
 
 async def create_conversation(
@@ -155,7 +151,7 @@ async def create_conversation(
 ) -> str:
     """``POST /conversations`` as ``client.conversations.create(**body)`` sends it; the new
     conversation's id."""
-    response = await _post_json(client, "/conversations", body, timeout)
+    response = await _post_json(client, "/conversations", body, timeout, httpx2.Response)
     conversation_id = _json_object(response, "conversation").get("id")
     if not isinstance(conversation_id, str) or not conversation_id:
         raise openai.APIResponseValidationError(
