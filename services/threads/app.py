@@ -56,7 +56,8 @@ async def create_server(settings: Settings) -> CoachServer:
     history = History(repository, prefix_tokens=prefix.tokens, on_stored=relay.notify)
     retirer = ConversationRetirer(repository.retired, llm, settings.retire)
     folder = SummaryFolder(repository, llm, prune=settings.prune,
-                           summary_model=settings.summary_model, settings=settings.fold)
+                           summary_model=settings.summary_model, settings=settings.fold,
+                           api=settings.stateful_api, on_rotated=retirer.notify)
     turns = StatefulTurns(
         repository,
         history,
@@ -79,6 +80,7 @@ async def create_server(settings: Settings) -> CoachServer:
         "stateful_api": settings.stateful_api, "llm": settings.llm.address,
         "ledger": settings.ledger.address, "prune_keep_messages": settings.prune.keep_messages,
         "prune_at_messages": settings.prune.prune_at_messages,
+        "rotate_ahead": settings.prune.rotate_ahead,
         "summary_model": settings.summary_model, "baseline_prefix_tokens": prefix.tokens(),
         "delete_rotated_conversations": settings.retire.enabled})
 

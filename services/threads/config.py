@@ -98,6 +98,12 @@ class Settings:
                             minimum=64 * 1024) or DEFAULT_MAX_MESSAGE_BYTES
         # The relay's first pause after a failed pass is one interval.
         relay_interval = env.float("COACH_THREADS_RELAY_INTERVAL_SECONDS", 0.1, minimum=0.001)
+        cache_cold_s = env.float("COACH_PRUNE_CACHE_COLD_SECONDS", DEFAULT_CACHE_COLD_SECONDS,
+                                 minimum=0)
+        fold_enabled = env.bool("COACH_FOLD_AFTER_REPLY", True)
+        # Rotating ahead needs the fold (it rotates once the summary is folded up to the
+        # window) and the window rule (the cold rule waits for the next turn's idle time).
+        rotate_ahead = env.bool("COACH_ROTATE_AHEAD", True) and fold_enabled and not cache_cold_s
         return cls(
             server=dataclasses.replace(
                 server, max_message_bytes=max(server.max_message_bytes, max_bytes)),
@@ -109,10 +115,10 @@ class Settings:
                 keep_messages=keep,
                 prune_at_messages=prune_at,
                 summary_batch=env.int("COACH_SUMMARY_BATCH_MESSAGES", 100, minimum=1) or 100,
-                cache_cold_after_s=env.float("COACH_PRUNE_CACHE_COLD_SECONDS",
-                                             DEFAULT_CACHE_COLD_SECONDS, minimum=0),
+                cache_cold_after_s=cache_cold_s,
                 ceiling_messages=env.int("COACH_PRUNE_CEILING_MESSAGES",
                                          DEFAULT_CEILING_MESSAGES, minimum=0) or 0,
+                rotate_ahead=rotate_ahead,
             ),
             # On by default: a fold's charge is owed by the user's next answer, reserved by
             # that answer's claim (BeginAnswer) and reported in its reply, so the ledger bills
@@ -121,7 +127,7 @@ class Settings:
             # A fold waits for as many messages as a rotation would fold, so a conversation
             # costs one Summarize call per rotation, as without folding, at the flex price.
             fold=FoldSettings(
-                enabled=env.bool("COACH_FOLD_AFTER_REPLY", True),
+                enabled=fold_enabled,
                 min_messages=env.int("COACH_FOLD_MIN_MESSAGES", prune_at - keep, minimum=1)
                 or prune_at - keep,
             ),

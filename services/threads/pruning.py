@@ -23,6 +23,17 @@ their tokens per turn; a rotation costs 90% of the seed once (docs/cost.md has
 the break-even). ``cache_cold_after_s`` of 0 restores the old rule (rotate as
 soon as the window is full).
 
+Rotating ahead (``rotate_ahead``, on with the background fold and the window rule): a
+rotation on the reply's path waits for two upstream calls (a Summarize, a new
+conversation) before the turn's own; with the window rule that was nearly every stateful
+turn once a user's window had filled (a turn rotates whenever it finds a canned or cheap
+exchange unseen). So after a reply, once the summary is folded up to the window, the next
+conversation is seeded and swapped in in the background (``folding.py``), and the user's
+next turn only carries what came since, however much that is. A turn then rotates itself
+only when the rotation ahead fell behind (a busy flex tier, a lost race) or a crowd of
+unseen messages came in: once it would run on a whole window more than
+``prune_at_messages``.
+
 The baseline policy never prunes and never summarizes. Pure functions only.
 """
 
@@ -51,6 +62,22 @@ class PruneSettings:
     cache_cold_after_s: float = 0.0
     # Rotate whatever the cache once the conversation would hold more (0: no ceiling).
     ceiling_messages: int = 0
+    # A full window is rotated after the reply, off the next turn's path (folding.py); the
+    # turn itself rotates only once a whole window past prune_at_messages (a backstop).
+    rotate_ahead: bool = False
+
+    @property
+    def turn_rotates_above(self) -> int:
+        """Most messages a turn runs on before it rotates the conversation itself."""
+        return self.prune_at_messages + (self.keep_messages if self.rotate_ahead else 0)
+
+    @property
+    def unseen_read_limit(self) -> int:
+        """How many of the newest unseen messages a turn reads: one more than it could
+        carry, so that "more" is seen."""
+        if self.rotate_ahead:
+            return self.turn_rotates_above + 1
+        return self.keep_messages + 1
 
     def __post_init__(self) -> None:
         if not 2 <= self.keep_messages <= MAX_TURNS_PER_CALL:
@@ -66,6 +93,9 @@ class PruneSettings:
             )
         if self.cache_cold_after_s < 0:
             raise ConfigError("COACH_PRUNE_CACHE_COLD_SECONDS must not be negative")
+        if self.rotate_ahead and self.cache_cold_after_s:
+            raise ConfigError("rotating ahead is for the window rule: it rotates whatever the "
+                              "cache, so it cannot go with COACH_PRUNE_CACHE_COLD_SECONDS")
         if self.ceiling_messages and self.ceiling_messages < self.prune_at_messages:
             raise ConfigError(
                 "COACH_PRUNE_CEILING_MESSAGES must be 0 (none) or at least COACH_PRUNE_AT_MESSAGES "
@@ -94,8 +124,8 @@ def plan_continuity(
     """Decides between back-filling and rotating.
 
     ``unseen`` is oldest first; in the optimized policy the caller passes at
-    most ``keep_messages + 1`` of the newest unseen messages (one more than the
-    window tells "more than N unseen"). ``idle_s`` is how long the conversation has
+    most ``settings.unseen_read_limit`` of the newest unseen messages (one more
+    than a turn may carry tells "more"). ``idle_s`` is how long the conversation has
     been unused upstream (None: unknown, read as cold).
     """
     if conversation is None:
@@ -104,12 +134,15 @@ def plan_continuity(
         return ContinuityPlan(rotate=False, reason="", append=tuple(unseen))
     if conversation.api != api:
         return ContinuityPlan(rotate=True, reason="api_changed")
-    if len(unseen) > settings.keep_messages:
+    # Rotating ahead, a turn carries more than a window of unseen messages (many canned and
+    # cheap answers since the last turn) rather than wait for a rotation; the rotation
+    # after its reply folds them. Only the bound below makes it rotate itself.
+    if len(unseen) > settings.keep_messages and not settings.rotate_ahead:
         return ContinuityPlan(rotate=True, reason="unseen_beyond_window")
     would_hold = conversation.held_messages + len(unseen) + TURN_MESSAGES
     if settings.ceiling_messages and would_hold > settings.ceiling_messages:
         return ContinuityPlan(rotate=True, reason="ceiling")
-    if would_hold > settings.prune_at_messages:
+    if would_hold > settings.turn_rotates_above:
         if not settings.cache_cold_after_s:
             return ContinuityPlan(rotate=True, reason="window_full")
         if idle_s is None or idle_s > settings.cache_cold_after_s:

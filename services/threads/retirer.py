@@ -20,6 +20,7 @@ conversations then stay upstream).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,25 @@ from services.threads.ports import ConversationProvider
 from services.threads.repository import RetiredConversation, RetiredStore
 
 log = logging.getLogger(__name__)
+
+# Noting an orphaned conversation must not hold up the failure being reported.
+ORPHAN_NOTE_TIMEOUT_S = 2.0
+
+
+async def note_orphan(store: RetiredStore, user_id: str, provider_id: str, api: str,
+                      why: str) -> None:
+    """A provider conversation a rotation created and could not map: remembered for the
+    retirer to delete upstream later (it holds the user's summary and seed turns), when the
+    database takes the note; logged either way."""
+    note_error = ""
+    try:
+        await asyncio.wait_for(store.record_orphan(user_id, provider_id, api),
+                               ORPHAN_NOTE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - best effort (the database may be what failed); logged
+        note_error = repr(exc)
+    log.warning(f"provider conversation orphaned: {why}",
+                extra={"user_id": user_id, "conversation_id": provider_id,
+                       "noted_for_deletion": not note_error, "note_error": note_error})
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from services.threads.repository import (
     TurnLease,
     request_id_reused,
 )
+from services.threads.retirer import note_orphan
 from services.threads.user_locks import UserLocks
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ LEASE_POLL_FIRST_S = 0.01
 LEASE_POLL_MAX_S = 0.2
 # Give up waiting this long before the caller's deadline, so the caller gets our reason.
 LEASE_WAIT_SLACK_S = 0.1
-# Noting an orphaned conversation must not hold up the failure being reported.
-ORPHAN_NOTE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -344,7 +343,7 @@ class StatefulTurns:
         conversation = await self.repository.conversations.active_conversation(request.user_id)
         unseen: list[HistoryMessage] = []
         if conversation is not None:
-            limit = BASELINE_BACKFILL_LIMIT if request.baseline else self.prune.keep_messages + 1
+            limit = BASELINE_BACKFILL_LIMIT if request.baseline else self.prune.unseen_read_limit
             unseen = await self.repository.messages.unseen_messages(conversation, limit)
         idle_s = None
         if conversation is not None and conversation.updated_at is not None:
@@ -375,20 +374,6 @@ class StatefulTurns:
             assert marked is not None and marked.status == "active"
             conversation = marked
         return conversation, list(plan.append[earlier:])
-
-    async def _orphaned(self, user_id: str, provider_id: str, why: str) -> None:
-        """A provider conversation this rotation created and could not map: remembered for
-        the retirer to delete upstream later (it holds the user's summary and seed turns),
-        when the database takes the note; logged either way."""
-        note_error = ""
-        try:
-            await asyncio.wait_for(self.repository.retired.record_orphan(user_id, provider_id, self.api),
-                                   ORPHAN_NOTE_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - best effort (the database may be what failed); logged
-            note_error = repr(exc)
-        log.warning(f"provider conversation orphaned: {why}",
-                    extra={"user_id": user_id, "conversation_id": provider_id,
-                           "noted_for_deletion": not note_error, "note_error": note_error})
 
     async def _rotate(
         self,
@@ -455,13 +440,15 @@ class StatefulTurns:
                 seed_turns=len(plan.seed),
             )
         except ConversationConflict:
-            await self._orphaned(request.user_id, provider_id, "the mapping changed meanwhile")
+            await note_orphan(self.repository.retired, request.user_id, provider_id, self.api,
+                              "the mapping changed meanwhile")
             current = await self.repository.conversations.active_conversation(request.user_id)
             if current is None:
                 raise
             return current
         except BaseException:
-            await self._orphaned(request.user_id, provider_id, "the mapping was not saved")
+            await note_orphan(self.repository.retired, request.user_id, provider_id, self.api,
+                              "the mapping was not saved")
             raise
         log.info(
             "conversation rotated",

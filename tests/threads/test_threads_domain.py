@@ -181,3 +181,55 @@ def test_the_cache_aware_rule_is_opt_in() -> None:
     opted = Settings.from_env({"DATABASE_URL": "postgresql://x/y",
                                "COACH_PRUNE_CACHE_COLD_SECONDS": "86400"}).prune
     assert opted.cache_cold_after_s == 86400
+
+
+# ---- rotating ahead of the next turn (issue 19: a rotation off the reply's path) --------------
+
+AHEAD = PruneSettings(keep_messages=20, prune_at_messages=24, rotate_ahead=True)
+
+
+def test_with_rotation_ahead_a_turn_rotates_itself_only_a_window_past_the_limit() -> None:
+    # A conversation rotated ahead holds the window (20); the turn appends what came since.
+    plan = plan_continuity(conversation(20), messages(30, 6), api="responses", settings=AHEAD,
+                           baseline=False)
+    assert not plan.rotate and len(plan.append) == 6
+    # The backstop, when rotations ahead fell behind: 24 + 20.
+    assert AHEAD.turn_rotates_above == 44
+    assert not plan_continuity(conversation(40), messages(90, 2), api="responses",
+                               settings=AHEAD, baseline=False).rotate  # 40 + 2 + 2 = 44
+    plan = plan_continuity(conversation(40), messages(90, 3), api="responses", settings=AHEAD,
+                           baseline=False)
+    assert plan.rotate and plan.reason == "window_full"
+    # Without it, the turn rotates as soon as the window is full.
+    assert plan_continuity(conversation(20), messages(30, 6), api="responses",
+                           settings=PruneSettings(), baseline=False).rotate
+
+
+def test_rotation_ahead_is_on_with_the_fold_and_the_window_rule_only() -> None:
+    from services.threads.config import Settings
+
+    def prune(**env: str) -> PruneSettings:
+        return Settings.from_env({"DATABASE_URL": "postgresql://x/y", **env}).prune
+
+    assert prune().rotate_ahead
+    assert not prune(COACH_ROTATE_AHEAD="false").rotate_ahead
+    assert not prune(COACH_FOLD_AFTER_REPLY="false").rotate_ahead
+    assert not prune(COACH_PRUNE_CACHE_COLD_SECONDS="86400").rotate_ahead
+    with pytest.raises(ConfigError, match="window rule"):
+        PruneSettings(cache_cold_after_s=60, rotate_ahead=True)
+
+
+def test_with_rotation_ahead_a_turn_carries_more_than_a_window_of_unseen_messages() -> None:
+    # 22 canned and cheap messages since the last turn: carried, not a rotation on the path.
+    assert AHEAD.unseen_read_limit == 45
+    plan = plan_continuity(conversation(20), messages(30, 22), api="responses",
+                           settings=AHEAD, baseline=False)
+    assert not plan.rotate and len(plan.append) == 22
+    # More than a turn may run on (20 + 23 + 2 > 44): it rotates itself.
+    plan = plan_continuity(conversation(20), messages(30, 23), api="responses",
+                           settings=AHEAD, baseline=False)
+    assert plan.rotate and plan.reason == "window_full"
+    # Without rotation ahead, more than a window unseen rotates whatever was held.
+    assert PruneSettings().unseen_read_limit == 21
+    assert plan_continuity(conversation(2), messages(30, 21), api="responses",
+                           settings=PruneSettings(), baseline=False).reason == "unseen_beyond_window"
