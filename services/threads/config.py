@@ -104,6 +104,17 @@ class Settings:
         # Rotating ahead needs the fold (it rotates once the summary is folded up to the
         # window) and the window rule (the cold rule waits for the next turn's idle time).
         rotate_ahead = env.bool("COACH_ROTATE_AHEAD", True) and fold_enabled and not cache_cold_s
+        # A fold (and, rotating ahead, the rotation after it) once this many messages have left
+        # the window. Without rotating ahead: as many as a rotation would fold, so one
+        # Summarize call per rotation. Rotating ahead: twice that, since each fold then brings
+        # a rotation (a new conversation, the old one deleted): at 4, the open loop's steady
+        # state (one replica, 2026-12-07) rotated for nearly every stateful turn and held
+        # nothing at 90 messages/s (p99 720 ms); at 8, 100/s held (p99 481-510 ms) with a third
+        # fewer rotations. The bench's cost phase priced that at 54.0% of the caching baseline
+        # against 53.5% at 4 and 52.7% rotating on the turn's path (docs/cost.md).
+        slack = prune_at - keep
+        fold_min = env.int("COACH_FOLD_MIN_MESSAGES", 2 * slack if rotate_ahead else slack,
+                           minimum=1) or (2 * slack if rotate_ahead else slack)
         return cls(
             server=dataclasses.replace(
                 server, max_message_bytes=max(server.max_message_bytes, max_bytes)),
@@ -124,12 +135,11 @@ class Settings:
             # that answer's claim (BeginAnswer) and reported in its reply, so the ledger bills
             # what the replies said. (A router run without claims, one replica only, has an
             # answer journaled after its reply take what was owed: reported by no reply.)
-            # A fold waits for as many messages as a rotation would fold, so a conversation
-            # costs one Summarize call per rotation, as without folding, at the flex price.
             fold=FoldSettings(
                 enabled=fold_enabled,
-                min_messages=env.int("COACH_FOLD_MIN_MESSAGES", prune_at - keep, minimum=1)
-                or prune_at - keep,
+                min_messages=fold_min,
+                max_in_flight=env.int("COACH_FOLD_MAX_IN_FLIGHT", FoldSettings.max_in_flight,
+                                      minimum=1) or FoldSettings.max_in_flight,
             ),
             summary_model=env.str("COACH_SUMMARY_MODEL", DEFAULT_SUMMARY_MODEL),
             relay=RelaySettings(

@@ -51,8 +51,12 @@ class FoldSettings:
     # Fold only once at least this many messages have left the window (one Summarize call
     # each time; 2 = one exchange).
     min_messages: int = 2
-    # Folds running at once in this process (they wait on the upstream, not the CPU).
-    max_in_flight: int = 4
+    # Folds (and rotations ahead) running at once in this process. They wait on the upstream,
+    # not the CPU: each holds a Summarize and a new conversation, 0.6 s at a 300 ms upstream,
+    # and with the window rule about every stateful turn brings one, so 100 messages/s (30
+    # stateful turns/s) keep ~20 in flight. At 4 they fell behind and turns met the
+    # backstop on their own path (the open loop, 2026-12-07).
+    max_in_flight: int = 64
     # How long a fold may hold its conversation's marker (a flex call can be slow).
     marker_s: float = 120.0
     # The user's turn lease, taken to swap in a conversation rotated ahead: one transaction.

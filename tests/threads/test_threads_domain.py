@@ -233,3 +233,14 @@ def test_with_rotation_ahead_a_turn_carries_more_than_a_window_of_unseen_message
     assert PruneSettings().unseen_read_limit == 21
     assert plan_continuity(conversation(2), messages(30, 21), api="responses",
                            settings=PruneSettings(), baseline=False).reason == "unseen_beyond_window"
+
+
+def test_rotating_ahead_folds_twice_a_rotations_worth_at_a_time() -> None:
+    from services.threads.config import Settings
+
+    def fold_min(**env: str) -> int:
+        return Settings.from_env({"DATABASE_URL": "postgresql://x/y", **env}).fold.min_messages
+
+    assert fold_min() == 8  # (24 - 20) x 2: each fold brings a rotation
+    assert fold_min(COACH_ROTATE_AHEAD="false") == 4  # one Summarize call per rotation
+    assert fold_min(COACH_FOLD_MIN_MESSAGES="6") == 6
