@@ -15,8 +15,12 @@ highest step whose Chat p99 stays within the upstream latency + 250 ms, with no 
 
 The users are established ones, as the issue's own measurement had (400 users): an unmeasured
 warm-up first sends every user their onboarding messages (COACH_ONBOARDING_MESSAGES, 3, all
-on the stateful tier, a first one creating the provider conversation), so the measured steps
-see the route mix of users past their first days, not a crowd of newcomers. ``--warm-up 0``
+on the stateful tier, a first one creating the provider conversation) at up to 40/s, then
+their next ones at up to 80/s, 14 messages each in all: past the first filling of their
+conversation's window (20 messages), so that the measured steps carry the upkeep of a running
+app (a fold and a rotation for about every stateful turn), not only the route mix of users
+past their first days. With fewer (the warm-up used to stop at onboarding), the steps that
+came after the windows filled measured that work and the first ones did not. ``--warm-up 0``
 measures newcomers instead.
 
 Also splits the stateful turns of each step (threads' "stateful turn" log lines): waiting
@@ -51,6 +55,8 @@ log = logging.getLogger("bench.open_loop")
 RESULTS = Path(__file__).parent / "results"
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 SLACK_MS = 250.0  # the target: Chat p99 <= upstream latency + this
+# A user's first messages go to the stateful tier (the router's COACH_ONBOARDING_MESSAGES).
+ONBOARDING_MESSAGES = 3
 
 
 @dataclass
@@ -193,15 +199,20 @@ async def measure(replicas: str, rates: list[float], step_s: float, latency_ms: 
     steps: list[dict[str, Any]] = []
     warmed: dict[str, Any] = {}
     try:
-        if warm_up:
-            # The queue is round-robin, so users × warm_up messages are each user's first
-            # warm_up ones. Sent at most at 40/s: all of them are stateful, a first one two
-            # upstream calls, and a saturated warm-up would leave users with none idle.
-            warm_rate = min([*rates, 40.0])
-            done = await run_step(stubs, pool, warm_rate, 10 * users * warm_up / warm_rate,
-                                  f"{name}-warm", timeout_s=30, limit=users * warm_up)
-            warmed = {"messages": done.sent, "rate": warm_rate, "routes": done.routes,
-                      "errors": done.errors}
+        # The queue is round-robin, so users × n messages are each user's first n. The
+        # onboarding ones at most at 40/s: all stateful, a first one two upstream calls, and
+        # a saturated warm-up would leave users with none idle. The rest at most at 80/s.
+        phases = [(min(warm_up, ONBOARDING_MESSAGES), min([*rates, 40.0])),
+                  (max(warm_up - ONBOARDING_MESSAGES, 0), min(max(rates), 80.0))]
+        for count, warm_rate in phases:
+            if not count:
+                continue
+            done = await run_step(stubs, pool, warm_rate, 10 * users * count / warm_rate,
+                                  f"{name}-warm", timeout_s=30, limit=users * count)
+            warmed["messages"] = warmed.get("messages", 0) + done.sent
+            errors = warmed.setdefault("errors", {})
+            for code, n in done.errors.items():
+                errors[code] = errors.get(code, 0) + n
             log.info(f"[{name}] warm-up: {done.sent} messages at {warm_rate:g}/s, "
                      f"routes {done.routes}, errors {done.errors}")
         for rate in rates:
@@ -269,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-s", type=float, default=15.0)
     parser.add_argument("--latency-ms", type=int, default=300)
     parser.add_argument("--users", type=int, default=400)
-    parser.add_argument("--days", type=int, default=7, help="of workload per user")
-    parser.add_argument("--warm-up", type=int, default=3,
-                        help="unmeasured messages per user first (the onboarding ones)")
+    parser.add_argument("--days", type=int, default=21,
+                        help="of workload per user (21: at least 50 messages each)")
+    parser.add_argument("--warm-up", type=int, default=14,
+                        help="unmeasured messages per user first (onboarding, then past the "
+                             "first filling of the conversation's window)")
     parser.add_argument("--seed", type=int, default=20261207)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
