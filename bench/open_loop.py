@@ -16,11 +16,12 @@ highest step whose Chat p99 stays within the upstream latency + 250 ms, with no 
 The users are established ones, as the issue's own measurement had (400 users): an unmeasured
 warm-up first sends every user their onboarding messages (COACH_ONBOARDING_MESSAGES, 3, all
 on the stateful tier, a first one creating the provider conversation) at up to 40/s, then
-their next ones at up to 80/s, 14 messages each in all: past the first filling of their
-conversation's window (20 messages), so that the measured steps carry the upkeep of a running
-app (a fold and a rotation for about every stateful turn), not only the route mix of users
-past their first days. With fewer (the warm-up used to stop at onboarding), the steps that
-came after the windows filled measured that work and the first ones did not. ``--warm-up 0``
+their next ones at up to 80/s, 3 to 25 messages each (14 on average, spread evenly): most
+past the first filling of their conversation's window (20 messages), each at their own
+stage of it, so that every measured step carries the upkeep of a running app (a fold and a
+rotation every stateful turn or two), not only the route mix of users past their first days.
+With the onboarding alone as warm-up, the windows filled during the third step: the first
+steps measured no rotations and the later ones everyone's first rotation at once. ``--warm-up 0``
 measures newcomers instead.
 
 Also splits the stateful turns of each step (threads' "stateful turn" log lines): waiting
@@ -86,17 +87,30 @@ class Step:
 
 
 class Users:
-    """Users with messages left and none in flight, in a round-robin queue."""
+    """Users with messages left and none in flight, in a round-robin queue. While ``quota``
+    is set (the warm-up), a user who has sent their quota waits aside until it is lifted."""
 
     def __init__(self, users: list[User]) -> None:
+        self.all_users = list(users)
         self.idle: deque[tuple[User, int]] = deque((u, 0) for u in users)
+        self.quota: dict[str, int] | None = None
+        self._aside: list[tuple[User, int]] = []
 
     def take(self) -> tuple[User, int, Message] | None:
         while self.idle:
             user, i = self.idle.popleft()
+            if self.quota is not None and i >= self.quota.get(user.user_id, 0):
+                self._aside.append((user, i))
+                continue
             if i < len(user.messages):
                 return user, i, user.messages[i]
         return None
+
+    def set_quota(self, quota: dict[str, int] | None) -> None:
+        """A new quota (None: none); those waiting aside are back in the queue."""
+        self.quota = quota
+        self.idle.extend(self._aside)
+        self._aside.clear()
 
     def give_back(self, user: User, i: int) -> None:
         self.idle.append((user, i + 1))
@@ -199,22 +213,33 @@ async def measure(replicas: str, rates: list[float], step_s: float, latency_ms: 
     steps: list[dict[str, Any]] = []
     warmed: dict[str, Any] = {}
     try:
-        # The queue is round-robin, so users × n messages are each user's first n. The
-        # onboarding ones at most at 40/s: all stateful, a first one two upstream calls, and
-        # a saturated warm-up would leave users with none idle. The rest at most at 80/s.
-        phases = [(min(warm_up, ONBOARDING_MESSAGES), min([*rates, 40.0])),
-                  (max(warm_up - ONBOARDING_MESSAGES, 0), min(max(rates), 80.0))]
-        for count, warm_rate in phases:
+        # Each user sends their first quota of messages: the onboarding ones at most at
+        # 40/s (all stateful, a first one two upstream calls, and a saturated warm-up would
+        # leave users with none idle), then the rest at most at 80/s. The quotas are spread
+        # evenly over ONBOARDING_MESSAGES .. 2 x warm_up - that, so users are at every stage
+        # of their conversation's window, as an app's are, not all filling it at once.
+        rng = random.Random(seed)
+        onboarding = min(warm_up, ONBOARDING_MESSAGES)
+        quota = {u.user_id: (rng.randint(onboarding, max(onboarding, 2 * warm_up - onboarding))
+                             if warm_up else 0) for u in pool.all_users}
+        phases = [({k: min(q, onboarding) for k, q in quota.items()}, min([*rates, 40.0])),
+                  (quota, min(max(rates), 80.0))]
+        sent = 0
+        for phase_quota, warm_rate in phases:
+            count = sum(phase_quota.values()) - sent
             if not count:
                 continue
-            done = await run_step(stubs, pool, warm_rate, 10 * users * count / warm_rate,
-                                  f"{name}-warm", timeout_s=30, limit=users * count)
+            pool.set_quota(phase_quota)
+            done = await run_step(stubs, pool, warm_rate, 10 * count / warm_rate,
+                                  f"{name}-warm", timeout_s=30, limit=count)
+            sent += done.sent
             warmed["messages"] = warmed.get("messages", 0) + done.sent
             errors = warmed.setdefault("errors", {})
             for code, n in done.errors.items():
                 errors[code] = errors.get(code, 0) + n
             log.info(f"[{name}] warm-up: {done.sent} messages at {warm_rate:g}/s, "
                      f"routes {done.routes}, errors {done.errors}")
+        pool.set_quota(None)
         for rate in rates:
             cpu_before = await cpu_seconds(suite)
             turns_before = len(turn_lines(suite.log_dir))
@@ -260,8 +285,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     out.append("")
     for run in runs:
         warm = run.get("warm_up") or {}
-        users = (f"{run['users']} users past their onboarding (a warm-up of "
-                 f"{warm['messages']} messages first, not measured)"
+        users = (f"{run['users']} users, each at their own stage (a warm-up of "
+                 f"{warm['messages']} messages first, 3 to 25 a user, not measured)"
                  if warm else f"{run.get('users', '?')} new users, no warm-up")
         out.append(f"{run['replicas']}: {users}.")
     for run in runs:
@@ -283,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=21,
                         help="of workload per user (21: at least 50 messages each)")
     parser.add_argument("--warm-up", type=int, default=14,
-                        help="unmeasured messages per user first (onboarding, then past the "
-                             "first filling of the conversation's window)")
+                        help="unmeasured messages per user first, on average (onboarding, "
+                             "then most users past the first filling of their window)")
     parser.add_argument("--seed", type=int, default=20261207)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
