@@ -154,6 +154,8 @@ class Settings:
                 enabled=env.bool("COACH_DELETE_ROTATED_CONVERSATIONS", True),
                 interval_s=env.float("COACH_THREADS_RETIRE_INTERVAL_SECONDS", 30.0, minimum=0.01),
                 orphan_grace_s=env.float("COACH_THREADS_ORPHAN_GRACE_SECONDS", 3600.0, minimum=0.0),
+                max_in_flight=env.int("COACH_THREADS_RETIRE_IN_FLIGHT", RetireSettings.max_in_flight,
+                                      minimum=1) or RetireSettings.max_in_flight,
             ),
             flush_seconds=env.float("COACH_THREADS_FLUSH_SECONDS", 5.0),
             llm_timeout_s=env.float("COACH_THREADS_LLM_TIMEOUT_SECONDS", 60.0, minimum=0.1),

@@ -54,6 +54,12 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.delete_calls: list[llm_pb.DeleteConversationRequest] = []
         self.deleted: set[str] = set()  # conversations deleted upstream (kept for inspection)
         self.refuse_delete: set[str] = set()  # DeleteConversation answers INVALID_ARGUMENT
+        # When set, each DeleteConversation waits (up to gate_timeout_s) until this many are
+        # in flight at once; the most seen at once is kept.
+        self.delete_gate_at: int | None = None
+        self.deletes_in_flight = 0
+        self.max_deletes_in_flight = 0
+        self._deletes_gate = asyncio.Event()
         self.turn_gate: asyncio.Event | None = None
         self.hold_next_turn_until: Callable[[], bool] | None = None
         self.active_turns: Counter[str] = Counter()
@@ -176,6 +182,16 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self, request: llm_pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
     ) -> llm_pb.DeleteConversationResponse:
         self._maybe_fail("DeleteConversation")
+        self.deletes_in_flight += 1
+        self.max_deletes_in_flight = max(self.max_deletes_in_flight, self.deletes_in_flight)
+        try:
+            if self.delete_gate_at is not None:
+                if self.deletes_in_flight >= self.delete_gate_at:
+                    self._deletes_gate.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._deletes_gate.wait(), self.gate_timeout_s)
+        finally:
+            self.deletes_in_flight -= 1
         self.delete_calls.append(request)
         if request.conversation_id in self.refuse_delete:
             raise InvalidArgument("fake llm: the upstream refused", reason="UPSTREAM_REJECTED")

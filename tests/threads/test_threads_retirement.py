@@ -170,3 +170,21 @@ async def test_an_orphan_note_for_a_conversation_that_is_mapped_after_all_delete
     assert mapped not in llm.deleted
     again = await stub.RunStatefulTurn(turn_request(user_id, "still here"))
     assert again.exchange.conversation_id == mapped
+
+
+async def test_a_pass_deletes_many_conversations_at_once(
+    llm: FakeLlm, user_id: str, db: asyncpg.Connection
+) -> None:
+    """One deletion at a time kept up with ~3 rotations a second at a 300 ms upstream; a
+    pass now has several in flight (each waits here until three are)."""
+    ids = [f"conv_many_{i}_{user_id}" for i in range(3)]
+    llm.delete_gate_at = 3
+    try:
+        await db.execute(  # one statement: the retirer's pass sees all three or none
+            """INSERT INTO threads.conversations (user_id, provider_conversation_id, api, status,
+                   archived_at)
+               SELECT $1, unnest($2::text[]), 'responses', 'archived', now()""", user_id, ids)
+        await eventually(lambda: set(ids) <= llm.deleted, what="the three deleted")
+    finally:
+        llm.delete_gate_at = None
+    assert llm.max_deletes_in_flight >= 3
