@@ -80,6 +80,16 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.create_gate: asyncio.Event | None = None
         self.create_entered = asyncio.Event()
 
+    async def _together(self, gate: asyncio.Event, in_flight: int, at: int | None) -> None:
+        """With ``at`` set, waits (up to gate_timeout_s) until that many calls of one kind are
+        in flight at once (``in_flight`` counts this one)."""
+        if at is None:
+            return
+        if in_flight >= at:
+            gate.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate.wait(), self.gate_timeout_s)
+
     def _maybe_fail(self, method: str) -> None:
         if self.failures[method] > 0:
             self.failures[method] -= 1
@@ -119,11 +129,7 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if self.turn_gate_at is not None:
-                if self.in_flight >= self.turn_gate_at:
-                    self._gate_open.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._gate_open.wait(), self.gate_timeout_s)
+            await self._together(self._gate_open, self.in_flight, self.turn_gate_at)
             if self.hold_next_turn_until is not None:
                 until, self.hold_next_turn_until = self.hold_next_turn_until, None
                 await eventually(until, what="the held turn's condition")
@@ -185,11 +191,7 @@ class FakeLlm(llm_service_pb2_grpc.LlmServiceServicer):
         self.deletes_in_flight += 1
         self.max_deletes_in_flight = max(self.max_deletes_in_flight, self.deletes_in_flight)
         try:
-            if self.delete_gate_at is not None:
-                if self.deletes_in_flight >= self.delete_gate_at:
-                    self._deletes_gate.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._deletes_gate.wait(), self.gate_timeout_s)
+            await self._together(self._deletes_gate, self.deletes_in_flight, self.delete_gate_at)
         finally:
             self.deletes_in_flight -= 1
         self.delete_calls.append(request)
