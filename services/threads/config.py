@@ -112,9 +112,8 @@ class Settings:
         # nothing at 90 messages/s (p99 720 ms); at 8, 100/s held (p99 481-510 ms) with a third
         # fewer rotations. The bench's cost phase priced that at 54.0% of the caching baseline
         # against 53.5% at 4 and 52.7% rotating on the turn's path (docs/cost.md).
-        slack = prune_at - keep
-        fold_min = env.int("COACH_FOLD_MIN_MESSAGES", 2 * slack if rotate_ahead else slack,
-                           minimum=1) or (2 * slack if rotate_ahead else slack)
+        fold_default = (prune_at - keep) * (2 if rotate_ahead else 1)
+        fold_min = env.int("COACH_FOLD_MIN_MESSAGES", fold_default, minimum=1) or fold_default
         return cls(
             server=dataclasses.replace(
                 server, max_message_bytes=max(server.max_message_bytes, max_bytes)),

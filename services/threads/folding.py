@@ -40,7 +40,7 @@ from services.threads.ports import ConversationProvider
 from services.threads.pruning import PruneSettings
 from services.threads.records import Conversation, HistoryMessage
 from services.threads.repository import ConversationConflict, ThreadsRepository, TurnLease
-from services.threads.retirer import note_orphan
+from services.threads.retirer import map_or_orphan, note_orphan
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +191,13 @@ class SummaryFolder:
                               "a turn of the user is running; it rotates itself if due")
             return
         try:
-            new = await conversations.replace_conversation(
-                lease=lease, old=old, provider_conversation_id=provider_id, api=self.api,
+            new = await map_or_orphan(
+                self.repository, lease=lease, old=old, provider_id=provider_id, api=self.api,
                 summary=summary, summarized_through=summarized_through,
-                seen_through=window[-1].id, seed_turns=len(window))
+                seen_through=window[-1].id, seed_turns=len(window),
+                lost="the conversation was rotated meanwhile")
         except ConversationConflict:
-            await note_orphan(self.repository.retired, user_id, provider_id, self.api,
-                              "the conversation was rotated meanwhile")
             return
-        except BaseException:
-            await note_orphan(self.repository.retired, user_id, provider_id, self.api,
-                              "the mapping was not saved")
-            raise
         finally:
             try:
                 await conversations.release_turn_lease(lease)

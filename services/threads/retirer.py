@@ -29,7 +29,14 @@ from services.common.errors import CoachError
 from services.common.metrics import CONVERSATIONS_DELETED
 from services.common.repeated_pass import PassSettings, RepeatedPass
 from services.threads.ports import ConversationProvider
-from services.threads.repository import RetiredConversation, RetiredStore
+from services.threads.records import Conversation
+from services.threads.repository import (
+    ConversationConflict,
+    RetiredConversation,
+    RetiredStore,
+    ThreadsRepository,
+    TurnLease,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,28 @@ async def note_orphan(store: RetiredStore, user_id: str, provider_id: str, api: 
     log.warning(f"provider conversation orphaned: {why}",
                 extra={"user_id": user_id, "conversation_id": provider_id,
                        "noted_for_deletion": not note_error, "note_error": note_error})
+
+
+async def map_or_orphan(
+    repository: ThreadsRepository, *, lease: TurnLease, old: Conversation | None,
+    provider_id: str, api: str, summary: str, summarized_through: int, seen_through: int,
+    seed_turns: int, lost: str,
+) -> Conversation:
+    """Maps the provider conversation a rotation created in place of ``old`` (under the
+    user's ``lease``). On any failure it is noted as an orphan and the failure re-raised:
+    ConversationConflict (``old`` is no longer the active one) with ``lost`` as the reason."""
+    try:
+        return await repository.conversations.replace_conversation(
+            lease=lease, old=old, provider_conversation_id=provider_id, api=api,
+            summary=summary, summarized_through=summarized_through,
+            seen_through=seen_through, seed_turns=seed_turns)
+    except ConversationConflict:
+        await note_orphan(repository.retired, lease.user_id, provider_id, api, lost)
+        raise
+    except BaseException:
+        await note_orphan(repository.retired, lease.user_id, provider_id, api,
+                          "the mapping was not saved")
+        raise
 
 
 @dataclass(frozen=True)

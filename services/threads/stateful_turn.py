@@ -69,7 +69,7 @@ from services.threads.repository import (
     TurnLease,
     request_id_reused,
 )
-from services.threads.retirer import note_orphan
+from services.threads.retirer import map_or_orphan
 from services.threads.user_locks import UserLocks
 
 log = logging.getLogger(__name__)
@@ -429,27 +429,16 @@ class StatefulTurns:
             seed_turns=[m.turn() for m in plan.seed],
         )
         try:
-            new = await self.repository.conversations.replace_conversation(
-                lease=lease,
-                old=old,
-                provider_conversation_id=provider_id,
-                api=self.api,
-                summary=summary,
-                summarized_through=plan.summarize_through,
-                seen_through=plan.seed[-1].id if plan.seed else 0,
-                seed_turns=len(plan.seed),
-            )
+            new = await map_or_orphan(
+                self.repository, lease=lease, old=old, provider_id=provider_id, api=self.api,
+                summary=summary, summarized_through=plan.summarize_through,
+                seen_through=plan.seed[-1].id if plan.seed else 0, seed_turns=len(plan.seed),
+                lost="the mapping changed meanwhile")
         except ConversationConflict:
-            await note_orphan(self.repository.retired, request.user_id, provider_id, self.api,
-                              "the mapping changed meanwhile")
             current = await self.repository.conversations.active_conversation(request.user_id)
             if current is None:
                 raise
             return current
-        except BaseException:
-            await note_orphan(self.repository.retired, request.user_id, provider_id, self.api,
-                              "the mapping was not saved")
-            raise
         log.info(
             "conversation rotated",
             extra={
