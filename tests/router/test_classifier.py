@@ -44,6 +44,32 @@ def test_completions_with_typos_and_emoji(router: Router, text: str) -> None:
     assert verdict.message_type is MessageType.CHECK_IN and verdict.canned_eligible
 
 
+@pytest.mark.parametrize("text,tokens", [
+    ("शुक्रिया 🙏", ("शुक्रिया", "pray")),  # Hindi writes its vowels as combining marks
+    ("สวัสดีครับ", ("สวัสดีครับ",)),  # Thai
+    ("நன்றி", ("நன்றி",)),  # Tamil
+    ("1️⃣ done ✅️", ("1", "done", "checkmark")),  # emoji modifiers stay out of words
+    ("❤️ thx", ("heart", "thanks")),
+])
+def test_a_word_keeps_its_combining_marks(router: Router, text: str,
+                                          tokens: tuple[str, ...]) -> None:
+    assert router.normalize(text).tokens == tokens
+
+
+@pytest.mark.parametrize("text,mtype", [
+    ("spasibo", MessageType.ACKNOWLEDGEMENT), ("спасибо", MessageType.ACKNOWLEDGEMENT),
+    ("谢谢", MessageType.ACKNOWLEDGEMENT), ("감사합니다", MessageType.ACKNOWLEDGEMENT),
+    ("शुक्रिया 🙏", MessageType.ACKNOWLEDGEMENT), ("Доброе утро", MessageType.GREETING),
+    ("صباح الخير", MessageType.GREETING), ("готово ✅", MessageType.CHECK_IN),
+    ("終わった！", MessageType.CHECK_IN), ("疲れた", MessageType.STRUGGLING),
+    ("muy cansada hoy", MessageType.STRUGGLING),
+])
+def test_the_canned_kinds_in_other_scripts(router: Router, text: str,
+                                           mtype: MessageType) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is mtype and verdict.canned_eligible
+
+
 @pytest.mark.parametrize("text", ["not done yet", "not done", "didn't finish", "haven't finished",
                                   "havent finished yet", "didnt do it", "not finished, I keep avoiding it"])
 def test_negated_completion_is_never_a_completion(router: Router, text: str) -> None:

@@ -9,11 +9,33 @@ from dataclasses import dataclass
 
 from services.router.classifier.memo import WordMemo
 
-_WORD_RE = re.compile(r"[^\W_]+(?:['’‘][^\W_]+)*|[^\w\s]")
 APOSTROPHES = str.maketrans({"’": "", "‘": "", "'": "", "`": ""})
 EMOJI_MODIFIERS = frozenset({"\ufe0f", "\ufe0e", "\u200d", "\u20e3"}) | frozenset(
     chr(c) for c in range(0x1F3FB, 0x1F400)
 )
+
+
+def _mark_ranges() -> str:
+    """A regex class body of every combining mark (Unicode categories Mn, Mc, Me) but the
+    emoji modifiers. Hindi, Bengali, Tamil and Thai write vowels as marks, and Arabic its
+    short vowels: without them inside a word, "शुक्रिया" (thanks) fell apart into single
+    letters and placeholders, and no phrase in those scripts could ever match."""
+    marks = [c for c in range(0x300, 0x110000)
+             if unicodedata.category(chr(c)) in ("Mn", "Mc", "Me")
+             and chr(c) not in EMOJI_MODIFIERS]
+    ranges: list[tuple[int, int]] = []
+    for c in marks:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1] = (ranges[-1][0], c)
+        else:
+            ranges.append((c, c))
+    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "")
+                   for a, b in ranges)
+
+
+# A word: letters or digits, the marks that belong to them, inner apostrophes; or one symbol.
+_LETTER = rf"(?:[^\W_][{_mark_ranges()}]*)"
+WORD_RE = re.compile(rf"{_LETTER}+(?:['’‘]{_LETTER}+)*|[^\w\s]")
 # Runs of a repeated *letter* are squeezed ("sooo" -> "soo", "so"); digits are not: "1000
 # pushups" and "day 111" are numbers, not elongated words.
 _RUN3 = re.compile(r"([^\W\d_])\1{2,}")
@@ -110,7 +132,7 @@ class Normalizer:
         tokens: list[str] = []
         question = False
         remembered = self._cache
-        for piece in _WORD_RE.findall(text):
+        for piece in WORD_RE.findall(text):
             if piece == "?":
                 question = True
                 continue

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from services.router.classifier.datafile import DataFile
 from services.router.classifier.memo import WordMemo
-from services.router.classifier.normalize import APOSTROPHES, NormalizedText
+from services.router.classifier.normalize import APOSTROPHES, WORD_RE, NormalizedText
 
 _PHRASE_WORD = re.compile(r"^[a-z0-9*]+$")
 REMEMBERED_WORDS = 50_000  # per-word memos are then forgotten all at once (a cheap refill)
@@ -144,10 +144,15 @@ def phrase_words(phrases: Iterable[str]) -> set[str]:
     """Literal words used in phrases (for the normalizer's vocabulary)."""
     words: set[str] = set()
     for phrase in phrases:
-        for tok in re.findall(r"[a-z0-9'’]+", phrase.lower()):
-            tok = tok.translate(APOSTROPHES)
-            if tok and "*" not in tok:
-                words.add(tok)
+        for chunk in re.split(r"[\s()|?]+", phrase.lower()):
+            if "*" in chunk:  # a wildcard word is no literal
+                continue
+            # words as a message's are cut (any script: "спасибо" was left out when only
+            # a-z counted, and no message in Cyrillic could pass a set's vocabulary check)
+            for tok in WORD_RE.findall(chunk):
+                tok = tok.translate(APOSTROPHES)
+                if tok and tok[0].isalnum():
+                    words.add(tok)
     return words
 
 
