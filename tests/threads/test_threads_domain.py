@@ -188,16 +188,16 @@ def test_the_cache_aware_rule_is_opt_in() -> None:
 AHEAD = PruneSettings(keep_messages=20, prune_at_messages=24, rotate_ahead=True)
 
 
-def test_with_rotation_ahead_a_turn_rotates_itself_only_a_window_past_the_limit() -> None:
+def test_with_rotation_ahead_a_turn_rotates_itself_only_two_windows_past_the_limit() -> None:
     # A conversation rotated ahead holds the window (20); the turn appends what came since.
     plan = plan_continuity(conversation(20), messages(30, 6), api="responses", settings=AHEAD,
                            baseline=False)
     assert not plan.rotate and len(plan.append) == 6
-    # The backstop, when rotations ahead fell behind: 24 + 20.
-    assert AHEAD.turn_rotates_above == 44
-    assert not plan_continuity(conversation(40), messages(90, 2), api="responses",
-                               settings=AHEAD, baseline=False).rotate  # 40 + 2 + 2 = 44
-    plan = plan_continuity(conversation(40), messages(90, 3), api="responses", settings=AHEAD,
+    # The backstop, when rotations ahead fell behind: 24 + 2 x 20.
+    assert AHEAD.turn_rotates_above == 64
+    assert not plan_continuity(conversation(40), messages(90, 22), api="responses",
+                               settings=AHEAD, baseline=False).rotate  # 40 + 22 + 2 = 64
+    plan = plan_continuity(conversation(40), messages(90, 23), api="responses", settings=AHEAD,
                            baseline=False)
     assert plan.rotate and plan.reason == "window_full"
     # Without it, the turn rotates as soon as the window is full.
@@ -220,13 +220,14 @@ def test_rotation_ahead_is_on_with_the_fold_and_the_window_rule_only() -> None:
 
 
 def test_with_rotation_ahead_a_turn_carries_more_than_a_window_of_unseen_messages() -> None:
-    # 22 canned and cheap messages since the last turn: carried, not a rotation on the path.
-    assert AHEAD.unseen_read_limit == 45
-    plan = plan_continuity(conversation(20), messages(30, 22), api="responses",
+    # 42 canned and cheap messages since the last turn (21 exchanges): carried, not a
+    # rotation on the path.
+    assert AHEAD.unseen_read_limit == 65
+    plan = plan_continuity(conversation(20), messages(30, 42), api="responses",
                            settings=AHEAD, baseline=False)
-    assert not plan.rotate and len(plan.append) == 22
-    # More than a turn may run on (20 + 23 + 2 > 44): it rotates itself.
-    plan = plan_continuity(conversation(20), messages(30, 23), api="responses",
+    assert not plan.rotate and len(plan.append) == 42
+    # More than a turn may run on (20 + 43 + 2 > 64): it rotates itself.
+    plan = plan_continuity(conversation(20), messages(30, 43), api="responses",
                            settings=AHEAD, baseline=False)
     assert plan.rotate and plan.reason == "window_full"
     # Without rotation ahead, more than a window unseen rotates whatever was held.

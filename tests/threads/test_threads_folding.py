@@ -74,9 +74,9 @@ async def test_a_fold_refused_for_capacity_leaves_its_messages_to_the_rotation(
 ) -> None:
     llm.refuse_background = True
     texts: list[str] = []
-    # No fold, so no rotation ahead: the turn rotates itself at the backstop, a window past
-    # the limit.
-    for i in range((PRUNE_AT + KEEP) // 2):
+    # No fold, so no rotation ahead: the turn rotates itself at the backstop, two windows
+    # past the limit.
+    for i in range((PRUNE_AT + 2 * KEEP) // 2):
         refused = llm.refused_background
         await folding_stub.RunStatefulTurn(turn_request(user_id, f"turn {i}"))
         texts += [f"turn {i}", f"coach: turn {i}"]
