@@ -136,10 +136,13 @@ async def cpu_seconds(suite: BenchSuite) -> dict[str, float]:
 
 
 def turn_lines(log_dir: Path) -> list[dict[str, Any]]:
+    """Threads' "stateful turn" lines, and its "conversation rotated" ones (a rotation on
+    the turn's own path: a Summarize and a new conversation before the reply; a rotation
+    ahead logs another event)."""
     lines: list[dict[str, Any]] = []
     for path in sorted(log_dir.glob("threads*.log")):
         for line in path.read_text(errors="replace").splitlines():
-            if '"stateful turn"' in line:
+            if '"stateful turn"' in line or '"conversation rotated"' in line:
                 try:
                     lines.append(json.loads(line))
                 except ValueError:
@@ -148,11 +151,13 @@ def turn_lines(log_dir: Path) -> list[dict[str, Any]]:
 
 
 def turn_split(lines: list[dict[str, Any]]) -> dict[str, float]:
-    if not lines:
+    turns = [x for x in lines if x.get("event") == "stateful turn"]
+    if not turns:
         return {}
     keys = ("wait_ms", "prepare_ms", "upstream_ms", "store_ms", "latency_ms")
-    return {"turns": len(lines), **{k: round(sum(float(x.get(k, 0)) for x in lines) / len(lines), 1)
-                                    for k in keys}}
+    return {"turns": len(turns),
+            "rotated_on_path": sum(x.get("event") == "conversation rotated" for x in lines),
+            **{k: round(sum(float(x.get(k, 0)) for x in turns) / len(turns), 1) for k in keys}}
 
 
 async def run_step(stubs: list[Any], users: Users, rate: float, step_s: float, tag: str,
@@ -268,7 +273,8 @@ async def measure(replicas: str, rates: list[float], step_s: float, latency_ms: 
 def markdown(runs: list[dict[str, Any]]) -> str:
     out = [("| replicas | rate (msg/s) | answered/s | stateful | p50 (ms) | p99 (ms) | held | "
             "errors | CPU ms/msg router / threads / llm / ledger | stateful turn: wait / "
-            "prepare / upstream / store (ms) |"), "|---|---:|---:|---:|---:|---:|---|---|---|---|"]
+            "prepare / upstream / store (ms) | rotated on the turn's path |"),
+           "|---|---:|---:|---:|---:|---:|---|---|---|---|---:|"]
     for run in runs:
         for s in run["steps"]:
             cpu = s["cpu_ms_per_message"]
@@ -281,7 +287,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                 + " / ".join(f"{cpu.get(k, 0):.1f}" for k in ("router", "threads", "llm", "ledger"))
                 + " | " + (" / ".join(f"{t.get(k, 0):.0f}" for k in
                                       ("wait_ms", "prepare_ms", "upstream_ms", "store_ms"))
-                           if t else "-") + " |")
+                           if t else "-") + f" | {t.get('rotated_on_path', '-') if t else '-'} |")
     out.append("")
     for run in runs:
         warm = run.get("warm_up") or {}
