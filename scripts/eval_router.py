@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 
 from services.router.classifier import MessageType, NormalizedText
 from services.router.classifier.learned import Opinion, RuleSignals
-from services.router.decision import Escalation, Router
+from services.router.decision import Escalation, Router, sentences
 from services.router.training.labelled import (
     EXPECTS,
     TARGETS,
@@ -171,13 +171,21 @@ def out_of_fold_opinions(router: Router, corpus: Sequence[Case],
     labels = [c.expect for c in rows]
     scores: dict[str, Opinion] = {}
 
-    def record(fitted: Any, part: Any, cases: Sequence[Case]) -> None:
+    def record(fitted: Any, part: Any, cases: Sequence[Case], pieces: bool = True) -> None:
         st, cr, kinds = fitted.scores(part)
         for i, case in enumerate(cases):
             best = int(np.argmax(kinds[i]))
             scores[router.normalize(case.text).text] = Opinion(
                 float(st[i]), float(cr[i]), MessageType[STATEFUL_TYPES[best]],
                 float(kinds[i, best]))
+        if pieces:  # the sentences of long messages, scored by the same heads (the router's
+            # sentence check asks for them)
+            parts = [replace(c, text=p, ctx=replace(c.ctx, history=()))
+                     for c in cases if len(router.normalize(c.text).tokens) >= 2
+                     for p in sentences(c.text)
+                     if router.normalize(p).text not in scores]
+            if parts:
+                record(fitted, featurizer.features(parts), parts, pieces=False)
 
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=SEED)
     for train_idx, test_idx in folds.split(np.zeros(len(rows)), labels):
@@ -235,6 +243,19 @@ def curve(router: Router, corpus: Sequence[Case], escalation: Escalation,
         mark = "  <- configured" if t == escalation.crisis_at else ""
         lines.append(f"  crisis_at {t:4.2f}: recall {sum(map(hit, safety)) / len(safety):.3f}"
                      f", false alarms {sum(map(hit, others)) / len(others):.3f}{mark}")
+    lines.append(f"sentence check on messages of {escalation.sentence_min_words}+ words "
+                 "(out-of-fold), by sentence_crisis_at: whole router, safety recall and crisis "
+                 "false alarms on the corpus")
+    for t in sorted({0.5, 0.7, 0.8, 0.9, 0.95, 1.0, escalation.sentence_crisis_at}):
+        at = router.with_escalation(replace(escalation, heads=heads, sentence_crisis_at=t))
+        outcomes = evaluate(at, corpus)
+        safe = [o for o in outcomes if o.case.expect == "safety"]
+        calm = [o for o in outcomes if o.case.expect != "safety"]
+        mark = "  <- configured" if t == escalation.sentence_crisis_at else ""
+        lines.append(f"  sentence_crisis_at {t:4.2f}: safety recall "
+                     f"{sum(o.ok for o in safe) / len(safe):.3f}, false alarms "
+                     f"{sum(o.decision.crisis for o in calm) / len(calm):.3f}, cheap share "
+                     f"{score(outcomes)['cheap_share']:.3f}{mark}")
     return points, "\n".join(lines)
 
 

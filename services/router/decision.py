@@ -25,7 +25,9 @@ Given a message and what we know about the user, decide how to answer it:
    tier, typed by the learned type head. Else the cheap tier.
 
 The learned crisis head is asked about every message right after the rules' crisis
-check (1): at or above ``crisis_at`` it adds CRISIS. The learned layer only ever
+check (1): at or above ``crisis_at`` it adds CRISIS; a long message (``sentence_min_words``)
+is also scored a sentence at a time, and one sentence at or above ``sentence_crisis_at``
+adds CRISIS too. The learned layer only ever
 escalates: it never sends a message to a cheaper route or removes CRISIS.
 
 A stateful turn (3, 4, 6) gets its type's model from ``tiers.yaml``, unless the
@@ -45,6 +47,7 @@ Usage::
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -130,6 +133,17 @@ class Decision:
     crisis: bool
 
 
+# Where a long message splits into sentences: after . ! ? ; or an ellipsis, at a line
+# break, a dash between spaces, or ", and / but / also / plus" (run-on messages).
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?;…])\s+|\n+|\s+[-–—]\s+|,\s+(?:and|but|also|plus)\s+")
+SENTENCE_MIN_TOKENS = 3  # a shorter piece says too little to score alone
+
+
+def sentences(message: str) -> list[str]:
+    """The sentences of ``message`` as the crisis head reads a long one."""
+    return [part for part in _SENTENCE_BREAK.split(message) if part and not part.isspace()]
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -143,6 +157,10 @@ class Escalation:
     escalate_at: float
     crisis_at: float
     feelings_at: float
+    # A message of at least ``sentence_min_words`` words is also scored a sentence at a time
+    # by the crisis head; one sentence at or above ``sentence_crisis_at`` adds CRISIS.
+    sentence_crisis_at: float = 1.0
+    sentence_min_words: int = 0
 
     @classmethod
     def from_data(cls, data: DataFile) -> Escalation:
@@ -151,14 +169,17 @@ class Escalation:
         if not isinstance(name, str) or not name.strip() or "/" in name:
             raise data.error("second_opinion.file", "must be a file name beside this one")
         limits: dict[str, float] = {}
-        for key in ("escalate_at", "crisis_at", "feelings_at"):
+        for key in ("escalate_at", "crisis_at", "feelings_at", "sentence_crisis_at"):
             value = data.get(node, key, "second_opinion")
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not 0.0 < float(value) <= 1.0:
                 raise data.error(f"second_opinion.{key}", "must be a number in (0, 1]")
             limits[key] = float(value)
+        words = data.get(node, "sentence_min_words", "second_opinion")
+        if isinstance(words, bool) or not isinstance(words, int) or words < 2:
+            raise data.error("second_opinion.sentence_min_words", "must be a whole number >= 2")
         heads = SecondOpinion.load(data.path.parent / name)
-        return cls(heads, **limits)
+        return cls(heads, sentence_min_words=words, **limits)
 
 
 class Router:
@@ -279,6 +300,14 @@ class Router:
                                   f"learned crisis score {opinion.crisis:.2f} >= "
                                   f"{learned.crisis_at:g} (rules: {verdict.reason}): stateful "
                                   "tier, never canned or cheap", crisis=True, strong=True)
+        if learned is not None and len(norm.tokens) >= learned.sentence_min_words:
+            found = self._riskiest_sentence(message)
+            if found is not None and found[0] >= learned.sentence_crisis_at:
+                return self._upstream(Route.ASSISTANT, MessageType.CRISIS,
+                                      f"learned crisis score {found[0]:.2f} >= "
+                                      f"{learned.sentence_crisis_at:g} on one sentence of a long "
+                                      f"message ({found[1][:60]!r}): stateful tier, never "
+                                      "canned or cheap", crisis=True, strong=True)
         if self._policy is Policy.BASELINE:
             return self._upstream(Route.ASSISTANT, mtype,
                                   f"baseline policy: every message on the stateful tier "
@@ -319,6 +348,27 @@ class Router:
             if learned is not None else ""
         return self._upstream(Route.COMPLETIONS, mtype,
                               f"{reason}: {mtype.name} goes to the cheap tier{stateful_note}")
+
+    def _riskiest_sentence(self, message: str) -> tuple[float, str] | None:
+        """The crisis head's highest score on one sentence of ``message``, and the sentence.
+
+        Risk said once inside a long, ordinary update ("did my run, also haven't eaten since
+        tuesday, then a work rant") is diluted in the message's mean vector and among its
+        many everyday words: before a writer of such messages (w21) joined the corpus, the
+        head missed 48 of their 150 read whole and 23 read a sentence at a time at 0.9
+        (docs/router.md). A sentence alone is the kind of message the head was trained on.
+        Only ever adds CRISIS."""
+        assert self._escalation is not None
+        best: tuple[float, str] | None = None
+        for part in sentences(message):
+            norm = self.normalize(part)
+            if len(norm.tokens) < SENTENCE_MIN_TOKENS:
+                continue
+            verdict = self._classifier.classify_normalized(norm, ())
+            score = self._escalation.heads.opinion(norm, self.rule_signals(norm, verdict)).crisis
+            if best is None or score > best[0]:
+                best = (score, part)
+        return best
 
     def _stateful(self, mtype: MessageType, feelings: bool, opinion: Opinion | None,
                   reason: str) -> Decision:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from services.router.classifier import ConfigError, MessageType, NormalizedText
 from services.router.classifier.embedding import StaticEmbedder
 from services.router.classifier.learned import Opinion, RuleSignals, SecondOpinion
-from services.router.decision import DATA_DIR, MessageContext, Route, Router
+from services.router.decision import DATA_DIR, MessageContext, Route, Router, sentences
 
 CTX = MessageContext(current_streak=5, local_hour=14, message_count=20)
 # Cheaper first: a decision may move right along this order, never left.
@@ -92,6 +92,52 @@ def test_the_reason_names_the_learned_score_and_threshold(router: Router) -> Non
     assert cheap.route is Route.COMPLETIONS and "learned stateful score 0.01 <" in cheap.reason
 
 
+class OneRiskySentence:
+    """Heads that find crisis risk in one sentence alone, and in nothing else."""
+
+    def __init__(self, router: Router, sentence: str, crisis: float) -> None:
+        self.risky = router.normalize(sentence).text
+        self.crisis = crisis
+
+    def opinion(self, norm: NormalizedText, rules: RuleSignals) -> Opinion:
+        crisis = self.crisis if norm.text == self.risky else 0.01
+        return Opinion(0.1, crisis, MessageType.PATTERN_ANALYSIS, 0.9)
+
+
+LONG_UPDATE = ("ok so today was a lot. did my 5k in the morning and it felt decent, legs a "
+               "bit heavy. work was chaos again, my manager keeps moving every deadline. "
+               "the pills are in the drawer where I keep them for later. anyway what should "
+               "I eat before a long run on saturday?")
+
+
+def test_a_long_message_is_also_read_a_sentence_at_a_time(router: Router) -> None:
+    """Risk said once inside a long, ordinary update is flagged by its sentence alone."""
+    sentence = "the pills are in the drawer where I keep them for later."
+    assert sentence in LONG_UPDATE
+    escalation = router.escalation
+    assert escalation is not None
+    assert len(router.normalize(LONG_UPDATE).tokens) >= escalation.sentence_min_words
+    at = escalation.sentence_crisis_at
+    d = _with(router, OneRiskySentence(router, sentence, crisis=min(1.0, at + 0.01))).decide(
+        LONG_UPDATE, CTX)
+    assert d.crisis and d.message_type is MessageType.CRISIS and d.route is Route.ASSISTANT
+    assert "on one sentence of a long message" in d.reason and "the pills" in d.reason
+    # Below the sentence threshold (and the whole message calm), no CRISIS.
+    calm = _with(router, OneRiskySentence(router, sentence, crisis=at - 0.05)).decide(
+        LONG_UPDATE, CTX)
+    assert not calm.crisis
+    # A short message is read whole only: its one sentence is the message.
+    short = "the pills are in the drawer"
+    assert len(router.normalize(short).tokens) < escalation.sentence_min_words
+    assert not _with(router, OneRiskySentence(router, short + " now", crisis=0.99)).decide(
+        short, CTX).crisis
+
+
+def test_a_long_message_splits_at_its_sentences() -> None:
+    assert sentences("done. felt good! why?  next\nline - and a dash; then, and more") == [
+        "done.", "felt good!", "why?", "next", "line", "and a dash;", "then", "more"]
+
+
 texts = st.one_of(
     st.text(max_size=300),
     st.text(alphabet=st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF), min_size=1,
@@ -159,12 +205,14 @@ def test_a_corrupt_heads_file_stops_the_router_with_one_line(tmp_path: Path, dam
     assert str(path) in message and "\n" not in message
 
 
-def test_a_threshold_out_of_range_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key,bad", [("escalate_at", "7"), ("sentence_crisis_at", "0"),
+                                     ("sentence_min_words", "1"), ("sentence_min_words", "2.5")])
+def test_a_threshold_out_of_range_is_refused(tmp_path: Path, key: str, bad: str) -> None:
     data = _data_copy(tmp_path)
     path = data / "classifier.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("escalate_at: ", "escalate_at: 7 #"),
+    path.write_text(path.read_text(encoding="utf-8").replace(f"  {key}: ", f"  {key}: {bad} #"),
                     encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"second_opinion\.escalate_at"):
+    with pytest.raises(ConfigError, match=rf"second_opinion\.{key}"):
         Router.from_files(data)
 
 
