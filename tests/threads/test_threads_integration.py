@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from coach.ledger.v1 import ledger_service_pb2 as ledger_pb
@@ -73,26 +74,31 @@ async def user_report(ledger: ledger_grpc.LedgerServiceStub, user_id: str) -> li
     return [row for row in report.rows if row.key == user_id]
 
 
-async def test_long_conversation_on_the_real_stack(suite: Any) -> None:
+# The defaults: the window (messages) and how many must leave it before the background fold
+# (and with it the rotation ahead) runs.
+KEEP = 20
+FOLD_MIN = 8
+
+
+async def settled(db: asyncpg.Connection, user_id: str) -> bool:
+    """The rotation a reply brought due has been made ahead: the active conversation holds
+    less than a fold's worth past the window."""
+    held = await db.fetchval(
+        """SELECT seed_turns + turns_in_window FROM threads.conversations
+            WHERE user_id = $1 AND status = 'active'""", user_id)
+    return held is not None and held < KEEP + FOLD_MIN
+
+
+async def test_long_conversation_on_the_real_stack(suite: Any, own_pg_url: str) -> None:
     api, stub, ledger = suite
     user_id = f"int-{api}-{id(suite)}"
     inputs: list[int] = []
-    answers = 0
-    for i in range(TURNS):
-        if i % 5 == 2:
-            await stub.RecordExchange(exchange(user_id, f"thanks {i}", "Anytime."))
-        elif i % 5 == 4:
-            await stub.RecordExchange(cheap(user_id, f"did my pushups, day {i}",
-                                            "Nice work. Same time tomorrow?"))
-        else:
-            done = await stub.RunStatefulTurn(turn_request(
-                user_id, f"Turn {i}: I want to keep training for my 10k, what next?"))
-            assert done.created and done.exchange.route == types_pb2.ROUTE_ASSISTANT
-            assert done.exchange.coach_texts and done.exchange.model
-            answer = next(c for c in done.exchange.charges if c.purpose == "answer")
-            inputs.append(answer.usage.input_tokens)
-        answers += 1
-
+    db = await asyncpg.connect(own_pg_url)
+    try:
+        await _converse(stub, db, user_id, inputs)
+    finally:
+        await db.close()
+    answers = TURNS
     view = await stub.GetConversation(pb.GetConversationRequest(user_id=user_id))
     assert view.api == api
     assert view.generation >= 3, "the conversation was rotated as it grew"
@@ -128,3 +134,27 @@ async def test_baseline_policy_context_grows_without_pruning(suite: Any) -> None
     assert view.generation == 1 and view.summary == ""
     assert inputs[-1] > 2 * inputs[11]  # it keeps growing with every turn
     print(f"\nbaseline: input tokens per turn {inputs}")
+
+
+async def _converse(stub: Any, db: asyncpg.Connection, user_id: str,
+                    inputs: list[int]) -> None:
+    """TURNS messages, three in five stateful. A user's next message comes seconds after a
+    reply, not milliseconds: each waits for the rotation the last reply brought due, as it
+    would have been made ahead by then (sent back to back, a turn wins the race with the
+    rotation ahead and runs on up to the backstop, two windows past the limit, as
+    test_threads_folding shows)."""
+    for i in range(TURNS):
+        if i % 5 == 2:
+            await stub.RecordExchange(exchange(user_id, f"thanks {i}", "Anytime."))
+        elif i % 5 == 4:
+            await stub.RecordExchange(cheap(user_id, f"did my pushups, day {i}",
+                                            "Nice work. Same time tomorrow?"))
+        else:
+            done = await stub.RunStatefulTurn(turn_request(
+                user_id, f"Turn {i}: I want to keep training for my 10k, what next?"))
+            assert done.created and done.exchange.route == types_pb2.ROUTE_ASSISTANT
+            assert done.exchange.coach_texts and done.exchange.model
+            answer = next(c for c in done.exchange.charges if c.purpose == "answer")
+            inputs.append(answer.usage.input_tokens)
+            await eventually(lambda: settled(db, user_id),
+                             what=f"the rotation ahead after turn {i}")
