@@ -274,7 +274,10 @@ class Router:
         """The learned heads' scores for ``message`` (None when loaded without them)."""
         if self._escalation is None:
             return None
-        norm = self.normalize(message)
+        return self._heads_opinion(self.normalize(message), history)
+
+    def _heads_opinion(self, norm: NormalizedText, history: tuple[PriorTurn, ...]) -> Opinion:
+        assert self._escalation is not None
         verdict = self._classifier.classify_normalized(norm, history)
         return self._escalation.heads.opinion(norm, self.rule_signals(norm, verdict))
 
@@ -358,14 +361,12 @@ class Router:
         head missed 48 of their 150 read whole and 23 read a sentence at a time at 0.9
         (docs/router.md). A sentence alone is the kind of message the head was trained on.
         Only ever adds CRISIS."""
-        assert self._escalation is not None
         best: tuple[float, str] | None = None
         for part in sentences(message):
             norm = self.normalize(part)
             if len(norm.tokens) < SENTENCE_MIN_TOKENS:
                 continue
-            verdict = self._classifier.classify_normalized(norm, ())
-            score = self._escalation.heads.opinion(norm, self.rule_signals(norm, verdict)).crisis
+            score = self._heads_opinion(norm, ()).crisis
             if best is None or score > best[0]:
                 best = (score, part)
         return best
