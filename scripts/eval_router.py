@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 
 from services.router.classifier import MessageType, NormalizedText
 from services.router.classifier.learned import Opinion, RuleSignals
-from services.router.decision import Escalation, Router, sentences
+from services.router.decision import SENTENCE_MIN_TOKENS, Escalation, Router, sentences
 from services.router.training.labelled import (
     EXPECTS,
     TARGETS,
@@ -170,6 +170,8 @@ def out_of_fold_opinions(router: Router, corpus: Sequence[Case],
     featurizer, rows, every = features.featurizer, features.rows, features.features
     labels = [c.expect for c in rows]
     scores: dict[str, Opinion] = {}
+    assert router.escalation is not None
+    long_message = router.escalation.sentence_min_words
 
     def record(fitted: Any, part: Any, cases: Sequence[Case], pieces: bool = True) -> None:
         st, cr, kinds = fitted.scores(part)
@@ -178,12 +180,13 @@ def out_of_fold_opinions(router: Router, corpus: Sequence[Case],
             scores[router.normalize(case.text).text] = Opinion(
                 float(st[i]), float(cr[i]), MessageType[STATEFUL_TYPES[best]],
                 float(kinds[i, best]))
-        if pieces:  # the sentences of long messages, scored by the same heads (the router's
-            # sentence check asks for them)
+        if pieces:  # the sentences the router's sentence check asks about, scored by the
+            # same heads: those of messages of sentence_min_words or more
             parts = [replace(c, text=p, ctx=replace(c.ctx, history=()))
-                     for c in cases if len(router.normalize(c.text).tokens) >= 2
+                     for c in cases if len(router.normalize(c.text).tokens) >= long_message
                      for p in sentences(c.text)
-                     if router.normalize(p).text not in scores]
+                     if len(router.normalize(p).tokens) >= SENTENCE_MIN_TOKENS
+                     and router.normalize(p).text not in scores]
             if parts:
                 record(fitted, featurizer.features(parts), parts, pieces=False)
 
