@@ -56,6 +56,19 @@ def test_a_word_keeps_its_combining_marks(router: Router, text: str,
     assert router.normalize(text).tokens == tokens
 
 
+def test_every_combining_mark_lies_where_the_normalizer_looks() -> None:
+    import sys
+    import unicodedata
+
+    from services.router.classifier.normalize import MARK_PLANES
+
+    def looked(c: int) -> bool:
+        return any(first <= c < end for first, end in MARK_PLANES)
+    outside = [hex(c) for c in range(sys.maxunicode + 1) if not looked(c)
+               and unicodedata.category(chr(c)) in ("Mn", "Mc", "Me")]
+    assert outside == []
+
+
 @pytest.mark.parametrize("text,mtype", [
     ("spasibo", MessageType.ACKNOWLEDGEMENT), ("спасибо", MessageType.ACKNOWLEDGEMENT),
     ("谢谢", MessageType.ACKNOWLEDGEMENT), ("감사합니다", MessageType.ACKNOWLEDGEMENT),
