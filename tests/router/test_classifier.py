@@ -181,6 +181,29 @@ def test_crisis_language_is_caught(router: Router, text: str) -> None:
     assert kind(router, text) is MessageType.CRISIS
 
 
+@pytest.mark.parametrize("text", [
+    # a goodbye that is for good, said as an everyday sign-off
+    "signing off for good. thanks for everything coach", "ok bye world 👋",
+    "logging off. tell whoever reads these that I tried", "done. with all of it.",
+    # the embeddings read English: the same words in other languages are rules
+    "hola. ya no quiero seguir viviendo", "quiero matarme", "me quiero morir",
+    "merci coach. je ne veux plus vivre", "je n'en peux plus", "je veux mourir",
+    "não quero mais viver", "quero morrer", "non voglio più vivere", "voglio morire",
+    "ich will nicht mehr leben", "ich will sterben",
+])
+def test_farewells_and_other_languages_are_crisis(router: Router, text: str) -> None:
+    assert kind(router, text) is MessageType.CRISIS
+
+
+@pytest.mark.parametrize("text", [
+    "signing off for tonight, thanks coach", "bye! talk tmrw", "quiero correr más mañana",
+    "je veux courir demain matin", "voglio fare più yoga", "done with all my reps 💪",
+])
+def test_sign_offs_and_plans_in_other_languages_are_not_crisis(router: Router,
+                                                                text: str) -> None:
+    assert kind(router, text) is not MessageType.CRISIS
+
+
 @pytest.mark.parametrize("text", ["killed it today 💪", "this workout is hard", "I'm starving lol",
                                   "went to the gym, it was dead in there",
                                   "I'll bring it up again with my boss", "budget cuts at work",
