@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.router.classifier import MessageType, PriorTurn, compile_phrase
-from services.router.decision import Router
+from services.router.decision import MessageContext, Route, Router
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +245,28 @@ def test_any_reply_to_the_coach_s_safety_question_stays_a_crisis_turn(
 def test_a_reply_to_an_everyday_caution_is_not_a_crisis(router: Router) -> None:
     assert kind(router, "will do", (PriorTurn("coach", "Stay safe on your run tonight!"),)) \
         is MessageType.ACKNOWLEDGEMENT
+
+
+@pytest.mark.parametrize("reply", ["yes pls", "omg yes", "sure", "yes please!"])
+@pytest.mark.parametrize("coach", ["Want a quick high-protein breakfast idea?",
+                                   "Shall I send you a 5-minute stretch for your back?",
+                                   "Would you like a recipe for that?"])
+def test_yes_to_the_coach_s_offer_asks_for_it(router: Router, reply: str, coach: str) -> None:
+    verdict = router.classify(reply, (PriorTurn("coach", coach),))
+    assert verdict.message_type is MessageType.QUESTION and not verdict.canned_eligible
+    assert router.decide(reply, MessageContext(message_count=40, history=(
+        PriorTurn("coach", coach),))).route is not Route.PATTERN
+
+
+@pytest.mark.parametrize("reply,coach", [
+    ("no thanks", "Want a quick high-protein breakfast idea?"),
+    ("thanks!", "Great job today, keep it up!"),
+    ("yes", "Want me to rebuild your week around the new commute?"),
+])
+def test_a_no_or_thanks_without_an_offer_is_not_asking(router: Router, reply: str,
+                                                       coach: str) -> None:
+    verdict = router.classify(reply, (PriorTurn("coach", coach),))
+    assert verdict.message_type is not MessageType.QUESTION
 
 
 def test_only_the_last_turn_counts_and_only_if_the_coach_said_it(router: Router) -> None:

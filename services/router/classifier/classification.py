@@ -53,6 +53,7 @@ class CoachTurn:
     safety_question: bool = False  # "are you safe right now?": any reply stays a crisis turn
     did_you_question: bool = False  # "did u do it?": a yes is a completion, a no a miss
     simple_question: bool = False  # the reply is read on its own
+    offer: bool = False  # "want a quick breakfast idea?": a yes asks for what was offered
     open_thread: MessageType | None = None  # the coaching question the reply answers
 
 
@@ -72,6 +73,7 @@ class Classifier:
     greeting_words: PhraseSet
     did_you_questions: PhraseSet
     simple_questions: PhraseSet
+    offers: PhraseSet
     threads: tuple[ThreadRule, ...]
     safety_questions: PhraseSet
     affirmative: WholeMessageMatcher
@@ -210,6 +212,7 @@ class Classifier:
                                       "greeting_words"),
             did_you_questions=phrase_set(coach, "did_you_questions", "coach_turns"),
             simple_questions=phrase_set(coach, "simple_questions", "coach_turns"),
+            offers=phrase_set(coach, "offers", "coach_turns"),
             threads=tuple(threads),
             safety_questions=phrase_set(coach, "safety_questions", "coach_turns"),
             affirmative=affirmative,
@@ -265,6 +268,11 @@ class Classifier:
             return own
         thread = turn.open_thread
         if thread is None:
+            if turn.offer and self.affirmative.matches(norm):
+                # "yes pls" to "want a quick breakfast idea?" asks for the idea: a canned
+                # "Anytime." would ignore it. A model with the recent turns makes it good.
+                return Classification(MessageType.QUESTION,
+                                      "yes to the coach's offer: asks for what was offered")
             return own
         if own.canned_eligible and own.message_type is not MessageType.ACKNOWLEDGEMENT:
             # "hey", "done ✅", "tired": a whole message of its own, not an answer that
@@ -308,7 +316,7 @@ class Classifier:
         for rule in self.threads:
             if (coach.question or rule.proposal) and rule.phrases.search(coach.text) is not None:
                 return CoachTurn(open_thread=rule.message_type)
-        return CoachTurn()
+        return CoachTurn(offer=coach.question and self.offers.search(coach.text) is not None)
 
     def _own(self, norm: NormalizedText) -> Classification:
         text = norm.text
