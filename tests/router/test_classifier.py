@@ -190,6 +190,12 @@ def test_crisis_language_is_caught(router: Router, text: str) -> None:
     "merci coach. je ne veux plus vivre", "je n'en peux plus", "je veux mourir",
     "não quero mais viver", "quero morrer", "non voglio più vivere", "voglio morire",
     "ich will nicht mehr leben", "ich will sterben",
+    # idioms of risk with no feeling word
+    "ana buddy?? 15F", "ran 12k to earn breakfast", "i HAD to earn it back",
+    "what happens if you take 30 ibuprofen", "2 boxes of ex lax in one week is fine right",
+    "how to hide weight loss from my doctor", "macros today: 0/0/0 😎",
+    "which floor of a building is high enough", "i'm standing on the balcony railing",
+    "my list of reasons to stay is down to two things",
 ])
 def test_farewells_and_other_languages_are_crisis(router: Router, text: str) -> None:
     assert kind(router, text) is MessageType.CRISIS
@@ -198,6 +204,7 @@ def test_farewells_and_other_languages_are_crisis(router: Router, text: str) -> 
 @pytest.mark.parametrize("text", [
     "signing off for tonight, thanks coach", "bye! talk tmrw", "quiero correr más mañana",
     "je veux courir demain matin", "voglio fare più yoga", "done with all my reps 💪",
+    "earned my rest day", "0 excuses today", "top floor of the gym has the best view",
 ])
 def test_sign_offs_and_plans_in_other_languages_are_not_crisis(router: Router,
                                                                 text: str) -> None:
