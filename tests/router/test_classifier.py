@@ -37,6 +37,26 @@ def test_acknowledgements(router: Router, text: str) -> None:
     assert verdict.message_type is MessageType.ACKNOWLEDGEMENT and verdict.canned_eligible
 
 
+@pytest.mark.parametrize("text", ["gtg, thanks!!", "logging off, ty", "catch you tomorrow",
+                                  "ok bye, talk tmrw"])
+def test_sign_offs_are_acknowledgements(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is MessageType.ACKNOWLEDGEMENT and verdict.canned_eligible
+
+
+@pytest.mark.parametrize("text", ["bit tired today", "long day at work", "today was a lot",
+                                  "dead on my feet today 😴", "brain is fried", "zombie mode"])
+def test_a_bare_tired_said_plainly_is_canned(router: Router, text: str) -> None:
+    verdict = router.classify(text)
+    assert verdict.message_type is MessageType.STRUGGLING and verdict.canned_eligible
+
+
+@pytest.mark.parametrize("text", ["logging off for good", "long day at work, my boss yelled at "
+                                  "me again and I can't take it", "gtg, im done with everything"])
+def test_a_sign_off_or_tired_with_more_in_it_is_not_canned(router: Router, text: str) -> None:
+    assert not router.classify(text).canned_eligible
+
+
 @pytest.mark.parametrize("text", ["done", "did it ✅", "finished my run", "finsihed my wrkout",
                                   "compelted my workout", "donee", "✅", "got my steps in"])
 def test_completions_with_typos_and_emoji(router: Router, text: str) -> None:
