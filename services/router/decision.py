@@ -158,9 +158,10 @@ class Escalation:
     crisis_at: float
     feelings_at: float
     # A message of at least ``sentence_min_words`` words is also scored a sentence at a time
-    # by the crisis head; one sentence at or above ``sentence_crisis_at`` adds CRISIS.
-    sentence_crisis_at: float = 1.0
-    sentence_min_words: int = 0
+    # by the crisis head; one sentence at or above ``sentence_crisis_at`` adds CRISIS. No
+    # defaults: a zero would split every message, a 1.0 would flag no sentence.
+    sentence_crisis_at: float
+    sentence_min_words: int
 
     @classmethod
     def from_data(cls, data: DataFile) -> Escalation:
