@@ -51,8 +51,10 @@ def test_a_bare_tired_said_plainly_is_canned(router: Router, text: str) -> None:
     assert verdict.message_type is MessageType.STRUGGLING and verdict.canned_eligible
 
 
-@pytest.mark.parametrize("text", ["logging off for good", "long day at work, my boss yelled at "
-                                  "me again and I can't take it", "gtg, im done with everything"])
+@pytest.mark.parametrize("text", [
+    "logging off for good", "gtg, im done with everything",
+    "long day at work, my boss yelled at me again and I can't take it",
+])
 def test_a_sign_off_or_tired_with_more_in_it_is_not_canned(router: Router, text: str) -> None:
     assert not router.classify(text).canned_eligible
 
