@@ -221,7 +221,7 @@ def test_crisis_language_is_caught(router: Router, text: str) -> None:
     # short, and in other languages
     "bye 👋 for good", "tschüss für immer", "quero sumir pra sempre", "kids better off w/o me",
     "non mangio da 4 giorni", "pas mangé depuis 3 jours", "hab seit tagen nix gegessen",
-    "no como desde el lunes", "weighed 6 times today",
+    "no como desde el lunes", "weighed 6 times today", "logged today: 0 kcal, day 5",
 ])
 def test_farewells_and_other_languages_are_crisis(router: Router, text: str) -> None:
     assert kind(router, text) is MessageType.CRISIS
@@ -231,7 +231,7 @@ def test_farewells_and_other_languages_are_crisis(router: Router, text: str) -> 
     "signing off for tonight, thanks coach", "bye! talk tmrw", "quiero correr más mañana",
     "je veux courir demain matin", "voglio fare più yoga", "done with all my reps 💪",
     "earned my rest day", "0 excuses today", "top floor of the gym has the best view",
-    "weighed 80kg today", "non mangio da solo stasera",
+    "weighed 80kg today", "non mangio da solo stasera", "voglio vivere più sano",
 ])
 def test_sign_offs_and_plans_in_other_languages_are_not_crisis(router: Router,
                                                                 text: str) -> None:
